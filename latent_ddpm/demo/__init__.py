@@ -1,0 +1,1 @@
+"""Stage 4 of the pipeline: a Gradio app that serves the torch-free runtime."""

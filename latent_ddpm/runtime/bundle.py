@@ -1,0 +1,336 @@
+"""The bundle: the directory that export writes and the runtime reads (schema in docs/bundle-format.md).
+
+Loading checks everything that can be checked without running a model, so that a corrupted, swapped or
+hand-edited bundle fails here with a message naming the file or key, not later inside ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from latent_ddpm.runtime.errors import BundleError
+
+FORMAT_NAME = "latent-ddpm-bundle"
+FORMAT_VERSION = 1
+SUPPORTED_FORMAT_VERSIONS = (1,)
+BUNDLE_FILE = "bundle.json"
+VALIDATION_FILE = "validation.json"
+ENGINES_DIR = "engines"
+# Roles the runtime knows; unet and vae_decoder are required, the encoder enables img2img.
+REQUIRED_ROLES = ("unet", "vae_decoder")
+OPTIONAL_ROLES = ("vae_encoder",)
+PRECISIONS = ("fp32", "fp16", "int8", "mixed")
+SAMPLERS = ("ddim", "ddpm", "dpmsolver++")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+TENSOR_DTYPES = ("float32", "float16", "int64", "int32")
+# Files a bundle may hold besides its models; anything else is reported as unexpected.
+ALLOWED_EXTRA = frozenset({BUNDLE_FILE, VALIDATION_FILE, "README.md", "samples.png"})
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output: a dimension is an int (fixed) or a str (a named dynamic axis)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    role: str
+    path: Path
+    sha256: str
+    opset: int
+    precision: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    external_data: Path | None = None
+    kept_fp32: tuple[str, ...] = ()
+
+    def input(self, name: str) -> TensorSpec:
+        for spec in self.inputs:
+            if spec.name == name:
+                return spec
+        raise BundleError(f"{self.path.name}: bundle.json declares no input named {name!r}")
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """Class conditioning. ``null_class`` is the label trained as "no class", used for guidance."""
+
+    num_classes: int
+    class_names: tuple[str, ...]
+    null_class: int | None
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    sampler: str = "ddim"
+    steps: int = 50
+    guidance_scale: float = 1.0
+    eta: float = 0.0
+
+
+@dataclass(frozen=True)
+class Bundle:
+    root: Path
+    name: str
+    models: Mapping[str, ModelFile]
+    latent_shape: tuple[int, int, int]
+    scaling_factor: float
+    shift_factor: float
+    image_shape: tuple[int, int, int]
+    value_range: tuple[float, float]
+    prediction_type: str
+    scheduler_config: Mapping[str, Any]
+    conditioning: Conditioning | None
+    defaults: SamplingDefaults
+    validation: Mapping[str, Any]
+    raw: Mapping[str, Any] = field(repr=False)
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.scheduler_config.get("num_train_timesteps", 1000))
+
+    @property
+    def has_encoder(self) -> bool:
+        return "vae_encoder" in self.models
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_bundle(path: str | Path, *, verify_hashes: bool = True) -> Bundle:
+    """Read and check ``bundle.json`` and the files it names. Raises BundleError on the first problem."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise BundleError(f"bundle directory not found: {root}")
+    meta_path = root / BUNDLE_FILE
+    if not meta_path.is_file():
+        raise BundleError(f"{meta_path}: missing; is {root} a latent-ddpm bundle?")
+    try:
+        raw = json.loads(meta_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{meta_path}: not valid JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise BundleError(f"{meta_path}: expected a JSON object at the top level")
+    return parse_bundle(root.resolve(), raw, verify_hashes=verify_hashes)
+
+
+def parse_bundle(root: Path, raw: Mapping[str, Any], *, verify_hashes: bool = True) -> Bundle:
+    r = _Reader(raw, BUNDLE_FILE)
+    if r.get("format", str) != FORMAT_NAME:
+        raise BundleError(f"{BUNDLE_FILE}: 'format' is {raw.get('format')!r}, expected {FORMAT_NAME!r}")
+    version = r.get("format_version", int)
+    if version not in SUPPORTED_FORMAT_VERSIONS:
+        raise BundleError(
+            f"{BUNDLE_FILE}: unknown format_version {version}; this latent-ddpm reads "
+            f"{', '.join(map(str, SUPPORTED_FORMAT_VERSIONS))} (upgrade latent-ddpm or re-export the bundle)"
+        )
+
+    models_raw = r.get("models", dict)
+    unknown = sorted(set(models_raw) - set(REQUIRED_ROLES) - set(OPTIONAL_ROLES))
+    if unknown:
+        raise BundleError(f"{BUNDLE_FILE}: unknown model role(s) in 'models': {', '.join(unknown)}")
+    models: dict[str, ModelFile] = {}
+    for role in REQUIRED_ROLES + OPTIONAL_ROLES:
+        if role not in models_raw:
+            if role in REQUIRED_ROLES:
+                raise BundleError(f"{BUNDLE_FILE}: 'models' has no {role!r} entry")
+            continue
+        models[role] = _parse_model(root, role, _Reader(models_raw[role], f"{BUNDLE_FILE}: models.{role}"))
+
+    latent = r.sub("latent")
+    latent_shape = (latent.get("channels", int), latent.get("height", int), latent.get("width", int))
+    scaling_factor = latent.get("scaling_factor", (int, float))
+    shift_factor = latent.get("shift_factor", (int, float, type(None)), default=None) or 0.0
+    if not (math.isfinite(scaling_factor) and scaling_factor > 0):
+        raise BundleError(
+            f"{BUNDLE_FILE}: latent.scaling_factor must be a positive number, got {scaling_factor}"
+        )
+    image = r.sub("image")
+    image_shape = (image.get("channels", int), image.get("height", int), image.get("width", int))
+    value_range = tuple(float(v) for v in image.get("value_range", list, default=[-1.0, 1.0]))
+    if len(value_range) != 2 or not value_range[0] < value_range[1]:
+        raise BundleError(f"{BUNDLE_FILE}: image.value_range must be [low, high], got {value_range}")
+    for what, shape in (("latent", latent_shape), ("image", image_shape)):
+        if min(shape) < 1:
+            raise BundleError(f"{BUNDLE_FILE}: {what} channels/height/width must be positive, got {shape}")
+
+    prediction_type = r.get("prediction_type", str)
+    if prediction_type not in PREDICTION_TYPES:
+        raise BundleError(
+            f"{BUNDLE_FILE}: prediction_type {prediction_type!r} is not one of {', '.join(PREDICTION_TYPES)}"
+        )
+    scheduler_config = dict(r.get("scheduler", dict))
+    # The bundle's prediction_type is authoritative: it is what the exported U-Net outputs.
+    scheduler_config["prediction_type"] = prediction_type
+
+    conditioning = _parse_conditioning(r)
+    defaults = _parse_defaults(r.sub("defaults", default={}), scheduler_config, conditioning)
+
+    bundle = Bundle(
+        root=root,
+        name=r.get("name", str, default=root.name),
+        models=models,
+        latent_shape=latent_shape,
+        scaling_factor=float(scaling_factor),
+        shift_factor=float(shift_factor),
+        image_shape=image_shape,
+        value_range=(value_range[0], value_range[1]),
+        prediction_type=prediction_type,
+        scheduler_config=scheduler_config,
+        conditioning=conditioning,
+        defaults=defaults,
+        validation=r.get("validation", dict, default={"validated": False}),
+        raw=raw,
+    )
+    _check_files(bundle, verify_hashes)
+    return bundle
+
+
+def _parse_model(root: Path, role: str, r: _Reader) -> ModelFile:
+    path = _inside(root, r.get("file", str), r.where)
+    external = r.get("external_data", (str, type(None)), default=None)
+    precision = r.get("precision", str)
+    if precision not in PRECISIONS:
+        raise BundleError(f"{r.where}.precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    sha = r.get("sha256", str)
+    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise BundleError(f"{r.where}.sha256: not a lowercase hex sha256 digest: {sha!r}")
+    return ModelFile(
+        role=role,
+        path=path,
+        sha256=sha,
+        opset=r.get("opset", int),
+        precision=precision,
+        inputs=tuple(_parse_tensor(t, f"{r.where}.inputs") for t in r.get("inputs", list)),
+        outputs=tuple(_parse_tensor(t, f"{r.where}.outputs") for t in r.get("outputs", list)),
+        external_data=_inside(root, external, r.where) if external else None,
+        kept_fp32=tuple(r.get("kept_fp32", list, default=[])),
+    )
+
+
+def _parse_tensor(raw: Any, where: str) -> TensorSpec:
+    t = _Reader(raw, where)
+    name = t.get("name", str)
+    dtype = t.get("dtype", str)
+    if dtype not in TENSOR_DTYPES:
+        raise BundleError(f"{where}: tensor {name!r} has unsupported dtype {dtype!r}")
+    shape = t.get("shape", list)
+    if not all(isinstance(d, (int, str)) and not isinstance(d, bool) for d in shape):
+        raise BundleError(f"{where}: tensor {name!r} shape must hold ints or axis names, got {shape}")
+    return TensorSpec(name=name, dtype=dtype, shape=tuple(shape))
+
+
+def _parse_conditioning(r: _Reader) -> Conditioning | None:
+    raw = r.get("conditioning", (dict, type(None)), default=None)
+    if raw is None:
+        return None
+    c = _Reader(raw, f"{BUNDLE_FILE}: conditioning")
+    num_classes = c.get("num_classes", int)
+    if num_classes < 1:
+        raise BundleError(f"{c.where}.num_classes must be >= 1, got {num_classes}")
+    names = tuple(str(n) for n in c.get("class_names", list, default=[str(i) for i in range(num_classes)]))
+    if len(names) != num_classes:
+        raise BundleError(f"{c.where}.class_names has {len(names)} names for {num_classes} classes")
+    null_class = c.get("null_class", (int, type(None)), default=None)
+    if null_class is not None and not 0 <= null_class <= num_classes:
+        raise BundleError(f"{c.where}.null_class {null_class} is outside 0..{num_classes}")
+    return Conditioning(num_classes=num_classes, class_names=names, null_class=null_class)
+
+
+def _parse_defaults(
+    d: _Reader, scheduler_config: Mapping[str, Any], conditioning: Conditioning | None
+) -> SamplingDefaults:
+    out = SamplingDefaults(
+        sampler=d.get("sampler", str, default="ddim"),
+        steps=d.get("steps", int, default=50),
+        guidance_scale=float(d.get("guidance_scale", (int, float), default=1.0)),
+        eta=float(d.get("eta", (int, float), default=0.0)),
+    )
+    if out.sampler not in SAMPLERS:
+        raise BundleError(f"{d.where}.sampler {out.sampler!r} is not one of {', '.join(SAMPLERS)}")
+    max_steps = int(scheduler_config.get("num_train_timesteps", 1000))
+    if not 1 <= out.steps <= max_steps:
+        raise BundleError(f"{d.where}.steps {out.steps} is outside 1..{max_steps}")
+    if out.guidance_scale != 1.0 and (conditioning is None or conditioning.null_class is None):
+        raise BundleError(f"{d.where}.guidance_scale {out.guidance_scale} needs a class-conditional model")
+    return out
+
+
+def _check_files(bundle: Bundle, verify_hashes: bool) -> None:
+    expected = set(ALLOWED_EXTRA)
+    for model in bundle.models.values():
+        for p in (model.path, model.external_data):
+            if p is None:
+                continue
+            if not p.is_file():
+                raise BundleError(
+                    f"{p.name}: missing from bundle {bundle.root} (named by models.{model.role})"
+                )
+            expected.add(p.relative_to(bundle.root).as_posix())
+        if verify_hashes:
+            actual = sha256_file(model.path)
+            if actual != model.sha256:
+                raise BundleError(
+                    f"{model.path.name}: sha256 mismatch (bundle.json says {model.sha256[:12]}..., file is "
+                    f"{actual[:12]}...); the file is corrupted or was swapped: re-export the bundle"
+                )
+    for p in sorted(bundle.root.rglob("*")):
+        rel = p.relative_to(bundle.root)
+        if rel.parts[0] == ENGINES_DIR or any(part.startswith(".") for part in rel.parts) or p.is_dir():
+            continue
+        if rel.as_posix() not in expected:
+            raise BundleError(
+                f"{rel.as_posix()}: unexpected file in bundle {bundle.root} (not named by bundle.json)"
+            )
+
+
+def _inside(root: Path, rel: str, where: str) -> Path:
+    p = Path(rel)
+    resolved = (root / p).resolve()
+    if p.is_absolute() or not resolved.is_relative_to(root):
+        raise BundleError(f"{where}: path {rel!r} leaves the bundle folder")
+    return resolved
+
+
+class _Reader:
+    """Typed access to one JSON object, with errors that name the key and where it lives."""
+
+    _MISSING = object()
+
+    def __init__(self, raw: Any, where: str) -> None:
+        if not isinstance(raw, dict):
+            raise BundleError(f"{where}: expected a JSON object, got {type(raw).__name__}")
+        self.raw, self.where = raw, where
+
+    def get(self, key: str, types: type | tuple[type, ...], default: Any = _MISSING) -> Any:
+        if key not in self.raw:
+            if default is self._MISSING:
+                raise BundleError(f"{self.where}: missing key {key!r}")
+            return default
+        value = self.raw[key]
+        types = types if isinstance(types, tuple) else (types,)
+        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise BundleError(f"{self.where}: key {key!r} must be {names}, got {value!r}")
+        return value
+
+    def sub(self, key: str, default: Any = _MISSING) -> _Reader:
+        return _Reader(self.get(key, dict, default=default), f"{self.where}.{key}")

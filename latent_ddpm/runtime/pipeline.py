@@ -1,0 +1,427 @@
+"""Sampling from a bundle: noise -> U-Net + NumPy scheduler loop -> VAE decoder -> uint8 images.
+
+This is the NumPy twin of diffusers' ``LDMPipeline`` (plus classifier-free guidance over class labels and
+SDEdit img2img). Given the same initial latents it produces the same images as the diffusers loop; the
+parity tests in ``tests/`` hold it to that.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from latent_ddpm.runtime.backends import Engine, open_engine
+from latent_ddpm.runtime.bundle import SAMPLERS, Bundle, load_bundle
+from latent_ddpm.runtime.errors import BundleError, InputError
+from latent_ddpm.runtime.images import from_uint8, prepare_images, to_uint8
+from latent_ddpm.runtime.schedulers import make_scheduler
+
+# callback(step_index, timestep, latents) after every denoising step; for progress bars and previews.
+StepCallback = Callable[[int, int, np.ndarray], None]
+
+SHIPPED_BUNDLE = Path(__file__).resolve().parent.parent / "data" / "digits"
+
+
+def shipped_bundle_path() -> Path:
+    """The default digits bundle that ships inside the package."""
+    if not (SHIPPED_BUNDLE / "bundle.json").is_file():
+        raise BundleError(
+            f"the shipped bundle is missing from this install ({SHIPPED_BUNDLE}); pass --bundle DIR"
+        )
+    return SHIPPED_BUNDLE
+
+
+@dataclass
+class Preview:
+    """The decoded prediction of the clean image (``pred_original_sample``) at one step."""
+
+    step_index: int
+    timestep: int
+    images: np.ndarray
+
+
+@dataclass
+class Timings:
+    total_s: float = 0.0
+    denoise_s: float = 0.0
+    unet_s: float = 0.0
+    decode_s: float = 0.0
+    encode_s: float = 0.0
+    steps: int = 0
+
+    @property
+    def per_step_ms(self) -> float:
+        return 1000.0 * self.denoise_s / max(self.steps, 1)
+
+    @property
+    def loop_overhead(self) -> float:
+        """Share of the denoising loop spent outside the U-Net (scheduler math, copies, guidance)."""
+        return 1.0 - self.unet_s / self.denoise_s if self.denoise_s > 0 else 0.0
+
+
+@dataclass
+class GenerationResult:
+    images: np.ndarray  # (N, H, W, C) uint8
+    latents: np.ndarray  # (N, C, h, w) float32, the final latents before decoding
+    seed: int | None
+    class_labels: np.ndarray | None
+    sampler: str
+    steps: int
+    guidance_scale: float
+    eta: float
+    timings: Timings
+    previews: list[Preview] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Request:
+    """Arguments after validation and after the bundle's defaults are filled in."""
+
+    sampler: str
+    steps: int
+    eta: float
+    guidance_scale: float
+    seed: int | None
+
+
+class Pipeline:
+    """Loads a bundle's engines once; ``generate`` and ``img2img`` are safe to call from several threads."""
+
+    def __init__(self, bundle: Bundle, unet: Engine, decoder: Engine, encoder: Engine | None = None) -> None:
+        self.bundle, self.unet, self.decoder, self.encoder = bundle, unet, decoder, encoder
+        self._timestep_dtype = np.dtype(unet.model.input("timestep").dtype)
+
+    @classmethod
+    def from_bundle(
+        cls,
+        path: str | Path | None = None,
+        backend: str = "onnxruntime",
+        providers: Sequence[str] | None = None,
+        threads: int | None = None,
+        *,
+        verify_hashes: bool = True,
+    ) -> Pipeline:
+        bundle = load_bundle(path if path is not None else shipped_bundle_path(), verify_hashes=verify_hashes)
+        engines = {
+            role: open_engine(bundle, role, backend=backend, providers=providers, threads=threads)
+            for role in bundle.models
+        }
+        return cls(bundle, engines["unet"], engines["vae_decoder"], engines.get("vae_encoder"))
+
+    @property
+    def backend(self) -> str:
+        return self.unet.backend
+
+    @property
+    def providers(self) -> list[str]:
+        return self.unet.providers
+
+    # ------------------------------------------------------------------ public API
+
+    def generate(
+        self,
+        num_images: int | None = None,
+        steps: int | None = None,
+        sampler: str | None = None,
+        eta: float | None = None,
+        seed: int | None = None,
+        class_labels: int | str | Sequence[int | str] | None = None,
+        guidance_scale: float | None = None,
+        latents: np.ndarray | None = None,
+        callback: StepCallback | None = None,
+        preview_steps: Sequence[int] = (),
+    ) -> GenerationResult:
+        """Sample images from noise. Arguments left as None take the bundle's recommended defaults.
+
+        ``seed`` alone fixes everything (initial latents, random class labels, DDPM noise) on any machine
+        and backend; ``latents`` overrides the initial noise (how parity with diffusers is tested).
+        ``preview_steps`` lists step indices whose predicted clean image is decoded into ``previews``.
+        """
+        start = time.perf_counter()
+        req = self._request(steps, sampler, eta, guidance_scale, seed)
+        c, h, w = self.bundle.latent_shape
+        if latents is not None:
+            latents = self._check_latents(latents)
+            if num_images is not None and num_images != latents.shape[0]:
+                raise InputError(f"num_images={num_images} but latents hold {latents.shape[0]} images")
+            num_images = latents.shape[0]
+        num_images = self._check_num_images(1 if num_images is None else num_images)
+        rng = np.random.default_rng(req.seed)
+        if latents is None:
+            latents = rng.standard_normal((num_images, c, h, w), dtype=np.float32)
+        labels = self._labels(class_labels, num_images, rng)
+
+        scheduler = make_scheduler(req.sampler, self.bundle.scheduler_config)
+        scheduler.set_timesteps(req.steps)
+        latents = (latents * np.float32(scheduler.init_noise_sigma)).astype(np.float32)
+        timings = Timings()
+        latents, previews = self._denoise(
+            latents, scheduler, scheduler.timesteps, labels, req, rng, callback, preview_steps, timings
+        )
+        images = self._decode_timed(latents, timings)
+        timings.total_s = time.perf_counter() - start
+        return GenerationResult(
+            images,
+            latents,
+            req.seed,
+            labels,
+            req.sampler,
+            req.steps,
+            req.guidance_scale,
+            req.eta,
+            timings,
+            previews,
+        )
+
+    def img2img(
+        self,
+        images: Any,
+        strength: float = 0.6,
+        steps: int | None = None,
+        sampler: str | None = None,
+        eta: float | None = None,
+        seed: int | None = None,
+        class_labels: int | str | Sequence[int | str] | None = None,
+        guidance_scale: float | None = None,
+        callback: StepCallback | None = None,
+        preview_steps: Sequence[int] = (),
+    ) -> GenerationResult:
+        """SDEdit (Meng et al. 2022): encode, noise to ``strength`` of the schedule, denoise toward the class.
+
+        Follows diffusers' img2img pipelines: of ``steps`` scheduled steps the last ``int(steps * strength)``
+        run, starting from the encoded latents noised to the first of them. ``strength=0`` returns the
+        autoencoder's reconstruction; ``strength=1`` starts from (almost) pure noise.
+        """
+        start = time.perf_counter()
+        if self.encoder is None:
+            raise InputError(
+                f"bundle {self.bundle.root} has no vae_encoder.onnx, so img2img is not available"
+            )
+        if not isinstance(strength, numbers.Real) or not 0.0 <= float(strength) <= 1.0:
+            raise InputError(f"strength must be in [0, 1], got {strength!r}")
+        req = self._request(steps, sampler, eta, guidance_scale, seed)
+        timings = Timings()
+        t0 = time.perf_counter()
+        init_latents = self.encode(images)
+        timings.encode_s = time.perf_counter() - t0
+        num_images = init_latents.shape[0]
+        rng = np.random.default_rng(req.seed)
+        noise = rng.standard_normal(init_latents.shape, dtype=np.float32)
+        labels = self._labels(class_labels, num_images, rng)
+
+        scheduler = make_scheduler(req.sampler, self.bundle.scheduler_config)
+        scheduler.set_timesteps(req.steps)
+        init_steps = min(int(req.steps * float(strength)), req.steps)
+        t_start = max(req.steps - init_steps, 0)
+        timesteps = scheduler.timesteps[t_start * scheduler.order :]
+        if len(timesteps) == 0:
+            latents, previews = init_latents, []
+        else:
+            start_t = np.full((num_images,), timesteps[0], dtype=np.int64)
+            latents = scheduler.add_noise(init_latents, noise, start_t).astype(np.float32)
+            latents, previews = self._denoise(
+                latents, scheduler, timesteps, labels, req, rng, callback, preview_steps, timings
+            )
+        images_out = self._decode_timed(latents, timings)
+        timings.total_s = time.perf_counter() - start
+        return GenerationResult(
+            images_out,
+            latents,
+            req.seed,
+            labels,
+            req.sampler,
+            len(timesteps),
+            req.guidance_scale,
+            req.eta,
+            timings,
+            previews,
+        )
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        """Scaled latents -> NHWC uint8 images (undoing the latent scaling as diffusers' LDMPipeline does)."""
+        unscaled = latents / np.float32(self.bundle.scaling_factor) + np.float32(self.bundle.shift_factor)
+        out = self.decoder.run({"latent": unscaled.astype(np.float32)})["image"]
+        return to_uint8(out, self.bundle.value_range)
+
+    def encode(self, images: Any) -> np.ndarray:
+        """Images (PIL or uint8, any size) -> scaled latent means, the starting point of img2img."""
+        if self.encoder is None:
+            raise InputError(f"bundle {self.bundle.root} has no vae_encoder.onnx")
+        c, h, w = self.bundle.image_shape
+        pixels = from_uint8(prepare_images(images, c, h, w), self.bundle.value_range)
+        return self.encoder.run({"image": pixels})["latent"].astype(np.float32)
+
+    # ------------------------------------------------------------------ the loop
+
+    def _denoise(
+        self,
+        latents: np.ndarray,
+        scheduler: Any,
+        timesteps: np.ndarray,
+        labels: np.ndarray | None,
+        req: _Request,
+        rng: np.random.Generator,
+        callback: StepCallback | None,
+        preview_steps: Sequence[int],
+        timings: Timings,
+    ) -> tuple[np.ndarray, list[Preview]]:
+        step_kwargs: dict[str, Any] = {"generator": rng}
+        if req.sampler == "ddim":
+            step_kwargs["eta"] = req.eta
+        feed_labels = self._feed_labels(labels, req.guidance_scale)
+        wanted_previews = set(preview_steps)
+        previews: list[Preview] = []
+        loop_start = time.perf_counter()
+        for i, t in enumerate(timesteps):
+            model_input = scheduler.scale_model_input(latents, t)
+            u0 = time.perf_counter()
+            model_output = self._model_output(model_input, int(t), feed_labels, req.guidance_scale)
+            timings.unet_s += time.perf_counter() - u0
+            out = scheduler.step(model_output, int(t), latents, **step_kwargs)
+            latents = out.prev_sample
+            if i in wanted_previews:
+                previews.append(Preview(i, int(t), self.decode(out.pred_original_sample)))
+            if callback is not None:
+                callback(i, int(t), latents)
+        timings.denoise_s += time.perf_counter() - loop_start
+        timings.steps = len(timesteps)
+        return latents, previews
+
+    def _model_output(
+        self, latents: np.ndarray, t: int, feed_labels: np.ndarray | None, guidance_scale: float
+    ) -> np.ndarray:
+        """One U-Net call; with guidance the unconditional and conditional halves share one batch."""
+        guided = feed_labels is not None and feed_labels.shape[0] == 2 * latents.shape[0]
+        sample = np.concatenate([latents, latents]) if guided else latents
+        feed = {"sample": sample, "timestep": np.full((sample.shape[0],), t, dtype=self._timestep_dtype)}
+        if feed_labels is not None:
+            feed["class_labels"] = feed_labels
+        out = self.unet.run(feed)["model_output"]
+        if not guided:
+            return out
+        uncond, cond = np.split(out, 2)
+        # Classifier-free guidance (Ho & Salimans 2022, eq. 6): eps_uncond + w * (eps_cond - eps_uncond).
+        return uncond + np.float32(guidance_scale) * (cond - uncond)
+
+    def _feed_labels(self, labels: np.ndarray | None, guidance_scale: float) -> np.ndarray | None:
+        cond = self.bundle.conditioning
+        if labels is None or cond is None:
+            return None
+        if guidance_scale == 1.0:
+            return labels
+        null = np.full_like(labels, cond.null_class)
+        return np.concatenate([null, labels])
+
+    def _decode_timed(self, latents: np.ndarray, timings: Timings) -> np.ndarray:
+        t0 = time.perf_counter()
+        images = self.decode(latents)
+        timings.decode_s = time.perf_counter() - t0
+        return images
+
+    # ------------------------------------------------------------------ argument checks
+
+    def _request(
+        self,
+        steps: int | None,
+        sampler: str | None,
+        eta: float | None,
+        guidance_scale: float | None,
+        seed: int | None,
+    ) -> _Request:
+        d = self.bundle.defaults
+        sampler = d.sampler if sampler is None else sampler
+        if sampler not in SAMPLERS:
+            raise InputError(f"sampler {sampler!r} is not one of {', '.join(SAMPLERS)}")
+        steps = d.steps if steps is None else steps
+        max_steps = self.bundle.num_train_timesteps
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or not 1 <= steps <= max_steps:
+            raise InputError(
+                f"steps must be an integer in 1..{max_steps} (the model's training steps), got {steps!r}"
+            )
+        eta = (d.eta if sampler == "ddim" else 0.0) if eta is None else eta
+        if not isinstance(eta, numbers.Real) or not math.isfinite(eta) or eta < 0:
+            raise InputError(f"eta must be a finite number >= 0, got {eta!r}")
+        if eta != 0 and sampler != "ddim":
+            raise InputError(f"eta={eta} applies to the ddim sampler only, not {sampler!r}")
+        cond = self.bundle.conditioning
+        can_guide = cond is not None and cond.null_class is not None
+        if guidance_scale is None:
+            guidance_scale = d.guidance_scale if can_guide else 1.0
+        if (
+            not isinstance(guidance_scale, numbers.Real)
+            or not math.isfinite(guidance_scale)
+            or guidance_scale < 0
+        ):
+            raise InputError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+        if guidance_scale != 1.0 and not can_guide:
+            why = "an unconditional model" if cond is None else "a model trained without a null class"
+            raise InputError(
+                f"guidance_scale={guidance_scale} needs classifier-free guidance, but this is {why}"
+            )
+        if seed is None:
+            seed = secrets.randbelow(2**31)
+        elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+            raise InputError(f"seed must be a non-negative integer, got {seed!r}")
+        return _Request(sampler, int(steps), float(eta), float(guidance_scale), int(seed))
+
+    @staticmethod
+    def _check_num_images(num_images: Any) -> int:
+        if isinstance(num_images, bool) or not isinstance(num_images, numbers.Integral) or num_images < 1:
+            raise InputError(f"num_images must be an integer >= 1, got {num_images!r}")
+        return int(num_images)
+
+    def _check_latents(self, latents: Any) -> np.ndarray:
+        expected = self.bundle.latent_shape
+        if not isinstance(latents, np.ndarray):
+            raise InputError(f"latents must be a numpy array, got {type(latents).__name__}")
+        if latents.dtype != np.float32:
+            raise InputError(f"latents must be float32, got {latents.dtype}")
+        if latents.ndim != 4 or latents.shape[1:] != expected or latents.shape[0] < 1:
+            raise InputError(
+                f"latents must have shape (N, {', '.join(map(str, expected))}), got {latents.shape}"
+            )
+        if not np.isfinite(latents).all():
+            raise InputError("latents contain NaN or Inf")
+        return latents
+
+    def _labels(
+        self,
+        class_labels: int | str | Sequence[int | str] | None,
+        num_images: int,
+        rng: np.random.Generator,
+    ) -> np.ndarray | None:
+        cond = self.bundle.conditioning
+        if cond is None:
+            if class_labels is not None:
+                raise InputError(f"class_labels={class_labels!r} given, but this model is unconditional")
+            return None
+        if class_labels is None:  # a random class per image, drawn from the same seeded stream
+            return rng.integers(0, cond.num_classes, size=num_images).astype(np.int64)
+        items = [class_labels] if isinstance(class_labels, (str, numbers.Integral)) else list(class_labels)
+        if len(items) == 1:
+            items = items * num_images
+        if len(items) != num_images:
+            raise InputError(f"got {len(items)} class labels for {num_images} images")
+        out = []
+        for item in items:
+            if isinstance(item, str):
+                if item not in cond.class_names:
+                    raise InputError(f"class {item!r} is not one of {', '.join(cond.class_names)}")
+                out.append(cond.class_names.index(item))
+            elif (
+                isinstance(item, numbers.Integral)
+                and not isinstance(item, bool)
+                and 0 <= item < cond.num_classes
+            ):
+                out.append(int(item))
+            else:
+                raise InputError(f"class label {item!r} is outside 0..{cond.num_classes - 1}")
+        return np.asarray(out, dtype=np.int64)
