@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 # Ordered as the pipeline: train -> export -> runtime -> demo, then the tools around it.
 COMMANDS: dict[str, str] = {
+    "build-engines": "latent_ddpm.export.build_engines_cli",
     "sample": "latent_ddpm.runtime.sample_cli",
 }
 

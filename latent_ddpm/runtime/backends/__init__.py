@@ -18,6 +18,7 @@ from latent_ddpm.runtime.errors import BackendUnavailableError, InputError
 # name -> "module:function" returning an Engine for one model file.
 BACKENDS: dict[str, str] = {
     "onnxruntime": "latent_ddpm.runtime.backends.onnxruntime_backend:open_engine",
+    "tensorrt": "latent_ddpm.runtime.backends.tensorrt_backend:open_engine",
 }
 
 
