@@ -1,0 +1,187 @@
+"""DDPM ancestral sampling (Ho et al. 2020) in NumPy: diffusers' ``DDPMScheduler`` step for step."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+from latent_ddpm.runtime.errors import InputError
+from latent_ddpm.runtime.schedulers.common import (
+    ONE,
+    SchedulerOutput,
+    add_noise_vp,
+    as_float32,
+    check_num_inference_steps,
+    check_same_shape,
+    check_timestep,
+    clip_or_threshold,
+    cumprod_f32,
+    draw_noise,
+    predict_original_and_noise,
+    spaced_timesteps,
+    train_betas,
+)
+from latent_ddpm.runtime.schedulers.config import (
+    BETA_SCHEDULES,
+    PREDICTION_TYPES,
+    TIMESTEP_SPACINGS,
+    SchedulerBase,
+)
+
+LEARNED = ("learned", "learned_range")
+
+
+class DDPMScheduler(SchedulerBase):
+    """Samples x_{t-1} ~ q(x_{t-1} | x_t, x0_hat), the posterior of Ho et al. 2020 eqs. 6-7, at every step.
+
+    With ``set_timesteps(n)`` for n < num_train_timesteps the posterior is taken between consecutive
+    scheduled timesteps (diffusers' ``previous_timestep``), not between t and t - 1.
+    """
+
+    DEFAULTS = MappingProxyType(
+        {
+            "num_train_timesteps": 1000,
+            "beta_start": 0.0001,
+            "beta_end": 0.02,
+            "beta_schedule": "linear",
+            "trained_betas": None,
+            "variance_type": "fixed_small",
+            "clip_sample": True,
+            "prediction_type": "epsilon",
+            "thresholding": False,
+            "dynamic_thresholding_ratio": 0.995,
+            "clip_sample_range": 1.0,
+            "sample_max_value": 1.0,
+            "timestep_spacing": "leading",
+            "steps_offset": 0,
+            "rescale_betas_zero_snr": False,
+        }
+    )
+    # variance_type None (a DPM-Solver config's default) falls through diffusers' branches to fixed_small.
+    # "fixed_large_log" is refused: diffusers' step takes the square root of its log-variance and returns NaN.
+    CHOICES = MappingProxyType(
+        {
+            "prediction_type": PREDICTION_TYPES,
+            "timestep_spacing": TIMESTEP_SPACINGS,
+            "variance_type": (None, "fixed_small", "fixed_small_log", "fixed_large", *LEARNED),
+        }
+    )
+    BETA_SCHEDULES = (*BETA_SCHEDULES, "sigmoid", "laplace")
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.betas = train_betas(self.config)
+        self.alphas = ONE - self.betas
+        self.alphas_cumprod = cumprod_f32(self.alphas)
+        self.variance_type = self.config["variance_type"]
+        # Until set_timesteps, the full training chain T-1, ..., 0.
+        self.num_inference_steps: int | None = None
+        self.timesteps = np.arange(self.config["num_train_timesteps"], dtype=np.int64)[::-1].copy()
+
+    def set_timesteps(self, num_inference_steps: int) -> None:
+        """Choose the ``num_inference_steps`` timesteps to sample at (``config["timestep_spacing"]``)."""
+        c = self.config
+        n = check_num_inference_steps(num_inference_steps, c["num_train_timesteps"])
+        self.num_inference_steps = n
+        self.timesteps = spaced_timesteps(
+            c["timestep_spacing"], c["num_train_timesteps"], n, c["steps_offset"]
+        )
+
+    def previous_timestep(self, timestep: int) -> int:
+        """The timestep after ``timestep`` in the schedule, -1 after the last one."""
+        if not self.num_inference_steps:
+            return timestep - 1
+        matches = np.flatnonzero(self.timesteps == timestep)
+        if matches.size == 0:
+            raise InputError(f"timestep {timestep} is not in the schedule {self.timesteps.tolist()}")
+        index = matches[0]
+        return -1 if index == len(self.timesteps) - 1 else int(self.timesteps[index + 1])
+
+    def step(
+        self,
+        model_output: np.ndarray,
+        timestep: int,
+        sample: np.ndarray,
+        *,
+        generator: np.random.Generator | None = None,
+        variance_noise: np.ndarray | None = None,
+    ) -> SchedulerOutput:
+        """One reverse step x_t -> x_{t-1}; noise comes only from ``generator`` or ``variance_noise``."""
+        c = self.config
+        t = check_timestep(timestep, c["num_train_timesteps"])
+        prev_t = self.previous_timestep(t)
+        model_output = as_float32(model_output, "model_output")
+        sample = as_float32(sample, "sample")
+
+        # 0. A learned-variance model outputs [mean prediction, variance] stacked along channels.
+        predicted_variance = None
+        if self.variance_type in LEARNED:
+            if model_output.ndim < 2 or model_output.shape[1] != 2 * sample.shape[1]:
+                raise InputError(
+                    f"variance_type={self.variance_type!r} needs a model_output with 2x the sample's "
+                    f"channels, got {model_output.shape} for sample {sample.shape}"
+                )
+            model_output, predicted_variance = np.split(model_output, 2, axis=1)
+        check_same_shape(model_output, sample)
+
+        # 1. alpha_bar_t, alpha_bar_{t-1} and the effective beta_t between the two scheduled timesteps
+        alpha_prod_t = self.alphas_cumprod[t]
+        alpha_prod_t_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else ONE
+        beta_prod_t = ONE - alpha_prod_t
+        beta_prod_t_prev = ONE - alpha_prod_t_prev
+        current_alpha_t = alpha_prod_t / alpha_prod_t_prev
+        current_beta_t = ONE - current_alpha_t
+
+        # 2. predicted x_0 (Ho et al. 2020, eq. 15 for epsilon)
+        pred_original_sample, _ = predict_original_and_noise(
+            model_output, sample, alpha_prod_t, c["prediction_type"]
+        )
+
+        # 3. clip or dynamically threshold x_0
+        pred_original_sample = clip_or_threshold(pred_original_sample, c)
+
+        # 4. coefficients of x_0 and x_t in the posterior mean mu_tilde (Ho et al. 2020, eq. 7)
+        pred_original_sample_coeff = (np.sqrt(alpha_prod_t_prev) * current_beta_t) / beta_prod_t
+        current_sample_coeff = np.sqrt(current_alpha_t) * beta_prod_t_prev / beta_prod_t
+
+        # 5. posterior mean mu_tilde(x_t, x_0) (Ho et al. 2020, eq. 7)
+        pred_prev_sample = pred_original_sample_coeff * pred_original_sample + current_sample_coeff * sample
+
+        # 6. add sigma_t z with the posterior variance beta_tilde (Ho et al. 2020, eqs. 6-7), except at t = 0
+        if t > 0:
+            noise = draw_noise(sample.shape, generator, variance_noise, "DDPMScheduler.step")
+            std = self._std(current_beta_t, alpha_prod_t, alpha_prod_t_prev, predicted_variance)
+            pred_prev_sample = pred_prev_sample + std * noise
+
+        return SchedulerOutput(pred_prev_sample.astype(np.float32), pred_original_sample.astype(np.float32))
+
+    def _std(
+        self,
+        current_beta_t: np.float32,
+        alpha_prod_t: np.float32,
+        alpha_prod_t_prev: np.float32,
+        predicted_variance: np.ndarray | None,
+    ) -> np.float32 | np.ndarray:
+        """Standard deviation of the step's noise for each ``variance_type`` (diffusers' ``_get_variance``)."""
+        # beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t (Ho et al. 2020, eq. 7), floored for log
+        variance = (ONE - alpha_prod_t_prev) / (ONE - alpha_prod_t) * current_beta_t
+        variance = np.maximum(variance, np.float32(1e-20))
+        if self.variance_type == "fixed_small_log":
+            return np.exp(0.5 * np.log(variance))
+        if self.variance_type == "fixed_large":  # sigma_t^2 = beta_t, the other choice of Ho et al. Sec. 3.2
+            return np.sqrt(current_beta_t)
+        if self.variance_type == "learned":
+            return np.sqrt(predicted_variance)
+        if self.variance_type == "learned_range":
+            # Nichol & Dhariwal 2021, eq. 15: interpolate log-variance between beta_tilde_t and beta_t
+            min_log = np.log(variance)
+            max_log = np.log(current_beta_t)
+            frac = (predicted_variance + 1) / 2
+            return np.exp(0.5 * (frac * max_log + (1 - frac) * min_log))
+        return np.sqrt(variance)  # "fixed_small" (and None)
+
+    def add_noise(self, original_samples: np.ndarray, noise: np.ndarray, timesteps: np.ndarray) -> np.ndarray:
+        """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) noise (Ho et al. 2020, eq. 4), per batch item."""
+        return add_noise_vp(self.alphas_cumprod, original_samples, noise, timesteps)
