@@ -141,6 +141,7 @@ DDPM_VARIANTS = {
     "scaled_linear": {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
     "cosine": {"beta_schedule": "squaredcos_cap_v2"},
     "sigmoid": {"beta_schedule": "sigmoid"},
+    "laplace": {"beta_schedule": "laplace"},
     "trained_betas": {"trained_betas": np.linspace(1e-4, 0.03, 1000).tolist()},
     "trailing": {"timestep_spacing": "trailing"},
     "linspace": {"timestep_spacing": "linspace"},

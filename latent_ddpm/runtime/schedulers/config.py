@@ -41,12 +41,6 @@ _BOOLS = {
 _POSITIVE_FLOATS = {"clip_sample_range", "sample_max_value", "flow_shift"}
 _NONNEGATIVE_FLOATS = {"beta_start", "beta_end"}
 _INTS_AT_LEAST = {"num_train_timesteps": 1, "steps_offset": 0}
-# Options the runtime does not implement: only the value in this table is accepted. Why, for each:
-_UNSUPPORTED = {
-    "use_beta_sigmas": (False, "beta sigmas need scipy.stats.beta.ppf"),
-    "use_flow_sigmas": (False, "flow-matching sigmas are for flow models, not DDPM-trained U-Nets"),
-    "use_dynamic_shifting": (False, "dynamic shifting is for flow models, not DDPM-trained U-Nets"),
-}
 
 
 def _check(scheduler: str, key: str, value: Any, choices: Mapping[str, tuple]) -> Any:
@@ -55,11 +49,6 @@ def _check(scheduler: str, key: str, value: Any, choices: Mapping[str, tuple]) -
     def bad(expected: str) -> InputError:
         return InputError(f"{scheduler}: scheduler config {key}={value!r} is invalid, expected {expected}")
 
-    if key in _UNSUPPORTED:
-        allowed, why = _UNSUPPORTED[key]
-        if value != allowed:
-            raise InputError(f"{scheduler}: {key}={value!r} is not supported by the NumPy runtime ({why})")
-        return value
     if key in choices:
         if value not in choices[key]:
             raise bad("one of " + ", ".join(repr(c) for c in choices[key]))
@@ -113,6 +102,8 @@ class SchedulerBase:
     DEFAULTS: ClassVar[Mapping[str, Any]]
     # allowed values of the choice options
     CHOICES: ClassVar[Mapping[str, tuple]]
+    # option values diffusers accepts but the runtime refuses rather than sample differently: the reason
+    REFUSED: ClassVar[Mapping[tuple[str, Any], str]] = MappingProxyType({})
     # beta_schedule values this scheduler implements (diffusers only reads it when trained_betas is unset)
     BETA_SCHEDULES: ClassVar[tuple[str, ...]] = BETA_SCHEDULES
     order = 1  # model evaluations per step(), as diffusers' ``order`` (1 for all three)
@@ -123,6 +114,9 @@ class SchedulerBase:
         unknown = sorted(set(options) - set(self.DEFAULTS))
         if unknown:
             raise InputError(f"{name} has no option(s) {', '.join(unknown)}")
+        for (key, value), why in self.REFUSED.items():
+            if options.get(key, self.DEFAULTS[key]) == value:
+                raise InputError(f"{name}: {key}={value!r} is not supported by the NumPy runtime: {why}")
         resolved = {
             key: _check(name, key, options.get(key, default), self.CHOICES)
             for key, default in self.DEFAULTS.items()

@@ -60,12 +60,18 @@ class DDPMScheduler(SchedulerBase):
         }
     )
     # variance_type None (a DPM-Solver config's default) falls through diffusers' branches to fixed_small.
-    # "fixed_large_log" is refused: diffusers' step takes the square root of its log-variance and returns NaN.
     CHOICES = MappingProxyType(
         {
             "prediction_type": PREDICTION_TYPES,
             "timestep_spacing": TIMESTEP_SPACINGS,
             "variance_type": (None, "fixed_small", "fixed_small_log", "fixed_large", *LEARNED),
+        }
+    )
+    REFUSED = MappingProxyType(
+        {
+            ("variance_type", "fixed_large_log"): (
+                "diffusers' DDPMScheduler.step takes the square root of this log-variance and returns NaN"
+            )
         }
     )
     BETA_SCHEDULES = (*BETA_SCHEDULES, "sigmoid", "laplace")

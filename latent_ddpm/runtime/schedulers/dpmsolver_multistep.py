@@ -106,7 +106,7 @@ class DPMSolverMultistepScheduler(SchedulerBase):
     CHOICES = MappingProxyType(
         {
             "solver_order": (1, 2, 3),
-            "prediction_type": PREDICTION_TYPES,  # not "flow_prediction": flow models are out of scope
+            "prediction_type": PREDICTION_TYPES,
             "algorithm_type": ALGORITHM_TYPES,
             "solver_type": ("midpoint", "heun"),
             "final_sigmas_type": ("zero", "sigma_min"),
@@ -121,6 +121,15 @@ class DPMSolverMultistepScheduler(SchedulerBase):
             ),
             "timestep_spacing": TIMESTEP_SPACINGS,
             "time_shift_type": ("exponential",),
+        }
+    )
+
+    REFUSED = MappingProxyType(
+        {
+            ("use_beta_sigmas", True): "beta sigmas need scipy.stats.beta.ppf",
+            ("use_flow_sigmas", True): "flow-matching sigmas are for flow models, not DDPM-trained U-Nets",
+            ("use_dynamic_shifting", True): "dynamic shifting is for flow models, not DDPM-trained U-Nets",
+            ("prediction_type", "flow_prediction"): "flow models are not DDPM-trained U-Nets",
         }
     )
 
