@@ -16,6 +16,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, str] = {
     "build-engines": "latent_ddpm.export.build_engines_cli",
     "sample": "latent_ddpm.runtime.sample_cli",
+    "demo": "latent_ddpm.demo.cli",
 }
 
 

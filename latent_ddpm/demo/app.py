@@ -1,0 +1,309 @@
+"""The Gradio app: four tabs over one shared Pipeline, each button also a named API endpoint.
+
+``build_app`` only builds; ``launch`` serves (Gradio 6 takes the theme and CSS at launch). Tests and the
+CLI both go through these two, so what the tests check is what users get.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no phoning home
+
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import gradio as gr  # noqa: E402
+
+from latent_ddpm.demo.handlers import (  # noqa: E402
+    MAX_FRAMES,
+    MAX_GUIDANCE,
+    MAX_IMAGES,
+    MAX_SEED,
+    RANDOM_CLASS,
+    SAMPLERS,
+    Handlers,
+)
+from latent_ddpm.runtime.pipeline import Pipeline  # noqa: E402
+
+# Stable endpoint names for gradio_client (documented in docs/demo.md); the UI-only helpers are private.
+API_NAMES = ("generate", "denoise", "interpolate", "img2img")
+
+CSS = """
+.pixelated img, img.pixelated { image-rendering: pixelated; }
+#header h1 { margin-bottom: 0.2em; }
+#run-info { opacity: 0.8; font-size: 0.9em; }
+"""
+# System fonts only: Gradio's Default theme serves its fonts locally, but set it explicitly so that
+# nothing is fetched from a font CDN whatever the theme defaults become.
+THEME = gr.themes.Soft(
+    primary_hue="indigo",
+    font=["ui-sans-serif", "system-ui", "Segoe UI", "Helvetica", "Arial", "sans-serif"],
+    font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"],
+)
+
+
+@dataclass
+class _Sampling:
+    """The knobs shared by the sampling tabs."""
+
+    sampler: gr.Dropdown | None
+    steps: gr.Slider
+    eta: gr.Slider | None
+    guidance: gr.Slider
+    seed: gr.Number | None
+
+
+def build_app(
+    pipe_or_bundle_path: Pipeline | str | Path | None = None,
+    *,
+    backend: str = "onnxruntime",
+    providers: list[str] | None = None,
+    threads: int | None = None,
+    concurrency_limit: int = 2,
+    max_queue: int = 64,
+) -> gr.Blocks:
+    """A ready-to-launch app over a Pipeline, a bundle directory, or (None) the shipped digits model.
+
+    At most ``concurrency_limit`` sampling requests run at once, across all endpoints (they share the CPU
+    or GPU); up to ``max_queue`` more wait in line, and beyond that clients are told the queue is full.
+    """
+    if isinstance(pipe_or_bundle_path, Pipeline):
+        pipe = pipe_or_bundle_path
+    else:
+        pipe = Pipeline.from_bundle(
+            pipe_or_bundle_path, backend=backend, providers=providers, threads=threads
+        )
+    h = Handlers(pipe)
+    lim = h.limits
+    d = pipe.bundle.defaults
+    conditional = bool(lim.class_names)
+    run = {"concurrency_limit": concurrency_limit, "concurrency_id": "pipeline"}
+    private = {"queue": False, "api_visibility": "private", "show_progress": "hidden"}
+
+    def class_dropdown(allow_random: bool, value: str | None = None) -> gr.Dropdown:
+        choices = ([RANDOM_CLASS] if allow_random else []) + list(lim.class_names)
+        return gr.Dropdown(
+            choices or [RANDOM_CLASS],
+            value=value or (choices[0] if choices else RANDOM_CLASS),
+            label="Class",
+            info="'random' draws a class per image" if allow_random else "the same class for every frame",
+            visible=conditional,
+        )
+
+    def sampling(*, sampler: bool = True, seed: bool = True) -> _Sampling:
+        """Sampler+steps, eta+guidance, seed+randomize, two to a row; eta shows for DDIM only."""
+        sampler_box = eta_box = seed_box = None
+        with gr.Row():
+            if sampler:
+                sampler_box = gr.Dropdown(SAMPLERS, value=d.sampler, label="Sampler", min_width=140)
+            steps = gr.Slider(
+                1, lim.max_steps, value=min(d.steps, lim.max_steps), step=1, label="Steps", min_width=180
+            )
+        with gr.Row():
+            if sampler:
+                eta_box = gr.Slider(
+                    0.0,
+                    1.0,
+                    value=d.eta,
+                    step=0.05,
+                    label="eta (DDIM)",
+                    info="0 deterministic, 1 DDPM-like",
+                    visible=d.sampler == "ddim",
+                    min_width=180,
+                )
+                sampler_box.change(lambda s: gr.update(visible=s == "ddim"), sampler_box, eta_box, **private)
+            guidance = gr.Slider(
+                0.0,
+                MAX_GUIDANCE,
+                value=d.guidance_scale if lim.can_guide else 1.0,
+                step=0.1,
+                label="Guidance scale",
+                info="1 = off, higher = more class-like",
+                visible=lim.can_guide,
+                min_width=180,
+            )
+        if seed:
+            with gr.Group(), gr.Row(equal_height=True):
+                seed_box = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED, scale=4)
+                dice = gr.Button("Randomize", scale=1, min_width=100)
+            dice.click(h.random_seed, None, seed_box, **private)
+        return _Sampling(sampler_box, steps, eta_box, guidance, seed_box)
+
+    def pixel_gallery(label: str, columns: int, elem_id: str) -> gr.Gallery:
+        return gr.Gallery(
+            label=label,
+            columns=columns,
+            height="auto",
+            object_fit="contain",
+            format="png",
+            elem_id=elem_id,
+            elem_classes="pixelated",
+        )
+
+    model = f"{pipe.bundle.name}: {_describe(pipe)}"
+    with gr.Blocks(title="latent-ddpm demo", analytics_enabled=False, delete_cache=(1800, 3600)) as app:
+        gr.Markdown(
+            "# latent-ddpm\nA latent diffusion model served by the torch-free NumPy runtime. "
+            f"Model **{model}**, on **{pipe.backend}** ({', '.join(pipe.providers)}).",
+            elem_id="header",
+        )
+        with gr.Tabs():
+            with gr.Tab("Generate", id="generate"):
+                with gr.Row():
+                    with gr.Column(scale=2, min_width=340):
+                        with gr.Row():
+                            g_class = class_dropdown(allow_random=True)
+                            g_num = gr.Slider(
+                                1, MAX_IMAGES, value=8, step=1, label="Number of images", min_width=180
+                            )
+                        g = sampling()
+                        g_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+                    with gr.Column(scale=3):
+                        g_gallery = pixel_gallery("Samples", 4, "gallery")
+                        g_grid = gr.File(label="PNG grid at model resolution", elem_id="grid-file")
+
+            with gr.Tab("Watch it denoise", id="denoise"):
+                gr.Markdown(
+                    "At every step the model predicts the clean image (`pred_original_sample`); decoding "
+                    "those guesses shows noise turning into a picture."
+                )
+                with gr.Row():
+                    with gr.Column(scale=2, min_width=340):
+                        w_class = class_dropdown(allow_random=True)
+                        w = sampling()
+                        w_btn = gr.Button("Denoise", variant="primary", elem_id="denoise-btn")
+                    with gr.Column(scale=3):
+                        w_strip = gr.Image(
+                            label="Predicted clean image along the way",
+                            format="png",
+                            elem_classes="pixelated",
+                            interactive=False,
+                        )
+                        w_caption = gr.Markdown()
+                        w_gif = gr.Image(
+                            label="Animation",
+                            type="filepath",
+                            elem_classes="pixelated",
+                            interactive=False,
+                            height=300,
+                        )
+
+            with gr.Tab("Interpolate", id="interpolate"):
+                gr.Markdown(
+                    "Deterministic DDIM (eta 0) from noise on the great circle between two seeds' noise "
+                    "(slerp). The ends are what Generate draws from each seed with one image, DDIM and eta 0."
+                )
+                with gr.Row():
+                    with gr.Column(scale=2, min_width=340):
+                        i_class = class_dropdown(allow_random=False)
+                        with gr.Row():
+                            i_seed_a = gr.Number(0, label="Seed A", precision=0, minimum=0, maximum=MAX_SEED)
+                            i_seed_b = gr.Number(1, label="Seed B", precision=0, minimum=0, maximum=MAX_SEED)
+                        i_frames = gr.Slider(2, MAX_FRAMES, value=8, step=1, label="Frames")
+                        i = sampling(sampler=False, seed=False)
+                        i_btn = gr.Button("Interpolate", variant="primary", elem_id="interpolate-btn")
+                    with gr.Column(scale=3):
+                        i_strip = gr.Image(
+                            label="Seed A → seed B", format="png", elem_classes="pixelated", interactive=False
+                        )
+
+            with gr.Tab("Sketch to digit", id="img2img", visible=lim.has_encoder):
+                gr.Markdown(
+                    "Pick the brush and draw a digit (or upload a picture). It is encoded, noised to "
+                    "*strength* of the schedule and denoised toward the class (SDEdit): strength 0 gives "
+                    "back the autoencoder's reconstruction, 1 ignores the drawing."
+                )
+                with gr.Row():
+                    with gr.Column(min_width=280):
+                        s_sketch = gr.Sketchpad(
+                            label="Draw here",
+                            canvas_size=(280, 280),
+                            brush=gr.Brush(default_size=14, colors=["#000000"], color_mode="fixed"),
+                            type="numpy",
+                            layers=False,
+                            elem_id="sketchpad",
+                        )
+                    with gr.Column(min_width=280):
+                        s_input = gr.Image(
+                            label="Model input (or upload a picture)",
+                            type="numpy",
+                            image_mode=None,
+                            sources=["upload", "clipboard"],
+                            format="png",
+                            elem_classes="pixelated",
+                            height=300,
+                            elem_id="model-input",
+                        )
+                        s_btn = gr.Button("Turn into a digit", variant="primary", elem_id="img2img-btn")
+                    with gr.Column(min_width=280):
+                        s_gallery = pixel_gallery("Results", 2, "img2img-gallery")
+                with gr.Accordion("Settings", open=True), gr.Row():
+                    with gr.Column(min_width=300):
+                        s_class = class_dropdown(allow_random=True)
+                        with gr.Row():
+                            s_strength = gr.Slider(0.0, 1.0, value=0.6, step=0.05, label="Strength")
+                            s_variations = gr.Slider(1, 16, value=4, step=1, label="Variations")
+                    with gr.Column(min_width=300):
+                        s = sampling(sampler=False)
+
+        with gr.Accordion("Timing of the last run", open=True):
+            timing = gr.JSON(label="Timing", elem_id="timing")
+        gr.Markdown(
+            "Every button is also an API endpoint (`/generate`, `/denoise`, `/interpolate`, `/img2img`): "
+            "see *Use via API* at the bottom of the page and `docs/demo.md`.",
+            elem_id="run-info",
+        )
+
+        g_btn.click(
+            h.generate,
+            [g_class, g_num, g.sampler, g.steps, g.eta, g.guidance, g.seed],
+            [g_gallery, g_grid, timing],
+            api_name="generate",
+            **run,
+        )
+        w_btn.click(
+            h.denoise,
+            [w_class, w.sampler, w.steps, w.eta, w.guidance, w.seed],
+            [w_strip, w_gif, w_caption, timing],
+            api_name="denoise",
+            **run,
+        )
+        i_btn.click(
+            h.interpolate,
+            [i_class, i_seed_a, i_seed_b, i_frames, i.steps, i.guidance],
+            [i_strip, timing],
+            api_name="interpolate",
+            **run,
+        )
+        s_btn.click(
+            h.img2img,
+            [s_input, s_class, s_strength, s_variations, s.steps, s.guidance, s.seed],
+            [s_gallery, timing],
+            api_name="img2img",
+            **run,
+        )
+        s_sketch.change(h.sketch_to_input, s_sketch, s_input, **private)
+        s_input.upload(h.upload_to_input, s_input, s_input, **private)
+
+    app.queue(max_size=max_queue, default_concurrency_limit=concurrency_limit)
+    return app
+
+
+def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860, **kwargs: Any) -> Any:
+    """Serve ``app`` with the demo's theme and CSS; extra keyword arguments go to ``Blocks.launch``.
+
+    Errors are shown to clients in full (``show_error``): a request Gradio itself refuses (a None where
+    a number belongs) should say why, as the demo's own ``gr.Error`` messages do.
+    """
+    kwargs.setdefault("show_error", True)
+    return app.launch(server_name=host, server_port=port, theme=THEME, css=CSS, **kwargs)
+
+
+def _describe(pipe: Pipeline) -> str:
+    b = pipe.bundle
+    c, h, w = b.latent_shape
+    ic, ih, iw = b.image_shape
+    kind = f"{len(b.conditioning.class_names)} classes" if b.conditioning else "unconditional"
+    return f"{ih}x{iw}x{ic} images from {c}x{h}x{w} latents, {kind}, {b.prediction_type} prediction"

@@ -1,0 +1,80 @@
+"""Serve the Gradio demo: generate, watch denoising, interpolate between seeds, turn sketches into digits.
+
+Runs the torch-free runtime on the digits model that ships with the package unless --bundle (or the
+LATENT_DDPM_BUNDLE environment variable) names another bundle. Every tab is also an API endpoint for
+gradio_client (/generate, /denoise, /interpolate, /img2img); see docs/demo.md. Nothing is downloaded:
+analytics are off and --share (which does need the internet) is off by default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+HELP = __doc__
+BUNDLE_ENV = "LATENT_DDPM_BUNDLE"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--bundle",
+        type=Path,
+        default=None,
+        help=f"bundle directory; None = ${BUNDLE_ENV} if set, else the shipped digits model",
+    )
+    p.add_argument("--backend", default="onnxruntime", help="inference backend: onnxruntime or tensorrt")
+    p.add_argument(
+        "--providers",
+        default=None,
+        help="comma-separated ONNX Runtime execution providers, e.g. CUDAExecutionProvider,CPUExecutionProvider",
+    )
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads per model; None = all cores")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 serves other machines (Docker)"
+    )
+    p.add_argument("--port", type=int, default=7860, help="port to listen on")
+    p.add_argument(
+        "--share", action="store_true", help="also open a public *.gradio.live link (needs the internet)"
+    )
+    p.add_argument(
+        "--concurrency", type=int, default=2, help="sampling requests that may run at the same time"
+    )
+    p.add_argument(
+        "--max-queue", type=int, default=64, help="requests that may wait; more are refused as 'queue full'"
+    )
+
+
+def bundle_path(args: argparse.Namespace) -> Path | None:
+    """--bundle, else $LATENT_DDPM_BUNDLE, else None (the shipped model)."""
+    if args.bundle is not None:
+        return args.bundle
+    env = os.environ.get(BUNDLE_ENV, "").strip()
+    return Path(env) if env else None
+
+
+def run(args: argparse.Namespace) -> int:
+    from latent_ddpm.cli import CLIError
+
+    if not 1 <= args.port <= 65535:
+        raise CLIError(f"--port must be in 1..65535, got {args.port}")
+    if args.concurrency < 1 or args.max_queue < 1:
+        raise CLIError(
+            f"--concurrency and --max-queue must be >= 1, got {args.concurrency} and {args.max_queue}"
+        )
+    try:
+        from latent_ddpm.demo.app import build_app, launch
+    except ImportError as exc:
+        raise CLIError(f"the demo needs Gradio ({exc}): pip install 'latent-ddpm[demo]'") from None
+
+    providers = [p.strip() for p in args.providers.split(",")] if args.providers else None
+    app = build_app(
+        bundle_path(args),
+        backend=args.backend,
+        providers=providers,
+        threads=args.threads,
+        concurrency_limit=args.concurrency,
+        max_queue=args.max_queue,
+    )
+    launch(app, host=args.host, port=args.port, share=args.share)
+    return 0
