@@ -1,0 +1,55 @@
+"""Shared set-up of the demo tests: which bundle to serve, free ports, a live in-process server.
+
+The demo tests run on the shipped digits bundle when ``latent_ddpm/data/digits/bundle.json`` exists (what
+users get), and otherwise on the tiny factory bundle from ``tests/bundle_factory.py`` (real ONNX graphs,
+4x8x8 latents, 1x32x32 images, classes "0".."9"), so they run before the model has been trained.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from bundle_factory import make_bundle
+
+from latent_ddpm.runtime.pipeline import SHIPPED_BUNDLE, Pipeline
+
+# Few steps keep every request fast on either bundle; the tests pass them explicitly.
+TEST_STEPS = 4
+
+
+def demo_bundle(scratch: Path) -> Path:
+    """The shipped bundle if this checkout has one, else a factory bundle written into ``scratch``."""
+    if (SHIPPED_BUNDLE / "bundle.json").is_file():
+        return SHIPPED_BUNDLE
+    return make_bundle(scratch / "factory-bundle")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class LiveDemo:
+    url: str
+    pipe: Pipeline
+
+
+@contextlib.contextmanager
+def live_demo(bundle: Path, threads: int = 1) -> Iterator[LiveDemo]:
+    """The demo app served on 127.0.0.1 from this process, closed on exit."""
+    from latent_ddpm.demo.app import build_app, launch
+
+    pipe = Pipeline.from_bundle(bundle, threads=threads)
+    app = build_app(pipe)
+    port = free_port()
+    launch(app, port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield LiveDemo(f"http://127.0.0.1:{port}/", pipe)
+    finally:
+        app.close()

@@ -1,0 +1,232 @@
+"""The demo's API endpoints through gradio_client against a live in-process server.
+
+Served bundle: the shipped digits model when ``latent_ddpm/data/digits/bundle.json`` exists, otherwise the
+tiny factory bundle from ``tests/bundle_factory.py`` (see ``tests/demo_server.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from demo_server import TEST_STEPS, LiveDemo, demo_bundle, live_demo
+from PIL import Image
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+from latent_ddpm.demo.imaging import display_scale  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDemo]:
+    with live_demo(demo_bundle(tmp_path_factory.mktemp("demo"))) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def client(demo: LiveDemo) -> Client:
+    return Client(demo.url, verbose=False)
+
+
+def _class(demo: LiveDemo, index: int = 3) -> str:
+    cond = demo.pipe.bundle.conditioning
+    return cond.class_names[index % cond.num_classes] if cond else "random"
+
+
+def _guidance(demo: LiveDemo) -> float:
+    cond = demo.pipe.bundle.conditioning
+    return 2.0 if cond and cond.null_class is not None else 1.0
+
+
+def _load(path: str) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+def _model_pixels(path: str, demo: LiveDemo) -> np.ndarray:
+    """A displayed (nearest-neighbour upscaled) image back at model resolution, HxW or HxWx3."""
+    big = _load(path)
+    s = display_scale(demo.pipe.bundle.image_shape[1])
+    return big[::s, ::s]
+
+
+def _generate(client: Client, demo: LiveDemo, n: int = 3, seed: int = 7, sampler: str = "ddim"):
+    return client.predict(
+        _class(demo), n, sampler, TEST_STEPS, 0.0, _guidance(demo), seed, api_name="/generate"
+    )
+
+
+def test_endpoints_have_stable_names(client: Client) -> None:
+    names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert names == {"/generate", "/denoise", "/interpolate", "/img2img"}
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpmsolver++"])
+def test_generate_returns_images_of_the_model_size(client: Client, demo: LiveDemo, sampler: str) -> None:
+    gallery, grid_path, timing = _generate(client, demo, n=3, sampler=sampler)
+    c, h, w = demo.pipe.bundle.image_shape
+    s = display_scale(h)
+    assert len(gallery) == 3
+    for item in gallery:
+        assert _load(item["image"]).shape[:2] == (h * s, w * s)
+    grid = _load(grid_path)  # model resolution: 3 images in a row, 2-pixel padding
+    assert grid.shape[:2] == (h + 4, 3 * w + 8)
+    assert timing["images"] == 3 and timing["steps"] == TEST_STEPS and timing["sampler"] == sampler
+    assert timing["backend"] == "onnxruntime" and timing["providers"] == ["CPUExecutionProvider"]
+    assert timing["total_s"] > 0 and timing["per_step_ms"] > 0 and timing["images_per_s"] > 0
+
+
+def test_a_fixed_seed_gives_the_same_images(client: Client, demo: LiveDemo) -> None:
+    first = [_load(item["image"]) for item in _generate(client, demo, seed=11)[0]]
+    second = [_load(item["image"]) for item in _generate(client, demo, seed=11)[0]]
+    other = [_load(item["image"]) for item in _generate(client, demo, seed=12)[0]]
+    assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+
+
+def test_generate_matches_the_runtime(client: Client, demo: LiveDemo) -> None:
+    gallery, _, timing = _generate(client, demo, n=2, seed=5)
+    direct = demo.pipe.generate(
+        num_images=2,
+        steps=TEST_STEPS,
+        sampler="ddim",
+        eta=0.0,
+        seed=5,
+        class_labels=_class(demo) if demo.pipe.bundle.conditioning else None,
+        guidance_scale=_guidance(demo),
+    )
+    for item, expected in zip(gallery, direct.images, strict=True):
+        assert np.array_equal(_model_pixels(item["image"], demo).reshape(expected.shape), expected)
+    assert timing["seed"] == 5
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"num_images": 0}, "0"),
+        ({"num_images": 65}, "65"),
+        ({"steps": 0}, "0"),
+        ({"steps": 5000}, "5000"),
+        ({"seed": -1}, "-1"),
+        ({"seed": 2**31}, str(2**31)),
+        ({"guidance": 21.0}, "21"),
+        ({"eta": 1.5}, "1.5"),
+        ({"sampler": "euler"}, "euler"),
+        ({"class_name": "banana"}, "banana"),
+        ({"steps": None}, "None"),
+        ({"guidance": None}, "None"),
+        ({"num_images": None}, "None"),
+    ],
+)
+def test_bad_input_is_a_clear_error_and_the_server_keeps_serving(
+    client: Client, demo: LiveDemo, args: dict, message: str
+) -> None:
+    call = {
+        "class_name": _class(demo),
+        "num_images": 2,
+        "sampler": "ddim",
+        "steps": TEST_STEPS,
+        "eta": 0.0,
+        "guidance": _guidance(demo),
+        "seed": 1,
+    } | args
+    with pytest.raises(AppError, match=f"(?s).*{message}"):
+        client.predict(*call.values(), api_name="/generate")
+    assert len(_generate(client, demo, n=1)[0]) == 1
+
+
+def test_denoise_shows_noise_becoming_an_image(client: Client, demo: LiveDemo) -> None:
+    strip_path, gif_path, caption, timing = client.predict(
+        _class(demo), "ddim", TEST_STEPS, 0.0, _guidance(demo), 3, api_name="/denoise"
+    )
+    _, h, w = demo.pipe.bundle.image_shape
+    s = display_scale(h)
+    frames = TEST_STEPS + 2  # noise, every step's prediction (<= 8 steps), the decoded result
+    assert _load(strip_path).shape[:2] == (h * s, (frames * w + (frames - 1) * 2) * s)
+    gif = Image.open(gif_path)
+    assert gif.format == "GIF" and gif.n_frames == frames
+    assert caption.startswith("noise → step 1/") and caption.endswith("decoded result")
+    assert timing["steps"] == TEST_STEPS
+
+
+def test_interpolation_strip_ends_at_each_seeds_image(client: Client, demo: LiveDemo) -> None:
+    frames = 5
+    strip_path, timing = client.predict(
+        _class(demo), 21, 22, frames, TEST_STEPS, _guidance(demo), api_name="/interpolate"
+    )
+    _, h, w = demo.pipe.bundle.image_shape
+    s = display_scale(h)
+    strip = _load(strip_path)
+    assert strip.shape[:2] == (h * s, (frames * w + (frames - 1) * 2) * s)
+    assert timing["images"] == frames and timing["sampler"] == "ddim"
+    small = strip[::s, ::s]
+    for seed, x in ((21, 0), (22, (frames - 1) * (w + 2))):
+        (expected,) = _generate(client, demo, n=1, seed=seed)[0]
+        assert np.abs(small[:, x : x + w].astype(int) - _model_pixels(expected["image"], demo)).max() <= 1
+
+
+def _digit(tmp_path: Path, h: int, w: int) -> tuple[np.ndarray, str]:
+    """A white '7'-like stroke on black, the way MNIST digits look."""
+    x = np.zeros((h, w), dtype=np.uint8)
+    x[h // 4 : h // 4 + 3, w // 4 : 3 * w // 4] = 255
+    for r in range(h // 4, 3 * h // 4):
+        c = 3 * w // 4 - (r - h // 4) // 2
+        x[r, c - 1 : c + 2] = 255
+    path = tmp_path / "digit.png"
+    Image.fromarray(x).save(path)
+    return x, str(path)
+
+
+def test_img2img_at_strength_0_is_the_autoencoders_reconstruction(
+    client: Client, demo: LiveDemo, tmp_path: Path
+) -> None:
+    if not demo.pipe.bundle.has_encoder:
+        pytest.skip("the served bundle has no vae_encoder.onnx")
+    _, h, w = demo.pipe.bundle.image_shape
+    x, path = _digit(tmp_path, h, w)
+    gallery, timing = client.predict(
+        handle_file(path), _class(demo), 0.0, 2, TEST_STEPS, _guidance(demo), 0, api_name="/img2img"
+    )
+    expected = demo.pipe.decode(demo.pipe.encode(x))[0]
+    assert len(gallery) == 2 and timing["steps"] == 0
+    for item in gallery:
+        got = _model_pixels(item["image"], demo).reshape(expected.shape)
+        assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_img2img_inverts_dark_on_light_drawings(client: Client, demo: LiveDemo, tmp_path: Path) -> None:
+    if not demo.pipe.bundle.has_encoder or demo.pipe.bundle.image_shape[0] != 1:
+        pytest.skip("needs a single-channel bundle with a vae_encoder.onnx")
+    _, h, w = demo.pipe.bundle.image_shape
+    x, path = _digit(tmp_path, h, w)
+    Image.fromarray(255 - x).save(path)  # black ink on white paper
+    gallery, _ = client.predict(
+        handle_file(path), _class(demo), 0.0, 1, TEST_STEPS, _guidance(demo), 0, api_name="/img2img"
+    )
+    expected = demo.pipe.decode(demo.pipe.encode(x))[0]
+    got = _model_pixels(gallery[0]["image"], demo).reshape(expected.shape)
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_img2img_at_strength_1_generates_from_noise(client: Client, demo: LiveDemo, tmp_path: Path) -> None:
+    if not demo.pipe.bundle.has_encoder:
+        pytest.skip("the served bundle has no vae_encoder.onnx")
+    _, h, w = demo.pipe.bundle.image_shape
+    x, path = _digit(tmp_path, h, w)
+    gallery, timing = client.predict(
+        handle_file(path), _class(demo), 1.0, 3, TEST_STEPS, _guidance(demo), 4, api_name="/img2img"
+    )
+    s = display_scale(h)
+    assert len(gallery) == 3 and timing["steps"] == TEST_STEPS
+    for item in gallery:
+        big = _load(item["image"])
+        assert big.shape[:2] == (h * s, w * s)
+        assert np.abs(big[::s, ::s].astype(float) - x.astype(float)).mean() > 10
+
+
+def test_img2img_without_an_image_is_a_clear_error(client: Client, demo: LiveDemo) -> None:
+    with pytest.raises(AppError, match="draw a digit or upload an image"):
+        client.predict(None, _class(demo), 0.5, 1, TEST_STEPS, _guidance(demo), 0, api_name="/img2img")

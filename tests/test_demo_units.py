@@ -1,0 +1,170 @@
+"""The demo's pieces without a server: slerp, sketch clean-up, handler checks, app layout, CLI flags.
+
+Served bundle: the shipped digits model when ``latent_ddpm/data/digits/bundle.json`` exists, otherwise the
+tiny factory bundle from ``tests/bundle_factory.py`` (see ``tests/demo_server.py``); the unconditional and
+encoder-less cases always use factory bundles.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pytest
+from bundle_factory import make_bundle
+from demo_server import TEST_STEPS, demo_bundle
+
+gr = pytest.importorskip("gradio")
+
+from latent_ddpm.demo import cli as demo_cli  # noqa: E402
+from latent_ddpm.demo.handlers import Handlers  # noqa: E402
+from latent_ddpm.demo.imaging import (  # noqa: E402
+    center_digit,
+    display_scale,
+    for_display,
+    strip,
+    to_model_polarity,
+)
+from latent_ddpm.demo.slerp import slerp, slerp_path  # noqa: E402
+from latent_ddpm.runtime.pipeline import Pipeline  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def handlers(tmp_path_factory: pytest.TempPathFactory) -> Handlers:
+    return Handlers(Pipeline.from_bundle(demo_bundle(tmp_path_factory.mktemp("units")), threads=1))
+
+
+def test_slerp_keeps_gaussian_norms_where_lerp_shrinks_them() -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((2, 4096), dtype=np.float32)
+    mid = slerp(a, b, 0.5)
+    assert abs(np.linalg.norm(mid) / np.linalg.norm(a) - 1) < 0.05
+    assert np.linalg.norm((a + b) / 2) / np.linalg.norm(a) < 0.8  # why slerp: lerp leaves the shell
+    path = slerp_path(a, b, 5)
+    assert path.shape == (5, 4096) and path.dtype == np.float32
+    np.testing.assert_allclose(path[0], a, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(path[-1], b, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(slerp(a, a * 2, 0.5), a * 1.5, rtol=1e-6)  # parallel: falls back to lerp
+
+
+def test_display_upscaling_is_nearest_neighbour() -> None:
+    img = np.arange(32 * 32, dtype=np.uint32).reshape(32, 32, 1).astype(np.uint8)
+    big = for_display(img)
+    s = display_scale(32)
+    assert s == 4 and big.shape == (128, 128)
+    assert np.array_equal(big[::s, ::s], img[..., 0]) and np.array_equal(big[3::s, 3::s], img[..., 0])
+    assert strip(np.zeros((3, 8, 8, 1), np.uint8)).shape == (8, 3 * 8 + 2 * 2, 1)
+
+
+def test_dark_ink_on_light_paper_is_inverted_and_white_on_black_kept() -> None:
+    ink = np.full((40, 40), 255, np.uint8)
+    ink[10:30, 18:22] = 0
+    assert to_model_polarity(ink)[20, 20] == 255 and to_model_polarity(ink)[0, 0] == 0
+    assert np.array_equal(to_model_polarity(255 - ink), 255 - ink)
+    rgba = np.zeros((40, 40, 4), np.uint8)  # black strokes on a transparent canvas
+    rgba[10:30, 18:22, 3] = 255
+    assert to_model_polarity(rgba)[20, 20] == 255 and to_model_polarity(rgba)[0, 0] == 0
+
+
+def test_center_digit_frames_a_corner_scribble_like_mnist() -> None:
+    grey = np.zeros((280, 280), np.uint8)
+    grey[10:60, 200:215] = 255  # a short stroke in the top-right corner
+    out = center_digit(grey, 32)
+    ys, xs = np.nonzero(out > 32)
+    assert out.shape == (32, 32)
+    assert ys.max() - ys.min() + 1 == round(32 * 0.7)  # the longer side fills 70%, as MNIST's 20/28
+    assert abs((ys.min() + ys.max()) / 2 - 15.5) <= 1 and abs((xs.min() + xs.max()) / 2 - 15.5) <= 1
+    assert not center_digit(np.zeros((50, 50), np.uint8), 32).any()
+
+
+def test_sketch_becomes_a_white_on_black_model_input(handlers: Handlers) -> None:
+    composite = np.full((280, 280, 3), 255, np.uint8)  # Gradio flattens the sketch on white
+    composite[60:220, 130:150] = 0
+    shown = handlers.sketch_to_input({"background": None, "layers": [], "composite": composite})
+    _, h, w = handlers.pipe.bundle.image_shape
+    s = display_scale(h)
+    assert shown.shape == (h * s, w * s)
+    assert shown[0, 0] == 0 and shown[h * s // 2, w * s // 2] == 255
+    assert handlers.sketch_to_input(None) is None
+    assert handlers.sketch_to_input({"composite": np.full((50, 50, 3), 255, np.uint8)}) is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_images": 0}, "number of images must be an integer in 1..64, got 0"),
+        ({"num_images": 2.5}, "number of images must be an integer"),
+        ({"num_images": True}, "number of images must be an integer"),
+        ({"steps": float("nan")}, "steps must be an integer"),
+        ({"eta": -0.1}, r"eta must be a number in 0\.\.1, got -0\.1"),
+        ({"guidance_scale": float("inf")}, "guidance scale must be a number in 0..20"),
+        ({"seed": 2**31}, f"seed must be an integer in 0..{2**31 - 1}"),
+        ({"sampler": "euler"}, "sampler must be one of ddim, ddpm, dpmsolver\\+\\+, got 'euler'"),
+        ({"class_name": "banana"}, "class 'banana' is not one of random, "),
+    ],
+)
+def test_handlers_check_every_argument_themselves(handlers: Handlers, kwargs: dict, message: str) -> None:
+    call = {
+        "class_name": "random",
+        "num_images": 1,
+        "sampler": "ddim",
+        "steps": TEST_STEPS,
+        "eta": 0.0,
+        "guidance_scale": 1.0,
+        "seed": 0,
+    } | kwargs
+    with pytest.raises(gr.Error, match=message):
+        handlers.generate(**call)
+
+
+def test_runtime_input_errors_become_gr_errors(tmp_path: Path) -> None:
+    h = Handlers(Pipeline.from_bundle(make_bundle(tmp_path / "b", conditional=False, with_encoder=False)))
+    assert h.limits.class_names == () and not h.limits.can_guide and not h.limits.has_encoder
+    gallery, _, timing = h.generate("random", 2, "ddim", TEST_STEPS, 0.0, 1.0, 0)
+    assert len(gallery) == 2 and gallery[0][1] == "#1" and timing["guidance_scale"] == 1.0
+    with pytest.raises(gr.Error, match="guidance_scale=3.0 needs classifier-free guidance"):
+        h.generate("random", 2, "ddim", TEST_STEPS, 0.0, 3.0, 0)  # the runtime's InputError, same text
+    with pytest.raises(gr.Error, match="class '3' given, but this model is unconditional"):
+        h.generate("3", 2, "ddim", TEST_STEPS, 0.0, 1.0, 0)
+    with pytest.raises(gr.Error, match="no vae_encoder.onnx"):
+        h.img2img(np.zeros((32, 32), np.uint8), "random", 0.5, 1, TEST_STEPS, 1.0, 0)
+
+
+def test_unconditional_models_hide_class_and_guidance(tmp_path: Path) -> None:
+    from latent_ddpm.demo.app import build_app
+
+    app = build_app(make_bundle(tmp_path / "b", conditional=False, with_encoder=False))
+    by_label: dict[str, list[bool]] = {}
+    for comp in app.config["components"]:
+        props = comp.get("props", {})
+        by_label.setdefault(props.get("label"), []).append(props.get("visible", True))
+    assert by_label["Class"] and not any(by_label["Class"])
+    assert by_label["Guidance scale"] and not any(by_label["Guidance scale"])
+    assert any(by_label["Steps"])
+    app.close()
+
+
+def _args(**kw) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    demo_cli.add_arguments(p)
+    return p.parse_args([f"--{k}={v}" for k, v in kw.items()])
+
+
+def test_cli_bundle_comes_from_flag_then_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(demo_cli.BUNDLE_ENV, raising=False)
+    assert demo_cli.bundle_path(_args()) is None  # the shipped model
+    monkeypatch.setenv(demo_cli.BUNDLE_ENV, "/srv/bundles/digits")
+    assert demo_cli.bundle_path(_args()) == Path("/srv/bundles/digits")
+    assert demo_cli.bundle_path(_args(bundle="/tmp/mine")) == Path("/tmp/mine")
+
+
+def test_cli_refuses_bad_flags_and_bundles_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from latent_ddpm.cli import main
+
+    assert main(["demo", "--port", "70000"]) == 2
+    assert "--port must be in 1..65535, got 70000" in capsys.readouterr().err
+    assert main(["demo", "--bundle", str(tmp_path / "missing")]) == 2
+    assert "bundle directory not found" in capsys.readouterr().err
