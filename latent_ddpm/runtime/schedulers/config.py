@@ -14,7 +14,7 @@ import math
 import numbers
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -91,6 +91,9 @@ def _check(scheduler: str, key: str, value: Any, choices: Mapping[str, tuple]) -
     raise AssertionError(f"no check for option {key}")  # every key in DEFAULTS has one above
 
 
+_Scheduler = TypeVar("_Scheduler", bound="SchedulerBase")
+
+
 class SchedulerBase:
     """Options, ``from_config`` and the diffusers attributes every scheduler shares.
 
@@ -136,7 +139,7 @@ class SchedulerBase:
         self.config: Mapping[str, Any] = MappingProxyType(resolved)
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], **overrides: Any):
+    def from_config(cls: type[_Scheduler], config: Mapping[str, Any], **overrides: Any) -> _Scheduler:
         """Build from a diffusers scheduler config of any of the three schedulers, like diffusers' ``from_config``.
 
         Keys this scheduler does not have are ignored; ``overrides`` (which must be options of this

@@ -240,9 +240,8 @@ class DPMSolverMultistepScheduler(SchedulerBase):
         the same spacing, but only "lu_lambdas" rounds its timesteps."""
         ramp = np.linspace(0, 1, n)
         if spacing == "lu_lambdas":
-            lambdas = np.flip(log_sigmas.copy())
-            lambda_min, lambda_max = lambdas[-1].item(), lambdas[0].item()
-            return np.exp(lambda_max + ramp * (lambda_min - lambda_max))
+            log_sigma_min, log_sigma_max = log_sigmas[0].item(), log_sigmas[-1].item()
+            return np.exp(log_sigma_max + ramp * (log_sigma_min - log_sigma_max))
         sigmas = np.flip(sigmas).copy()
         sigma_min, sigma_max = sigmas[-1].item(), sigmas[0].item()
         if spacing == "exponential":
