@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from bundle_factory import make_bundle
 from demo_server import TEST_STEPS, demo_bundle
+from PIL import Image
 
 gr = pytest.importorskip("gradio")
 
@@ -81,7 +82,7 @@ def test_center_digit_frames_a_corner_scribble_like_mnist() -> None:
 def test_sketch_becomes_a_white_on_black_model_input(handlers: Handlers) -> None:
     composite = np.full((280, 280, 3), 255, np.uint8)  # Gradio flattens the sketch on white
     composite[60:220, 130:150] = 0
-    shown = handlers.sketch_to_input({"background": None, "layers": [], "composite": composite})
+    shown = np.asarray(Image.open(handlers.sketch_to_input({"layers": [], "composite": composite})))
     _, h, w = handlers.pipe.bundle.image_shape
     s = display_scale(h)
     assert shown.shape == (h * s, w * s)

@@ -24,6 +24,7 @@ from typing import Any
 
 import gradio as gr
 import numpy as np
+from PIL import Image
 
 from latent_ddpm.demo.imaging import center_digit, for_display, save_gif, strip, to_model_polarity
 from latent_ddpm.demo.slerp import slerp_path
@@ -66,8 +67,14 @@ class Limits:
 
 
 class Scratch:
-    """Files handed to Gradio (PNG grids, GIFs). Gradio copies them into its own cache on return, so ours
-    are deleted after ``max_age_s``; the folder goes when the app is garbage-collected or Python exits."""
+    """Every picture the demo returns, written to a fresh folder per file and handed to Gradio by path.
+
+    Gradio copies a returned path into its cache atomically (staging file, then rename). Returning numpy
+    arrays instead makes Gradio 6 write ``<cache>/<hash>/image.png`` in place, so two concurrent requests
+    with the same result (same seed and settings, e.g. two users on the default seed) can serve each other
+    a truncated file; the load test caught exactly that. Ours are deleted after ``max_age_s``; the folder
+    goes when the app is garbage-collected or Python exits.
+    """
 
     def __init__(self, max_age_s: float = 600.0) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="latent-ddpm-demo-"))
@@ -79,6 +86,12 @@ class Scratch:
         folder = self.root / uuid.uuid4().hex
         folder.mkdir()
         return folder / name
+
+    def png(self, image: np.ndarray, name: str = "image.png") -> str:
+        """An HxW or HxWx3 uint8 array written as a PNG of its own; returns the path as Gradio wants it."""
+        path = self.path(name)
+        Image.fromarray(image).save(path)
+        return str(path)
 
     def _prune(self) -> None:
         cutoff = time.time() - self.max_age_s
@@ -132,7 +145,7 @@ class Handlers:
         guidance_scale: float,
         seed: float | None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's documented injection idiom
-    ) -> tuple[list[tuple[np.ndarray, str]], str, dict[str, Any]]:
+    ) -> tuple[list[tuple[str, str]], str, dict[str, Any]]:
         """Sample images from noise; returns (gallery, path of the PNG grid, timing)."""
         n = check_int("number of images", num_images, 1, MAX_IMAGES)
         args = self._sampling(sampler, steps, eta, guidance_scale, seed)
@@ -143,7 +156,7 @@ class Handlers:
                 callback=self._progress(progress, args["steps"]),
                 **args,
             )
-        gallery = [(for_display(img), self._caption(result, i)) for i, img in enumerate(result.images)]
+        gallery = self._gallery(result)
         grid_path = self.scratch.path(
             f"latent-ddpm_seed{result.seed}_{result.sampler}_{result.steps}steps.png"
         )
@@ -159,7 +172,7 @@ class Handlers:
         guidance_scale: float,
         seed: float | None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008
-    ) -> tuple[np.ndarray, str, str, dict[str, Any]]:
+    ) -> tuple[str, str, str, dict[str, Any]]:
         """One image, showing the model's guess of the clean image as the noise is removed.
 
         Returns (strip of DENOISE_STRIP_FRAMES pictures, path of an animated GIF, strip caption, timing).
@@ -191,7 +204,7 @@ class Handlers:
             + [f"step {i + 1}/{n_steps} (t={previews[i].timestep})" for i in strip_steps]
             + ["decoded result"]
         )
-        return for_display(picture), str(gif_path), caption, self._timing(result)
+        return self.scratch.png(for_display(picture)), str(gif_path), caption, self._timing(result)
 
     def interpolate(
         self,
@@ -202,7 +215,7 @@ class Handlers:
         steps: float,
         guidance_scale: float,
         progress: gr.Progress = gr.Progress(),  # noqa: B008
-    ) -> tuple[np.ndarray, dict[str, Any]]:
+    ) -> tuple[str, dict[str, Any]]:
         """Walk the great circle between two seeds' noise with deterministic DDIM (eta 0); one class for all.
 
         The ends are exactly what Generate makes from those seeds with one image, DDIM and eta 0.
@@ -220,7 +233,7 @@ class Handlers:
                 callback=self._progress(progress, args["steps"]),
                 **args,
             )
-        return for_display(strip(result.images)), self._timing(result)
+        return self.scratch.png(for_display(strip(result.images))), self._timing(result)
 
     def img2img(
         self,
@@ -232,7 +245,7 @@ class Handlers:
         guidance_scale: float,
         seed: float | None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008
-    ) -> tuple[list[tuple[np.ndarray, str]], dict[str, Any]]:
+    ) -> tuple[list[tuple[str, str]], dict[str, Any]]:
         """SDEdit: noise the picture to ``strength`` of the schedule, then denoise it toward the class."""
         if image is None:
             raise gr.Error("draw a digit or upload an image first", print_exception=False)
@@ -253,8 +266,7 @@ class Handlers:
                 callback=self._progress(progress, max(int(args["steps"] * s), 1)),
                 **args,
             )
-        gallery = [(for_display(img), self._caption(result, i)) for i, img in enumerate(result.images)]
-        return gallery, self._timing(result)
+        return self._gallery(result), self._timing(result)
 
     # ------------------------------------------------------------------ UI helpers (not API endpoints)
 
@@ -269,20 +281,21 @@ class Handlers:
             return image[..., :3] if image.ndim == 3 else image
         return to_model_polarity(image)
 
-    def sketch_to_input(self, sketch: dict[str, Any] | None) -> np.ndarray | None:
+    def sketch_to_input(self, sketch: dict[str, Any] | None) -> str | None:
         """The drawing as the model will see it (shown next to the sketchpad, sent to img2img)."""
         return self.upload_to_input((sketch or {}).get("composite"))
 
-    def upload_to_input(self, picture: np.ndarray | None) -> np.ndarray | None:
+    def upload_to_input(self, picture: np.ndarray | None) -> str | None:
         """For digit models: inverted to light-on-dark if needed, cropped and centred like an MNIST digit."""
         if picture is None:
             return None
         if not self.limits.single_channel:
-            return picture
+            return self.scratch.png(np.asarray(picture))
         grey = to_model_polarity(np.asarray(picture))
         if not grey.any():  # an empty canvas
             return None
-        return for_display(center_digit(grey, self.pipe.bundle.image_shape[1])[..., None])
+        digit = center_digit(grey, self.pipe.bundle.image_shape[1])
+        return self.scratch.png(for_display(digit[..., None]), "model-input.png")
 
     def random_seed(self) -> int:
         return secrets.randbelow(MAX_SEED + 1)
@@ -329,10 +342,17 @@ class Handlers:
         c, h, w = self.pipe.bundle.latent_shape
         return np.random.default_rng(seed).standard_normal((1, c, h, w), dtype=np.float32)
 
-    def _caption(self, result: GenerationResult, i: int) -> str:
-        if result.class_labels is None:
-            return f"#{i + 1}"
-        return f"class {self.limits.class_names[int(result.class_labels[i])]}"
+    def _gallery(self, result: GenerationResult) -> list[tuple[str, str]]:
+        """(path of the upscaled PNG, caption naming the class) for each image."""
+        names = self.limits.class_names
+        labels = result.class_labels
+        return [
+            (
+                self.scratch.png(for_display(img)),
+                f"#{i + 1}" if labels is None else f"class {names[int(labels[i])]}",
+            )
+            for i, img in enumerate(result.images)
+        ]
 
     @staticmethod
     def _progress(progress: gr.Progress, total: int):
