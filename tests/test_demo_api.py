@@ -6,6 +6,7 @@ tiny factory bundle from ``tests/bundle_factory.py`` (see ``tests/demo_server.py
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -230,3 +231,19 @@ def test_img2img_at_strength_1_generates_from_noise(client: Client, demo: LiveDe
 def test_img2img_without_an_image_is_a_clear_error(client: Client, demo: LiveDemo) -> None:
     with pytest.raises(AppError, match="draw a digit or upload an image"):
         client.predict(None, _class(demo), 0.5, 1, TEST_STEPS, _guidance(demo), 0, api_name="/img2img")
+
+
+def test_progress_reports_denoising_steps(client: Client, demo: LiveDemo) -> None:
+    """The runtime's per-step callback drives gr.Progress: clients see 'denoising i/steps'."""
+    steps = 100
+    job = client.submit(_class(demo), 1, "ddim", steps, 0.0, _guidance(demo), 0, api_name="/generate")
+    job.result(timeout=120)
+
+    async def progress_updates() -> list:
+        return [u.progress_data[0] async for u in job if getattr(u, "progress_data", None)]
+
+    updates = asyncio.run(progress_updates())
+    assert updates, "no progress update reached the client"
+    for unit in updates:
+        assert (unit.desc, unit.unit, unit.length) == ("denoising", "steps", steps)
+        assert 0 <= unit.index <= steps
