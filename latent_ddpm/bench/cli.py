@@ -1,0 +1,226 @@
+"""Benchmark the runtime against the PyTorch reference (diffusers) on the same models, steps and latents.
+
+Measures, per model and batch size: U-Net call latency, images/s end to end, the loop's overhead outside
+the U-Net, achieved U-Net GFLOP/s against this machine's measured fp32 matmul peak, cold start and peak
+memory (fresh processes). Writes NAME.json, NAME.md and NAME.png into --out.
+
+Models: `digits` (the training output runs/digits, or --source; without one, the digits architecture with
+random weights), `ldm-celebahq-256` (CompVis's LDM scale, random weights, batch 1 and fewer steps by
+default: a U-Net call takes seconds on CPU) and `pixel-256` (that U-Net in pixel space: a few single calls).
+This is a benchmark, not a test: run it on a quiet machine (it prints the load average) and compare
+numbers within one run only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+HELP = __doc__
+TRAINING_OUTPUT = Path("runs/digits")
+
+
+def _default_work() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "latent-ddpm" / "bench"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=["digits", "ldm-celebahq-256", "pixel-256"],
+        choices=["digits", "ldm-celebahq-256", "pixel-256"],
+        help="which models to measure",
+    )
+    p.add_argument("--source", type=Path, default=None, help="diffusers weights of the digits model")
+    p.add_argument("--bundle", type=Path, default=None, help="its bundle (default: exported from --source)")
+    p.add_argument(
+        "--also-bundle",
+        type=Path,
+        action="append",
+        default=[],
+        help="another bundle of the same model to time beside it (e.g. an int8 one); repeatable",
+    )
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32], help="digits batch sizes (images)")
+    p.add_argument("--steps", type=int, default=50, help="digits denoising steps")
+    p.add_argument("--sampler", choices=["ddim", "dpmsolver++"], default="ddim", help="sampling loop")
+    p.add_argument("--ldm-batches", type=int, nargs="+", default=[1], help="ldm-celebahq-256 batch sizes")
+    p.add_argument("--ldm-steps", type=int, default=10, help="ldm-celebahq-256 denoising steps")
+    p.add_argument("--pixel-calls", type=int, default=2, help="timed pixel-space U-Net calls (minutes each)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs per backend")
+    p.add_argument("--runs", type=int, default=5, help="timed runs per backend (median, min, max reported)")
+    p.add_argument("--threads", type=int, default=None, help="threads for every backend (default: all cores)")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile reference")
+    p.add_argument("--no-cold-start", action="store_true", help="skip cold-start and memory probes")
+    p.add_argument("--no-validate", action="store_true", help="export bundles without the validation gate")
+    p.add_argument(
+        "--work", type=Path, default=_default_work(), help="random-weight models and bundles are cached here"
+    )
+    p.add_argument("--out", type=Path, default=Path("docs/benchmarks"), help="folder for the results")
+    p.add_argument("--name", default="bench", help="file name stem of the results")
+
+
+def run(args: argparse.Namespace) -> int:
+    from latent_ddpm.bench.machine import machine_info, matmul_peak, torch_matmul_gflops, usable_cores
+    from latent_ddpm.bench.report import write_all
+    from latent_ddpm.cli import CLIError
+
+    for flag in ("runs", "warmup", "steps", "ldm_steps", "pixel_calls"):
+        value = getattr(args, flag)
+        if value < (0 if flag == "warmup" else 1):
+            raise CLIError(
+                f"--{flag.replace('_', '-')} must be at least {0 if flag == 'warmup' else 1}, got {value}"
+            )
+    for flag in ("batches", "ldm_batches"):
+        if min(getattr(args, flag)) < 1:
+            raise CLIError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
+    threads = args.threads or usable_cores()
+    log = _log
+    log(f"machine: load average {os.getloadavg()}, {threads} threads")
+    result = {
+        "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "command": "latent-ddpm bench "
+        + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]),
+        "machine": machine_info(),
+        "threads": threads,
+        "protocol": f"{args.warmup} warm-up run(s) per backend, then {args.runs} timed runs interleaved across "
+        "backends; medians with [min-max]",
+    }
+    result["matmul_peak"] = peak = matmul_peak(threads)
+    result["torch_matmul_gflops"] = torch_matmul_gflops(threads)
+    log(
+        f"fp32 matmul peak (ONNX Runtime): {peak['gflops']:.1f} GFLOP/s; torch a@b {result['torch_matmul_gflops']:.1f}"
+    )
+    result["models"] = []
+    for name in args.models:
+        if name == "pixel-256":
+            continue
+        log(f"== {name}")
+        result["models"].append(_latent_model(name, args, threads, peak["gflops"], log))
+    if "pixel-256" in args.models:
+        from latent_ddpm.bench import pixel_case
+        from latent_ddpm.bench.configs import ldm_celebahq_256 as ldm
+        from latent_ddpm.bench.models import pixel_unet_config
+
+        log("== pixel-256 vs latent (eager PyTorch, batch 1)")
+        result["pixel"] = pixel_case.measure(
+            ldm.UNET, pixel_unet_config(), threads, 1, args.pixel_calls, args.runs, log
+        )
+    result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    result["matmul_peak_after"] = matmul_peak(threads)
+    for path in write_all(result, args.out, args.name):
+        log(f"wrote {path}")
+    return 0
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _latent_model(name: str, args: argparse.Namespace, threads: int, peak: float, log) -> dict:
+    from latent_ddpm.bench import coldstart, latent_case
+    from latent_ddpm.bench.backends import runtime_backend, torch_backend
+    from latent_ddpm.bench.reference import TorchReference
+    from latent_ddpm.runtime.pipeline import Pipeline
+
+    source, bundle_path, description = _prepare(name, args, log)
+    pipe = Pipeline.from_bundle(bundle_path, threads=threads)
+    bundle = pipe.bundle
+    ref = TorchReference(source, bundle, threads)
+    backends = [runtime_backend(pipe, args.sampler)]
+    for extra in args.also_bundle if name == "digits" else []:
+        other = Pipeline.from_bundle(extra, threads=threads)
+        backends.append(runtime_backend(other, args.sampler, name=f"runtime ({other.bundle.name})"))
+    backends.append(torch_backend(ref, args.sampler, "torch-eager"))
+    if not args.no_compile:
+        backends.append(torch_backend(ref.compiled(), args.sampler, "torch-compile"))
+    digits = name == "digits"
+    plan = latent_case.Plan(
+        batches=args.batches if digits else args.ldm_batches,
+        steps=args.steps if digits else args.ldm_steps,
+        sampler=args.sampler,
+        warmup=args.warmup,
+        runs=args.runs,
+    )
+    latency = latent_case.measure(bundle, dict(ref.unet.config), backends, plan, peak, log)
+    model = {
+        "name": name,
+        "description": description,
+        "source": str(source),
+        "bundle": str(bundle_path),
+        "latent_shape": list(bundle.latent_shape),
+        "image_shape": list(bundle.image_shape),
+        "latency": latency,
+    }
+    if not args.no_cold_start:
+        log(f"  cold start and memory of {name} (fresh processes)")
+        guidance = latent_case.guidance_of(bundle)
+        model["cold_start"] = coldstart.measure(bundle_path, source, plan.batches, guidance, threads, log)
+    return model
+
+
+def _prepare(name: str, args: argparse.Namespace, log) -> tuple[Path, Path, str]:
+    """The model's diffusers source and its bundle, building or exporting whichever is missing."""
+    from latent_ddpm.bench import models
+
+    work = args.work / name
+    if name == "digits" and args.source is not None:
+        work = work / _slug(args.source)
+    if name == "ldm-celebahq-256":
+        source = work / "source"
+        if not (source / "model_index.json").is_file():
+            log(f"  writing random-weight LDM-CelebA-HQ-256 to {source}")
+            models.write_ldm_source(source)
+        description = (
+            "CompVis LDM CelebA-HQ 256 architecture (274M-parameter U-Net on 3x64x64 latents, VQ-f4 decoder to "
+            "256x256 RGB; configs in latent_ddpm/bench/configs/ldm_celebahq_256.py) with random weights."
+        )
+        return source, _bundle_for(source, work / "bundle", args.no_validate, log), description
+    if args.source is not None:
+        source, description = args.source, f"digits model from {args.source}"
+    elif (TRAINING_OUTPUT / "latent_ddpm.json").is_file():
+        source, description = TRAINING_OUTPUT, f"the trained digits model ({TRAINING_OUTPUT})"
+    else:
+        source = work / "source"
+        if not (source / "latent_ddpm.json").is_file():
+            log(f"  no trained digits model: writing the digits architecture with random weights to {source}")
+            models.write_digits_arch_source(source)
+        description = (
+            "digits architecture (train/configs/digits.toml) with random weights: no trained model was "
+            "available; speed does not depend on weight values"
+        )
+    bundle = (
+        args.bundle
+        if args.bundle is not None
+        else _bundle_for(source, work / "bundle", args.no_validate, log)
+    )
+    return source, bundle, description
+
+
+def _bundle_for(source: Path, out: Path, no_validate: bool, log) -> Path:
+    """The cached export of ``source`` in ``out``, re-exported when the source changed since."""
+    import shutil
+
+    from latent_ddpm.cli import CLIError, main
+
+    marker = next(
+        (source / f for f in ("latent_ddpm.json", "model_index.json") if (source / f).is_file()), source
+    )
+    if (out / "bundle.json").is_file() and (out / "bundle.json").stat().st_mtime >= marker.stat().st_mtime:
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    log(f"  exporting {source} -> {out}{' (no validation)' if no_validate else ''}")
+    rc = main(["export", str(source), str(out), *(["--no-validate"] if no_validate else [])])
+    if rc != 0:
+        raise CLIError(f"exporting {source} failed (latent-ddpm export exit code {rc})")
+    return out
+
+
+def _slug(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]

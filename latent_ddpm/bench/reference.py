@@ -1,0 +1,130 @@
+"""The PyTorch reference: diffusers' U-Net, autoencoder and scheduler in the plain loop of its pipelines.
+
+It samples exactly what the bundle samples (same scheduler config, scaling, guidance and null class, all
+read from the bundle's ``bundle.json``) from the weights the bundle was exported from, so the images of
+the two agree and the timings compare the same work. Eager; ``compiled()`` gives a twin whose U-Net runs
+under ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from latent_ddpm.runtime.bundle import Bundle
+from latent_ddpm.runtime.images import to_uint8
+
+AUTOENCODERS = (("vae", "AutoencoderKL"), ("vqvae", "VQModel"))
+
+
+@dataclass
+class ReferenceTimings:
+    total_s: float = 0.0
+    denoise_s: float = 0.0
+    unet_s: float = 0.0
+    decode_s: float = 0.0
+    steps: int = 0
+
+    @property
+    def loop_overhead(self) -> float:
+        return 1.0 - self.unet_s / self.denoise_s if self.denoise_s > 0 else 0.0
+
+
+def load_unet(source: Path):
+    from diffusers import UNet2DModel
+
+    return UNet2DModel.from_pretrained(source / "unet").eval().requires_grad_(False)
+
+
+def load_autoencoder(source: Path):
+    import diffusers
+
+    for folder, cls in AUTOENCODERS:
+        if (source / folder / "config.json").is_file():
+            return getattr(diffusers, cls).from_pretrained(source / folder).eval().requires_grad_(False)
+    raise FileNotFoundError(f"{source} has no vae/ or vqvae/ folder")
+
+
+def make_scheduler(sampler: str, config: dict[str, Any]):
+    """diffusers' counterpart of ``latent_ddpm.runtime.schedulers.make_scheduler``."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    if sampler == "ddim":
+        return DDIMScheduler.from_config(config)
+    if sampler == "dpmsolver++":
+        return DPMSolverMultistepScheduler.from_config(config, solver_order=2, algorithm_type="dpmsolver++")
+    raise ValueError(f"the reference runs the deterministic samplers ddim and dpmsolver++, not {sampler!r}")
+
+
+class TorchReference:
+    def __init__(self, source: Path, bundle: Bundle, threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        self.torch, self.bundle = torch, bundle
+        self.unet = load_unet(source)
+        self.vae = load_autoencoder(source)
+        self.forward = self.unet
+
+    def compiled(self) -> TorchReference:
+        """The same weights with the U-Net under ``torch.compile``; compiling happens on the first call."""
+        twin = copy.copy(self)
+        twin.forward = self.torch.compile(self.unet)
+        return twin
+
+    def unet_call(self, sample: np.ndarray, timestep: int, labels: np.ndarray | None) -> np.ndarray:
+        torch = self.torch
+        with torch.inference_mode():
+            kwargs = {"class_labels": torch.from_numpy(labels)} if labels is not None else {}
+            t = torch.full((sample.shape[0],), timestep, dtype=torch.long)
+            return self.forward(torch.from_numpy(sample), t, **kwargs).sample.numpy()
+
+    def generate(
+        self,
+        latents: np.ndarray,
+        labels: np.ndarray | None,
+        steps: int,
+        guidance_scale: float,
+        sampler: str = "ddim",
+        callback: Callable[[int, int, Any], None] | None = None,
+    ) -> tuple[np.ndarray, ReferenceTimings]:
+        """Sample from ``latents`` like the runtime's ``Pipeline.generate``; returns NHWC uint8 images."""
+        torch, bundle = self.torch, self.bundle
+        timings = ReferenceTimings()
+        start = time.perf_counter()
+        scheduler = make_scheduler(sampler, dict(bundle.scheduler_config))
+        scheduler.set_timesteps(steps)
+        guided = labels is not None and guidance_scale != 1.0
+        step_kwargs = {"eta": 0.0} if sampler == "ddim" else {}
+        with torch.inference_mode():
+            x = torch.from_numpy(latents) * scheduler.init_noise_sigma
+            y = None if labels is None else torch.from_numpy(labels)
+            if guided:
+                y = torch.cat([torch.full_like(y, bundle.conditioning.null_class), y])
+            kwargs = {} if y is None else {"class_labels": y}
+            loop_start = time.perf_counter()
+            for i, t in enumerate(scheduler.timesteps):
+                model_input = scheduler.scale_model_input(torch.cat([x, x]) if guided else x, t)
+                u0 = time.perf_counter()
+                out = self.forward(model_input, t, **kwargs).sample
+                timings.unet_s += time.perf_counter() - u0
+                if guided:
+                    uncond, cond = out.chunk(2)
+                    out = uncond + guidance_scale * (cond - uncond)
+                x = scheduler.step(out, t, x, **step_kwargs).prev_sample
+                if callback is not None:
+                    callback(i, int(t), x)
+            timings.denoise_s = time.perf_counter() - loop_start
+            timings.steps = len(scheduler.timesteps)
+            d0 = time.perf_counter()
+            image = self.vae.decode(x / bundle.scaling_factor + bundle.shift_factor).sample
+            images = to_uint8(image.numpy(), bundle.value_range)
+            timings.decode_s = time.perf_counter() - d0
+        timings.total_s = time.perf_counter() - start
+        return images, timings

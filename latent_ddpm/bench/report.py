@@ -1,0 +1,158 @@
+"""Write a benchmark result as JSON (everything), Markdown (the tables people read) and a PNG (the plot)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def write_all(result: dict[str, Any], out_dir: Path, name: str) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{name}.json", out_dir / f"{name}.md", out_dir / f"{name}.png"]
+    paths[0].write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    paths[1].write_text(markdown(result), encoding="utf-8")
+    plot(result, paths[2])
+    return paths
+
+
+def _ms(s: dict[str, Any]) -> str:
+    return f"{1000 * s['median']:.1f} [{1000 * s['min']:.1f}-{1000 * s['max']:.1f}]"
+
+
+def _ratio(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}x"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    peak = result["matmul_peak"]
+    lines = [
+        f"# latent-ddpm bench: {result['created']}",
+        "",
+        f"- Command: `{result['command']}`",
+        f"- Machine: {m['cpu_model']}, {m['cores']} cores used ({result['threads']} threads per backend); "
+        f"load average before {m['load_average_1_5_15']}, after {result['load_average_after']}",
+        f"- Versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items() if v)}",
+        f"- fp32 matmul peak ({peak['kernel']}): **{peak['gflops']:.1f} GFLOP/s** median "
+        f"(best {peak['gflops_best']:.1f}); torch `a @ b` on the same product: "
+        f"{result['torch_matmul_gflops']:.1f} GFLOP/s (not used as the peak)",
+        f"- Protocol: {result['protocol']}",
+        "",
+    ]
+    for model in result["models"]:
+        lines += _model_section(model)
+    if result.get("pixel"):
+        lines += _pixel_section(result["pixel"])
+    return "\n".join(lines) + "\n"
+
+
+def _model_section(model: dict[str, Any]) -> list[str]:
+    lines = [f"## {model['name']}", "", model["description"], ""]
+    if "error" in model:
+        return [*lines, f"Not measured: {model['error']}", ""]
+    lat = model["latency"]
+    lines += [
+        f"DDIM-style loop: sampler `{lat['sampler']}`, {lat['steps']} steps, guidance {lat['guidance_scale']} "
+        f"(guided models run both halves in one U-Net batch), {lat['warmup']} warm-up + {lat['runs']} timed runs; "
+        "median [min-max].",
+        "",
+        "| batch | backend | U-Net batch | U-Net call ms | U-Net GFLOP/s | of peak | images/s | vs eager | "
+        "loop overhead | max diff vs eager (uint8) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in lat["rows"]:
+        ips = r["images_per_s"]
+        run = r["run_s"]
+        lines.append(
+            f"| {r['batch']} | {r['backend']} ({r['precision']}) | {r['unet_batch']} | {_ms(r['unet_call_s'])} | "
+            f"{r['unet_gflops']:.1f} | {r['fraction_of_peak']:.1%} | {ips:.3f} "
+            f"[{r['batch'] / run['max']:.3f}-{r['batch'] / run['min']:.3f}] | "
+            f"{_ratio(r.get('speedup_images_per_s_vs_eager'))} | {r['loop_overhead']['median']:.2%} | "
+            f"{r.get('max_abs_diff_vs_eager_uint8', '')} |"
+        )
+    for name, reason in lat["dropped_backends"].items():
+        lines.append(f"\n`{name}` was not measured: {reason}")
+    if model.get("cold_start"):
+        lines += [
+            "",
+            "Cold start and memory (fresh process each): seconds from launch, peak resident memory after sampling.",
+            "",
+            "| backend | batch | imports done s | loaded s | first step s | peak RSS MiB |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for c in model["cold_start"]:
+            if "error" in c:
+                lines.append(f"| {c['backend']} | {c['batch']} | failed: {c['error']} | | | |")
+                continue
+            lines.append(
+                f"| {c['backend']} | {c['batch']} | {c['import_s']:.2f} | {c['load_s']:.2f} | "
+                f"{c['first_step_s']:.2f} | {c['peak_rss_mb']:.0f} |"
+            )
+    return [*lines, ""]
+
+
+def _pixel_section(p: dict[str, Any]) -> list[str]:
+    lat, pix = p["latent"], p["pixel"]
+    return [
+        "## Latent vs pixel space (the same U-Net, eager PyTorch, batch 1)",
+        "",
+        "| space | input | GFLOP per call | U-Net call s | GFLOP/s |",
+        "|---|---|---:|---:|---:|",
+        f"| latent | {lat['input_shape']} | {lat['flops'] / 1e9:.0f} | {lat['unet_call_s']['median']:.2f} "
+        f"({lat['unet_call_s']['runs']} calls) | {lat['gflops']:.1f} |",
+        f"| pixel | {pix['input_shape']} | {pix['flops'] / 1e9:.0f} | {pix['unet_call_s']['median']:.2f} "
+        f"({pix['unet_call_s']['runs']} calls) | {pix['gflops']:.1f} |",
+        "",
+        f"Predicted cost ratio (FLOPs): **{p['predicted_ratio_flops']:.1f}x**; measured latency ratio: "
+        f"**{p['measured_ratio_latency']:.1f}x**. ONNX Runtime not run in pixel space: {p['onnxruntime_skipped']}.",
+        "",
+    ]
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = [m for m in result["models"] if "latency" in m]
+    panels = max(len(models), 1) + 1
+    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.2), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=False):
+        rows = model["latency"]["rows"]
+        backends = list(dict.fromkeys(r["backend"] for r in rows))
+        batches = sorted({r["batch"] for r in rows})
+        width = 0.8 / len(backends)
+        for i, b in enumerate(backends):
+            xs, ys = [], []
+            for j, batch in enumerate(batches):
+                r = next((r for r in rows if r["backend"] == b and r["batch"] == batch), None)
+                if r is not None:
+                    xs.append(j + i * width)
+                    ys.append(r["images_per_s"])
+            ax.bar(xs, ys, width, label=b)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(batches))], [str(b) for b in batches])
+        ax.set_xlabel("batch (images)")
+        ax.set_ylabel("images / s (higher is better)")
+        ax.set_yscale("log")
+        ax.set_title(f"{model['name']}: {model['latency']['steps']} {model['latency']['sampler']} steps")
+        ax.legend(fontsize=8)
+    ax = axes[0][-1]
+    labels, fractions = [], []
+    for model in models:
+        for r in model["latency"]["rows"]:
+            labels.append(f"{model['name']} b{r['batch']}\n{r['backend']}")
+            fractions.append(100 * r["fraction_of_peak"])
+    ax.barh(range(len(labels)), fractions, color="tab:gray")
+    ax.set_yticks(range(len(labels)), labels, fontsize=6)
+    ax.invert_yaxis()
+    ax.axvline(100, color="k", lw=0.8)
+    ax.set_xlabel(f"U-Net GFLOP/s, % of the measured matmul peak ({result['matmul_peak']['gflops']:.0f})")
+    ax.set_title("achieved vs peak fp32")
+    fig.suptitle(
+        f"latent-ddpm bench, {result['machine']['cpu_model']}, {result['threads']} threads", fontsize=10
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
