@@ -17,6 +17,8 @@ COMMANDS: dict[str, str] = {
     "build-engines": "latent_ddpm.export.build_engines_cli",
     "sample": "latent_ddpm.runtime.sample_cli",
     "demo": "latent_ddpm.demo.cli",
+    "bench": "latent_ddpm.bench.cli",
+    "quantize": "latent_ddpm.export.quantize_cli",
 }
 
 

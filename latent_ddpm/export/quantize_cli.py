@@ -1,0 +1,68 @@
+"""Quantize an fp32 bundle to int8 for edge CPUs (ONNX Runtime static QDQ), gated against the fp32 bundle.
+
+Calibrates on the tensors the graphs see in a few sampling runs of BUNDLE, quantizes the U-Net and the
+decoder, and compares images sampled from held-out latents with the fp32 bundle's: a component whose int8
+version costs more than --min-psnr stays float32 (bundle.json says so, validation.json has every figure).
+OUT is written atomically; an existing OUT is refused unless --force.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = __doc__
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from latent_ddpm.export.quantize import QUANTIZABLE_ROLES, QuantizeOptions
+
+    d = QuantizeOptions()
+    p.add_argument("bundle", type=Path, help="an fp32 bundle (from `latent-ddpm export`)")
+    p.add_argument("out", type=Path, help="folder for the int8 bundle")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.add_argument(
+        "--components",
+        nargs="+",
+        choices=QUANTIZABLE_ROLES,
+        default=list(d.roles),
+        help="which graphs to quantize (the encoder, used once per img2img call, always stays fp32)",
+    )
+    p.add_argument(
+        "--min-psnr",
+        type=float,
+        default=d.min_psnr_db,
+        help="gate: images sampled by the int8 bundle vs the fp32 bundle's, in dB over uint8 pixels",
+    )
+    p.add_argument(
+        "--calibration-runs", type=int, default=d.calibration_runs, help="sampling runs to calibrate on"
+    )
+    p.add_argument(
+        "--calibration-batch", type=int, default=d.calibration_batch, help="images per calibration run"
+    )
+    p.add_argument(
+        "--validation-images", type=int, default=d.validation_images, help="held-out images compared"
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from latent_ddpm.cli import CLIError
+    from latent_ddpm.export.quantize import QuantizeOptions, quantize_bundle
+
+    for flag in ("calibration_runs", "calibration_batch", "validation_images"):
+        if getattr(args, flag) < 1:
+            raise CLIError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    options = QuantizeOptions(
+        calibration_runs=args.calibration_runs,
+        calibration_batch=args.calibration_batch,
+        validation_images=args.validation_images,
+        min_psnr_db=args.min_psnr,
+        roles=tuple(args.components),
+        threads=args.threads,
+    )
+    out = quantize_bundle(args.bundle, args.out, force=args.force, options=options)
+    print(f"wrote {out}")
+    return 0
