@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from latent_ddpm.runtime.errors import BundleError
+from latent_ddpm.runtime.schedulers import SAMPLERS
 
 FORMAT_NAME = "latent-ddpm-bundle"
 FORMAT_VERSION = 1
@@ -26,7 +27,6 @@ ENGINES_DIR = "engines"
 REQUIRED_ROLES = ("unet", "vae_decoder")
 OPTIONAL_ROLES = ("vae_encoder",)
 PRECISIONS = ("fp32", "fp16", "int8", "mixed")
-SAMPLERS = ("ddim", "ddpm", "dpmsolver++")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 TENSOR_DTYPES = ("float32", "float16", "int64", "int32")
 # Files a bundle may hold besides its models; anything else is reported as unexpected.

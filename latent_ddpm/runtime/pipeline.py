@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from latent_ddpm.runtime.backends import Engine, open_engine
-from latent_ddpm.runtime.bundle import SAMPLERS, Bundle, load_bundle
+from latent_ddpm.runtime.bundle import Bundle, load_bundle
 from latent_ddpm.runtime.errors import BundleError, InputError
 from latent_ddpm.runtime.images import from_uint8, prepare_images, to_uint8
-from latent_ddpm.runtime.schedulers import make_scheduler
+from latent_ddpm.runtime.schedulers import SAMPLERS, make_scheduler
 
 # callback(step_index, timestep, latents) after every denoising step; for progress bars and previews.
 StepCallback = Callable[[int, int, np.ndarray], None]
