@@ -1,0 +1,159 @@
+"""`latent-ddpm train` end to end on the shipped `tiny` recipe: output format, exact resume, two processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from latent_ddpm.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def train(*args: str) -> int:
+    return main(["train", "--config", "tiny", "--threads", "2", *args])
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    assert train("--out", str(out)) == 0
+    return out
+
+
+def test_output_is_a_diffusers_latent_ddpm(run_dir: Path):
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DModel
+
+    vae = AutoencoderKL.from_pretrained(run_dir / "vae")
+    unet = UNet2DModel.from_pretrained(run_dir / "unet")
+    scheduler = DDIMScheduler.from_pretrained(run_dir / "scheduler")
+    assert (run_dir / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert (run_dir / "vae" / "diffusion_pytorch_model.safetensors").is_file()
+
+    # The scaling factor was measured on the data: scaled posterior samples have unit spread.
+    assert vae.config.scaling_factor != AutoencoderKL().config.scaling_factor
+    from latent_ddpm.train.config import load_recipe
+    from latent_ddpm.train.data import load_images
+    from latent_ddpm.train.vae_stage import encode_dataset
+
+    recipe, _ = load_recipe("tiny")
+    mean, std = encode_dataset(vae, load_images(recipe.data, recipe.seed), "cpu")
+    z = (
+        mean + std * torch.randn(mean.shape, generator=torch.Generator().manual_seed(1))
+    ) * vae.config.scaling_factor
+    assert 0.95 < float(z.std()) < 1.05
+
+    assert unet.config.in_channels == vae.config.latent_channels == 4
+    assert unet.config.sample_size == 8  # 32px through the two downsamplings of the tiny VAE
+    assert unet.config.num_class_embeds == 11  # ten digits + the null class
+    assert scheduler.config.beta_schedule == "linear" and scheduler.config.clip_sample is False
+    assert scheduler.config.prediction_type == "epsilon"
+
+    meta = json.loads((run_dir / "latent_ddpm.json").read_text())
+    assert meta["class_names"] == [str(d) for d in range(10)]
+    assert meta["null_class"] == 10
+    assert meta["image_size"] == [32, 32] and meta["image_channels"] == 1
+    assert meta["defaults"] == {"sampler": "ddim", "steps": 4, "guidance_scale": 3.0, "eta": 0.0}
+    assert meta["recipe"]["unet"]["steps"] == 6 and meta["recipe"]["data"]["max_images"] == 200
+
+    # The EMA weights (not the last raw weights) are what ships.
+    raw = load_file(run_dir / "checkpoints" / "unet" / "step_0000006" / "model.safetensors")
+    shipped = unet.state_dict()
+    assert raw.keys() == shipped.keys()
+    assert any(not torch.equal(raw[k], shipped[k]) for k in raw)
+
+    for name in ("vae_loss.csv", "unet_loss.csv", "vae_loss.png", "unet_loss.png"):
+        assert (run_dir / "logs" / name).stat().st_size > 0
+    assert len((run_dir / "logs" / "unet_loss.csv").read_text().splitlines()) == 1 + 6
+    for name in ("vae_step_0000003.png", "unet_step_0000003.png", "unet_final.png", "vae_final.png"):
+        assert (run_dir / "samples" / name).is_file()
+
+
+def test_refuses_to_overwrite_a_run(run_dir: Path, capsys):
+    assert train("--stage", "unet", "--out", str(run_dir)) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_unet_stage_needs_a_vae(tmp_path: Path, capsys):
+    assert train("--stage", "unet", "--out", str(tmp_path / "empty")) == 2
+    assert "--stage vae" in capsys.readouterr().err
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(path)
+
+
+@pytest.mark.parametrize("stage", ["vae", "unet"])
+def test_resume_ends_where_the_uninterrupted_run_ends(run_dir: Path, tmp_path: Path, stage: str):
+    """6 steps in one go vs. 3 steps (--max-steps), then --resume: same weights, optimizer, EMA and log.
+
+    Tolerance: rtol=1e-6, atol=1e-7 (a few float32 ulps). Both runs execute the same kernels on the same
+    data and noise, so they should agree to the bit; the slack only allows for a different reduction order,
+    while a step replayed, skipped or fed other noise moves weights by ~lr = 1e-3 (checked below).
+    """
+    full, split = tmp_path / "full", tmp_path / "split"
+    for out in (full, split):
+        if stage == "unet":
+            out.mkdir()
+            shutil.copytree(run_dir / "vae", out / "vae")
+    assert train("--stage", stage, "--out", str(full)) == 0
+    assert train("--stage", stage, "--out", str(split), "--max-steps", "3") == 0
+    assert not (split / stage / "config.json").exists()  # stopped early: no final model yet
+    half = _weights(split / "checkpoints" / stage / "step_0000003" / "model.safetensors")
+    assert train("--stage", stage, "--out", str(split), "--resume") == 0
+
+    tight = {"rtol": 1e-6, "atol": 1e-7}
+    ckpt = Path("checkpoints") / stage / "step_0000006"
+    a, b = _weights(full / ckpt / "model.safetensors"), _weights(split / ckpt / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], **tight)
+    assert any(not torch.allclose(half[k], a[k], **tight) for k in a), (
+        "the tolerance would not see a lost step"
+    )
+    for k, v in _weights(full / stage / "diffusion_pytorch_model.safetensors").items():
+        torch.testing.assert_close(
+            _weights(split / stage / "diffusion_pytorch_model.safetensors")[k], v, **tight
+        )
+    opt_a = torch.load(full / ckpt / "optimizer.bin", weights_only=False)["state"]
+    opt_b = torch.load(split / ckpt / "optimizer.bin", weights_only=False)["state"]
+    for i in opt_a:
+        torch.testing.assert_close(opt_b[i]["exp_avg_sq"], opt_a[i]["exp_avg_sq"], **tight)
+    log_a = (full / "logs" / f"{stage}_loss.csv").read_text()
+    assert (split / "logs" / f"{stage}_loss.csv").read_text() == log_a
+
+
+def test_resume_refuses_a_changed_recipe(run_dir: Path, tmp_path: Path, capsys):
+    out = tmp_path / "run"
+    assert train("--stage", "vae", "--out", str(out), "--max-steps", "3") == 0
+    assert train("--stage", "vae", "--out", str(out), "--resume", "--set", "vae.lr=0.5") == 2
+    assert "vae.lr: 0.001 -> 0.5" in capsys.readouterr().err
+
+
+def test_two_processes_hold_identical_weights(run_dir: Path, tmp_path: Path):
+    """Two CPU processes (gloo) train the U-Net with gradient accumulation; each reports a weight hash."""
+    out = tmp_path / "ddp"
+    out.mkdir()
+    shutil.copytree(run_dir / "vae", out / "vae")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "latent_ddpm", "train", "--config", "tiny", "--stage", "unet", "--cpu", "--threads", "1",
+        "--out", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    hashes = json.loads((out / "logs" / "unet_rank_weights.json").read_text())["sha256_per_rank"]
+    assert len(hashes) == 2
+    assert hashes[0] == hashes[1]
+    assert hashes[0]["model"] != hashes[0]["ema"]
+    summary = json.loads((out / "logs" / "unet_summary.json").read_text())
+    assert summary["num_processes"] == 2
+    assert (out / "latent_ddpm.json").is_file()
