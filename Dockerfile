@@ -1,0 +1,79 @@
+# syntax=docker/dockerfile:1
+# latent-ddpm images. Build commands, run commands and what each target holds: docs/demo.md.
+#
+#   docker build -t latent-ddpm .                            # cpu (default): the demo, no torch, ~600 MB
+#   docker build --target gpu -t latent-ddpm:gpu .           # demo on CUDA / TensorRT
+#   docker build --target export -t latent-ddpm:export .     # torch + diffusers: train, export, build engines
+#
+# Every target installs the same wheel, built once from this checkout; the shipped digits bundle is inside it.
+
+ARG PYTHON_TAG=3.11-slim-bookworm
+# NGC TensorRT 24.12: TensorRT 10.7, CUDA 12.6, Ubuntu 22.04, Python 3.10. Engines are tied to the TensorRT
+# version, so pick the tag whose TensorRT you deploy with: --build-arg TENSORRT_TAG=...
+ARG TENSORRT_TAG=24.12-py3
+
+# ---------------------------------------------------------------- wheel: the package, built once
+FROM python:${PYTHON_TAG} AS wheel
+WORKDIR /src
+COPY pyproject.toml README.md LICENSE NOTICE ./
+COPY latent_ddpm ./latent_ddpm
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+
+# ---------------------------------------------------------------- gpu: the demo on an NVIDIA GPU
+FROM nvcr.io/nvidia/tensorrt:${TENSORRT_TAG} AS gpu
+ENV PYTHONUNBUFFERED=1 \
+    GRADIO_ANALYTICS_ENABLED=False \
+    LATENT_DDPM_BUNDLE=/home/app/bundle
+# The demo extra brings CPU onnxruntime, which shadows onnxruntime-gpu (same module); drop it and restore the
+# GPU build. cuda-python stays on the CUDA 12 line of this base image.
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    set -- /wheels/latent_ddpm-*.whl \
+    && python3 -m pip install --no-cache-dir "latent-ddpm[gpu,demo,tensorrt] @ file://$1" \
+        "cuda-python>=12.6,<13" \
+    && python3 -m pip uninstall -y onnxruntime \
+    && python3 -m pip install --no-cache-dir --force-reinstall --no-deps "onnxruntime-gpu>=1.17" \
+    && useradd --create-home --uid 10001 app
+# A writable copy of the shipped bundle: the tensorrt backend builds its engines into BUNDLE/engines on first
+# use. Mount your own bundle over /home/app/bundle (writable, so engines persist) or point LATENT_DDPM_BUNDLE
+# elsewhere.
+RUN python3 -c "import shutil; from latent_ddpm.runtime import shipped_bundle_path as p; shutil.copytree(p(), '/home/app/bundle')" \
+    && chown -R app:app /home/app/bundle
+USER 10001
+WORKDIR /home/app
+EXPOSE 7860
+HEALTHCHECK --interval=30s --timeout=5s --start-period=300s --retries=3 \
+    CMD ["python3", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:7860/', timeout=4)"]
+ENTRYPOINT ["latent-ddpm"]
+CMD ["demo", "--host", "0.0.0.0", "--port", "7860", "--providers", "CUDAExecutionProvider,CPUExecutionProvider"]
+
+# ---------------------------------------------------------------- export: torch + diffusers next to TensorRT
+FROM nvcr.io/nvidia/tensorrt:${TENSORRT_TAG} AS export
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126
+ENV PYTHONUNBUFFERED=1
+# torch first, from the index whose CUDA matches the base image; then the package with everything around it.
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    set -- /wheels/latent_ddpm-*.whl \
+    && python3 -m pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch>=2.2" \
+    && python3 -m pip install --no-cache-dir "latent-ddpm[export,train,tensorrt] @ file://$1" \
+        "cuda-python>=12.6,<13" \
+    && useradd --create-home --uid 10001 app
+USER 10001
+WORKDIR /work
+ENTRYPOINT ["latent-ddpm"]
+CMD ["--help"]
+
+# ---------------------------------------------------------------- cpu (default): the demo, runtime only
+FROM python:${PYTHON_TAG} AS cpu
+ENV PYTHONUNBUFFERED=1 \
+    GRADIO_ANALYTICS_ENABLED=False
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    set -- /wheels/latent_ddpm-*.whl \
+    && pip install --no-cache-dir "latent-ddpm[cpu,demo] @ file://$1" \
+    && useradd --create-home --uid 10001 app
+USER 10001
+WORKDIR /home/app
+EXPOSE 7860
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:7860/', timeout=4)"]
+ENTRYPOINT ["latent-ddpm"]
+CMD ["demo", "--host", "0.0.0.0", "--port", "7860"]
