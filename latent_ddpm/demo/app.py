@@ -181,7 +181,7 @@ def build_app(
                             elem_classes="pixelated",
                             interactive=False,
                         )
-                        w_caption = gr.Markdown()
+                        w_caption = gr.Markdown(label="Frames")
                         w_gif = gr.Image(
                             label="Animation",
                             type="filepath",
