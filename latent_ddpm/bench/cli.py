@@ -167,10 +167,8 @@ def _prepare(name: str, args: argparse.Namespace, log) -> tuple[Path, Path, str]
     """The model's diffusers source and its bundle, building or exporting whichever is missing."""
     from latent_ddpm.bench import models
 
-    work = args.work / name
-    if name == "digits" and args.source is not None:
-        work = work / _slug(args.source)
     if name == "ldm-celebahq-256":
+        work = args.work / name
         source = work / "source"
         if not (source / "model_index.json").is_file():
             log(f"  writing random-weight LDM-CelebA-HQ-256 to {source}")
@@ -185,7 +183,7 @@ def _prepare(name: str, args: argparse.Namespace, log) -> tuple[Path, Path, str]
     elif (TRAINING_OUTPUT / "latent_ddpm.json").is_file():
         source, description = TRAINING_OUTPUT, f"the trained digits model ({TRAINING_OUTPUT})"
     else:
-        source = work / "source"
+        source = args.work / name / "random" / "source"
         if not (source / "latent_ddpm.json").is_file():
             log(f"  no trained digits model: writing the digits architecture with random weights to {source}")
             models.write_digits_arch_source(source)
@@ -193,34 +191,28 @@ def _prepare(name: str, args: argparse.Namespace, log) -> tuple[Path, Path, str]
             "digits architecture (train/configs/digits.toml) with random weights: no trained model was "
             "available; speed does not depend on weight values"
         )
-    bundle = (
-        args.bundle
-        if args.bundle is not None
-        else _bundle_for(source, work / "bundle", args.no_validate, log)
-    )
-    return source, bundle, description
+    if args.bundle is not None:
+        return source, args.bundle, description
+    work = args.work / name / _slug(source)
+    return source, _bundle_for(source, work / "bundle", args.no_validate, log), description
 
 
 def _bundle_for(source: Path, out: Path, no_validate: bool, log) -> Path:
-    """The cached export of ``source`` in ``out``, re-exported when the source changed since."""
-    import shutil
-
-    from latent_ddpm.cli import CLIError, main
+    """The cached export of ``source`` in ``out``, exported again when the source changed since."""
+    from latent_ddpm.export.exporter import export_bundle
 
     marker = next(
         (source / f for f in ("latent_ddpm.json", "model_index.json") if (source / f).is_file()), source
     )
     if (out / "bundle.json").is_file() and (out / "bundle.json").stat().st_mtime >= marker.stat().st_mtime:
         return out
-    shutil.rmtree(out, ignore_errors=True)
-    log(f"  exporting {source} -> {out}{' (no validation)' if no_validate else ''}")
-    rc = main(["export", str(source), str(out), *(["--no-validate"] if no_validate else [])])
-    if rc != 0:
-        raise CLIError(f"exporting {source} failed (latent-ddpm export exit code {rc})")
+    log(f"  exporting {source} -> {out}{' (no validation gate)' if no_validate else ''}")
+    export_bundle(source, out, validate=not no_validate, force=True, progress=False)
     return out
 
 
 def _slug(path: Path) -> str:
+    """A folder name per source directory, so that caches of different models never mix."""
     import hashlib
 
     return hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]

@@ -1,0 +1,87 @@
+"""`latent-ddpm bench` end to end on a tiny model (1 warm-up, 1 run): JSON, Markdown and PNG, well formed.
+
+Timings are not asserted (the machine is shared); what is asserted is that every figure the report promises
+is there and sane, and that the runtime and the PyTorch reference sampled the same images from the same
+latents, which is what makes their timings comparable.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+pytest.importorskip("matplotlib")
+
+from tiny_models import build_tiny_model  # noqa: E402
+
+from latent_ddpm.bench.configs import ldm_celebahq_256 as ldm  # noqa: E402
+from latent_ddpm.bench.machine import matmul_peak  # noqa: E402
+from latent_ddpm.bench.pixel_case import attention_scores_bytes  # noqa: E402
+from latent_ddpm.cli import main  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("bench")
+    src = build_tiny_model("kl_cond", root / "src")
+    argv = ["bench", "--models", "digits", "--source", str(src), "--batches", "1", "2", "--steps", "2"]
+    argv += ["--warmup", "1", "--runs", "1", "--no-compile", "--no-validate", "--threads", "1"]
+    argv += ["--work", str(root / "work"), "--out", str(root / "out"), "--name", "tiny"]
+    assert main(argv) == 0
+    return root / "out"
+
+
+def test_json_has_every_figure(report: Path) -> None:
+    result = json.loads((report / "tiny.json").read_text())
+    assert result["machine"]["cores"] >= 1 and result["machine"]["cpu_model"]
+    assert result["machine"]["versions"]["onnxruntime"] and result["machine"]["versions"]["torch"]
+    assert result["matmul_peak"]["gflops"] > 0 and result["threads"] == 1
+    (model,) = result["models"]
+    rows = model["latency"]["rows"]
+    assert {(r["backend"], r["batch"]) for r in rows} == {
+        (b, n) for b in ("runtime", "torch-eager") for n in (1, 2)
+    }
+    for r in rows:
+        assert r["unet_batch"] == 2 * r["batch"]  # the tiny model is guided: both halves in one call
+        assert r["unet_call_s"]["median"] > 0 and r["unet_call_s"]["runs"] == 1
+        assert r["images_per_s"] > 0 and r["unet_flops"] > 0
+        assert 0 <= r["loop_overhead"]["median"] < 1
+        assert r["fraction_of_peak"] == pytest.approx(r["unet_gflops"] / result["matmul_peak"]["gflops"])
+        # Same model, latents, labels and steps: the exporter's gate allows 2/255 between the two.
+        assert r["max_abs_diff_vs_eager_uint8"] <= 2
+    eager = next(r for r in rows if r["backend"] == "torch-eager")
+    assert eager["speedup_images_per_s_vs_eager"] == pytest.approx(1.0)
+    cold = model["cold_start"]
+    assert {(c["backend"], c["batch"]) for c in cold} == {
+        (b, n) for b in ("runtime", "torch") for n in (1, 2)
+    }
+    for c in cold:
+        assert 0 < c["import_s"] <= c["load_s"] <= c["first_step_s"] and c["peak_rss_mb"] > 0
+
+
+def test_markdown_and_png(report: Path) -> None:
+    text = (report / "tiny.md").read_text()
+    assert "| batch | backend |" in text and "fp32 matmul peak" in text and "Cold start" in text
+    assert text.count("| runtime (") == 2 and text.count("| torch-eager (") == 2
+    from PIL import Image
+
+    with Image.open(report / "tiny.png") as png:
+        assert png.format == "PNG" and png.width > 300 and png.height > 200
+        assert len(np.unique(np.asarray(png.convert("L")))) > 10  # a drawn plot, not a blank canvas
+
+
+def test_matmul_peak_is_positive_and_consistent() -> None:
+    peak = matmul_peak(threads=1, n=256, warmup=1, runs=3)
+    assert peak["gflops"] > 0
+    assert peak["gflops"] == pytest.approx(2 * 256**3 / peak["seconds"]["median"] / 1e9)
+
+
+def test_pixel_space_attention_would_not_fit() -> None:
+    # The first attention level of the LDM U-Net at 256x256: 448 / 32 = 14 heads over 128 x 128 tokens.
+    assert attention_scores_bytes(ldm.UNET, 256) == 14 * (128 * 128) ** 2 * 4
+    assert attention_scores_bytes(ldm.UNET, 64) == 14 * (32 * 32) ** 2 * 4

@@ -1,0 +1,95 @@
+"""`latent-ddpm quantize` on a tiny exported bundle: a loadable, validated int8 bundle, atomic and refusing.
+
+A tiny random model is not a digits model, so whether each component passes the PSNR gate is not fixed
+here; what is fixed is that bundle.json says int8 or says why the component stayed float32.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+from tiny_models import build_tiny_model  # noqa: E402
+
+from latent_ddpm.cli import main  # noqa: E402
+from latent_ddpm.export.errors import ExportError  # noqa: E402
+from latent_ddpm.export.exporter import export_bundle  # noqa: E402
+from latent_ddpm.export.quantize import QuantizeOptions, quantize_bundle  # noqa: E402
+from latent_ddpm.runtime import Pipeline, load_bundle  # noqa: E402
+
+FAST = QuantizeOptions(calibration_runs=1, calibration_batch=2, max_unet_feeds=8, validation_images=2)
+
+
+@pytest.fixture(scope="module")
+def fp32_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("quantize")
+    src = build_tiny_model("kl_cond", root / "src")
+    return export_bundle(src, root / "fp32", validate=False, progress=False).path
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(fp32_bundle: Path) -> Path:
+    return quantize_bundle(fp32_bundle, fp32_bundle.parent / "int8", options=FAST, log=lambda _: None)
+
+
+def test_int8_bundle_loads_and_says_what_it_is(int8_bundle: Path) -> None:
+    bundle = load_bundle(int8_bundle)  # checks files, hashes and keys
+    for role in ("unet", "vae_decoder"):
+        model = bundle.models[role]
+        assert model.precision in ("int8", "fp32")
+        if model.precision == "int8":
+            assert any("float32" in why for why in model.kept_fp32)
+        else:
+            assert any("stays float32" in why and "dB" in why for why in model.kept_fp32)
+    encoder = bundle.models["vae_encoder"]
+    assert encoder.precision == "fp32" and "img2img" in encoder.kept_fp32[0]
+    images = Pipeline.from_bundle(int8_bundle).generate(num_images=2, steps=3, seed=0).images
+    assert images.shape == (2, 16, 16, 1)
+
+
+def test_validation_figures_are_recorded(int8_bundle: Path) -> None:
+    meta = json.loads((int8_bundle / "bundle.json").read_text())
+    summary = meta["validation"]["summary"]
+    assert meta["validation"]["validated"] is True and meta["validation"]["report"] == "validation.json"
+    assert summary["images"] == 2 and summary["max_abs"] >= 0
+    report = json.loads((int8_bundle / "validation.json").read_text())
+    trials = report["validation"]["trials"]
+    assert [t["int8_components"][-1] for t in trials] == ["unet", "vae_decoder"]
+    for trial in trials:
+        assert trial["passed"] == (
+            trial["images_vs_fp32"]["psnr_db"] is None or trial["images_vs_fp32"]["psnr_db"] >= 25.0
+        )
+    assert report["method"]["calibration"]["unet_feeds"] == 8
+    assert (int8_bundle / "samples.png").is_file()
+    assert not list(int8_bundle.parent.glob(".int8*")), "temporary folders left behind"
+
+
+def test_refuses_existing_out_and_force_replaces(fp32_bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ExportError, match="already exists"):
+        quantize_bundle(fp32_bundle, out, options=FAST, log=lambda _: None)
+    assert (out / "keep.txt").read_text() == "mine"
+    assert main(["quantize", str(fp32_bundle), str(out)]) == 2
+    assert (out / "keep.txt").read_text() == "mine"
+    quantize_bundle(fp32_bundle, out, force=True, options=FAST, log=lambda _: None)
+    assert not (out / "keep.txt").exists() and load_bundle(out).name.endswith("-int8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"], "temporary folders left behind"
+
+
+def test_refuses_a_bundle_that_is_not_fp32(fp32_bundle: Path, tmp_path: Path) -> None:
+    fp16 = tmp_path / "fp16"
+    shutil.copytree(fp32_bundle, fp16)
+    meta = json.loads((fp16 / "bundle.json").read_text())
+    meta["models"]["unet"]["precision"] = "fp16"
+    (fp16 / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(ExportError, match="starts from an fp32 bundle"):
+        quantize_bundle(fp16, tmp_path / "out", options=FAST, log=lambda _: None)
+    assert not (tmp_path / "out").exists()
