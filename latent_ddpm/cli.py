@@ -15,6 +15,7 @@ from collections.abc import Sequence
 # Ordered as the pipeline: train -> export -> runtime -> demo, then the tools around it.
 COMMANDS: dict[str, str] = {
     "train": "latent_ddpm.train.cli",
+    "export": "latent_ddpm.export.cli",
     "build-engines": "latent_ddpm.export.build_engines_cli",
     "sample": "latent_ddpm.runtime.sample_cli",
     "demo": "latent_ddpm.demo.cli",

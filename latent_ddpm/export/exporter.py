@@ -1,0 +1,450 @@
+"""SRC (diffusers latent DDPM) -> OUT (validated bundle), all or nothing.
+
+Everything is written into a temporary folder beside OUT and renamed into place only after the bundle has
+loaded through the runtime and passed the validation gate; a failure at any point removes the temporary
+folder and leaves an existing OUT untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from latent_ddpm.export.errors import ExportError, GateFailedError
+from latent_ddpm.export.fp16 import Fp16Result, convert_fp16
+from latent_ddpm.export.modules import graph_module
+from latent_ddpm.export.onnx_export import EXTERNAL_DATA_THRESHOLD, MIN_OPSET, export_graph
+from latent_ddpm.export.source import Source, load_source
+from latent_ddpm.export.specs import ModelSpec, build_specs, validation_feeds
+from latent_ddpm.export.validate import (
+    GateSettings,
+    now,
+    settings_json,
+    thresholds,
+    validate_components,
+    validate_sampling,
+    versions,
+)
+from latent_ddpm.runtime.bundle import (
+    BUNDLE_FILE,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    VALIDATION_FILE,
+    load_bundle,
+    sha256_file,
+)
+from latent_ddpm.runtime.errors import LatentDDPMError
+
+PRECISIONS = ("fp32", "fp16")
+VALUE_RANGE = [-1.0, 1.0]  # diffusers autoencoders decode to [-1, 1]; LDMPipeline maps it with x / 2 + 0.5
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    bundle: dict[str, Any]
+    report: dict[str, Any] | None
+    seconds: float
+
+
+@dataclass
+class _Graph:
+    spec: ModelSpec
+    fp32_file: Path  # the float32 export, kept in the work folder for fallbacks
+    result: Fp16Result = field(default_factory=lambda: Fp16Result("fp32"))
+
+
+def export_bundle(
+    src: str | Path,
+    out: str | Path,
+    *,
+    precision: str = "fp32",
+    opset: int = 17,
+    validate: bool = True,
+    force: bool = False,
+    name: str | None = None,
+    settings: GateSettings | None = None,
+    external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
+    progress: bool = True,
+) -> ExportResult:
+    """Export SRC to a bundle at OUT. Raises ExportError (GateFailedError when validation fails)."""
+    started = time.perf_counter()
+    settings = settings or GateSettings()
+    if precision not in PRECISIONS:
+        raise ExportError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if opset < MIN_OPSET:
+        raise ExportError(f"opset {opset} is too old; latent-ddpm exports opset {MIN_OPSET} or newer")
+    src_path, out_path = Path(src).expanduser().resolve(), Path(out).expanduser().resolve()
+    _check_out(src_path, out_path, force)
+    stages = _Stages(progress, total=4 + (2 if validate else 0))
+    try:
+        stages.next("reading source")
+        source = load_source(src_path)
+        specs = _specs(source)
+        stages.add(len(specs) * (2 if precision == "fp16" else 1))
+        _check_sampler(source)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _sibling(out_path, "tmp")
+        try:
+            graphs = _export_graphs(source, specs, tmp, opset, external_data_threshold, settings, stages)
+            if precision == "fp16":
+                for role, graph in graphs.items():
+                    stages.next(f"converting {role} to fp16")
+                    feeds = validation_feeds(
+                        graph.spec, settings.batch_sizes, np.random.default_rng([settings.seed, 7])
+                    )
+                    graph.result = convert_fp16(tmp / graph.spec.file, feeds, external_data_threshold)
+            meta = _bundle_json(source, graphs, tmp, name or out_path.name, opset, {"validated": False})
+            _write_json(tmp / BUNDLE_FILE, meta)
+            stages.next("checking the bundle loads")
+            load_bundle(tmp)
+            report = None
+            if validate:
+                meta, report = _gate(
+                    source, graphs, tmp, meta, precision, settings, stages, external_data_threshold
+                )
+            stages.next("writing README.md")
+            (tmp / "README.md").write_text(_readme(meta, report), encoding="utf-8")
+            shutil.rmtree(tmp / ".work", ignore_errors=True)
+            stages.next(f"publishing {out_path}")
+            _publish(tmp, out_path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    except LatentDDPMError:
+        raise
+    except (OSError, RuntimeError, ValueError) as exc:  # torch/onnx failures on a model we could read
+        raise ExportError(
+            f"export of {src_path} failed: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+        ) from exc
+    finally:
+        stages.close()
+    return ExportResult(out_path, meta, report, time.perf_counter() - started)
+
+
+def _check_out(src: Path, out: Path, force: bool) -> None:
+    if out == src or src.is_relative_to(out):
+        raise ExportError(f"output {out} would replace the source directory {src}; choose another OUT")
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"output {out} exists and is not a directory")
+    if out.exists() and not force:
+        raise ExportError(f"output {out} already exists; pass --force to replace it")
+
+
+def _specs(source: Source) -> dict[str, ModelSpec]:
+    cond = source.conditioning
+    return build_specs(
+        source.latent_shape,
+        source.image_shape,
+        num_train_timesteps=source.num_train_timesteps,
+        num_class_embeds=cond.num_class_embeds if cond else None,
+        null_class=cond.null_class if cond else None,
+        scaling_factor=source.scaling_factor,
+        shift_factor=source.shift_factor,
+        with_encoder=source.has_encoder,
+    )
+
+
+def _check_sampler(source: Source) -> None:
+    """The runtime must be able to run this schedule with the default and the gate's samplers."""
+    from latent_ddpm.runtime.schedulers import make_scheduler
+
+    config = {**source.scheduler_config, "prediction_type": source.prediction_type}
+    for sampler in {source.defaults["sampler"], "ddim"}:
+        try:
+            make_scheduler(sampler, config).set_timesteps(source.defaults["steps"])
+        except (LatentDDPMError, ValueError, KeyError) as exc:
+            raise ExportError(
+                f"{source.path / 'scheduler' / 'scheduler_config.json'}: the runtime's {sampler} sampler cannot "
+                f"use this schedule: {exc}"
+            ) from None
+
+
+def _export_graphs(
+    source: Source,
+    specs: dict[str, ModelSpec],
+    tmp: Path,
+    opset: int,
+    threshold: int,
+    settings: GateSettings,
+    stages: _Stages,
+) -> dict[str, _Graph]:
+    work = tmp / ".work"
+    work.mkdir()
+    graphs = {}
+    for role, spec in specs.items():
+        stages.next(f"exporting {role}")
+        feed = spec.sample_feed(2, np.random.default_rng([settings.seed, 5]))
+        export_graph(graph_module(role, source), spec, feed, work / spec.file, opset, threshold)
+        graphs[role] = _Graph(spec, work / spec.file)
+        _copy_graph(work / spec.file, tmp / spec.file)
+    return graphs
+
+
+def _copy_graph(src: Path, dst: Path) -> None:
+    for stale in (dst, dst.with_name(dst.name + ".data")):
+        stale.unlink(missing_ok=True)
+    shutil.copyfile(src, dst)
+    if (data := src.with_name(src.name + ".data")).exists():
+        shutil.copyfile(data, dst.with_name(data.name))
+
+
+def _gate(
+    source: Source,
+    graphs: dict[str, _Graph],
+    tmp: Path,
+    meta: dict[str, Any],
+    precision: str,
+    settings: GateSettings,
+    stages: _Stages,
+    threshold: int,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Validate; for fp16, fall back graph by graph to fp32 until the gate passes or nothing is left."""
+    from latent_ddpm.runtime.images import make_grid, save_png
+    from latent_ddpm.runtime.pipeline import Pipeline
+
+    while True:
+        stages.next("validating graphs")
+        pipe = Pipeline.from_bundle(tmp)
+        precisions = {role: g.result.precision for role, g in graphs.items()}
+        components = validate_components(
+            pipe, source, {r: g.spec for r, g in graphs.items()}, precisions, settings
+        )
+        stages.next("validating sampling against diffusers")
+        sampling, images, reference = validate_sampling(pipe, source, precision, settings)
+        del pipe
+        fallback = _fallback(graphs, components, sampling)
+        if precision == "fp32" or fallback is None:
+            break
+        role, why = fallback
+        _copy_graph(graphs[role].fp32_file, tmp / graphs[role].spec.file)
+        graphs[role].result = Fp16Result("fp32", [f"whole graph: {why}"])
+        meta = _bundle_json(
+            source, graphs, tmp, meta["name"], meta["models"]["unet"]["opset"], {"validated": False}
+        )
+        _write_json(tmp / BUNDLE_FILE, meta)
+        stages.add(2)
+
+    passed = sampling["passed"] and all(c["passed"] for c in components.values())
+    report = {
+        "passed": passed,
+        "precision": precision,
+        "date": now(),
+        "versions": versions(),
+        "thresholds": thresholds(),
+        "settings": settings_json(settings),
+        "sampling": sampling,
+        "components": components,
+        "kept_fp32": {role: g.result.kept_fp32 for role, g in graphs.items()},
+    }
+    summary = {
+        "precision": precision,
+        "date": report["date"],
+        "versions": report["versions"],
+        "thresholds": report["thresholds"],
+        "sampling": {
+            k: sampling[k] for k in ("images", "steps", "guidance_scale", "max_abs_diff", "psnr_db")
+        },
+        "components": {role: {"precision": c["precision"], **c["worst"]} for role, c in components.items()},
+    }
+    meta["validation"] = {"validated": True, "passed": passed, "report": VALIDATION_FILE, "summary": summary}
+    if not passed:
+        raise GateFailedError(_failure_message(components, sampling, precision), report)
+    _write_json(tmp / VALIDATION_FILE, report)
+    _write_json(tmp / BUNDLE_FILE, meta)
+    save_png(make_grid(np.concatenate([images, reference]), nrow=len(images)), tmp / "samples.png")
+    return meta, report
+
+
+def _fallback(
+    graphs: dict[str, _Graph], components: dict[str, Any], sampling: dict[str, Any]
+) -> tuple[str, str] | None:
+    """The next reduced-precision graph to put back in fp32, and why; None when there is nothing to do."""
+    reduced = [role for role, g in graphs.items() if g.result.precision != "fp32"]
+    for role in reduced:
+        if not components[role]["passed"]:
+            return role, f"float16 fails the per-graph check (cosine {components[role]['worst']['cosine']})"
+    if sampling["passed"]:
+        return None
+    sampled = [role for role in reduced if role != "vae_encoder"]
+    if not sampled:
+        return None
+    role = min(sampled, key=lambda r: components[r]["worst"]["cosine"] or 0.0)
+    return role, f"with it in float16 the images reach only {sampling['psnr_db']:.1f} dB PSNR"
+
+
+def _failure_message(components: dict[str, Any], sampling: dict[str, Any], precision: str) -> str:
+    problems = []
+    if sampling["nonfinite"]:
+        problems.append(f"sampling returned {sampling['nonfinite']} NaN/Inf values")
+    elif not sampling["passed"]:
+        if precision == "fp32":
+            problems.append(
+                f"images differ from diffusers by up to {sampling['max_abs_diff']}/255 (fp32 allows 2/255)"
+            )
+        else:
+            problems.append(
+                f"images reach only {sampling['psnr_db']:.1f} dB PSNR against diffusers (fp16 needs 35)"
+            )
+    for role, comp in components.items():
+        if not comp["passed"]:
+            w = comp["worst"]
+            problems.append(
+                f"{role}: {w['nonfinite']} NaN/Inf values"
+                if w["nonfinite"]
+                else f"{role}: cosine {w['cosine']:.6f} "
+                f"< {comp['min_cosine']} (max abs error {w['max_abs']:.3g})"
+            )
+    return "validation failed, nothing was written: " + "; ".join(problems)
+
+
+def _bundle_json(
+    source: Source, graphs: dict[str, _Graph], tmp: Path, name: str, opset: int, validation: dict[str, Any]
+) -> dict[str, Any]:
+    import torch
+
+    from latent_ddpm import __version__
+
+    cond = source.conditioning
+    c, h, w = source.latent_shape
+    ci, hi, wi = source.image_shape
+    models = {}
+    for role, graph in graphs.items():
+        models[role] = {
+            "file": graph.spec.file,
+            "sha256": sha256_file(tmp / graph.spec.file),
+            "opset": opset,
+            "precision": graph.result.precision,
+            "kept_fp32": graph.result.kept_fp32,
+            "external_data": graph.spec.file + ".data"
+            if (tmp / (graph.spec.file + ".data")).exists()
+            else None,
+            **graph.spec.to_json(),
+        }
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "created_by": f"latent-ddpm {__version__}",
+        "source": {
+            "path": str(source.path),
+            "unet_class": source.unet_class,
+            "vae_class": source.vae_class,
+            "vae_folder": source.vae_folder,
+            "exporter": f"torch.onnx TorchScript exporter, torch {torch.__version__}",
+            "recipe": (source.metadata or {}).get("recipe"),
+        },
+        "models": models,
+        "latent": {
+            "channels": c,
+            "height": h,
+            "width": w,
+            "scaling_factor": source.scaling_factor,
+            "shift_factor": source.shift_factor,
+        },
+        "image": {"channels": ci, "height": hi, "width": wi, "value_range": VALUE_RANGE},
+        "prediction_type": source.prediction_type,
+        "scheduler": source.scheduler_config,
+        "conditioning": None
+        if cond is None
+        else {
+            "num_classes": len(cond.class_names),
+            "class_names": list(cond.class_names),
+            "null_class": cond.null_class,
+        },
+        "defaults": source.defaults,
+        "validation": validation,
+    }
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def _sibling(out: Path, kind: str) -> Path:
+    """A new hidden folder beside OUT (same filesystem, so renames are atomic; default permissions)."""
+    path = out.with_name(f".{out.name}.{kind}-{secrets.token_hex(4)}")
+    path.mkdir()
+    return path
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Swap the finished bundle in; an existing OUT is only removed once the new one is in place."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = _sibling(out, "old")
+    os.replace(out, old / out.name)
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        os.replace(old / out.name, out)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _readme(meta: dict[str, Any], report: dict[str, Any] | None) -> str:
+    src = meta["source"]
+    lines = [
+        f"# {meta['name']}",
+        "",
+        f"A latent-ddpm bundle ({meta['created_by']}) exported from `{src['path']}` "
+        f"({src['unet_class']} + {src['vae_class']}). `bundle.json` holds the whole contract.",
+        "",
+        "    latent-ddpm sample --bundle . --out samples.png",
+        "",
+        "| graph | precision | kept in float32 |",
+        "|---|---|---|",
+    ]
+    for m in meta["models"].values():
+        lines.append(f"| {m['file']} | {m['precision']} | {len(m['kept_fp32'])} |")
+    lines.append("")
+    if report is None:
+        lines.append("Not validated (exported with --no-validate).")
+    else:
+        s = report["sampling"]
+        psnr = "identical" if s["psnr_db"] is None else f"{s['psnr_db']:.1f} dB"
+        lines += [
+            f"Validated {report['date']}: {s['images']} images, DDIM {s['steps']} steps, guidance "
+            f"{s['guidance_scale']:g}, against diffusers from the same latents: max difference "
+            f"{s['max_abs_diff']}/255, PSNR {psnr}. Figures: `validation.json`.",
+            "",
+            "`samples.png`: top row this bundle (ONNX Runtime), bottom row the diffusers reference.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+class _Stages:
+    """A tqdm bar over the export's stages, one tick each (the export extra installs tqdm)."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(
+            total=total, disable=not enabled, unit="stage", bar_format="{desc:<42}{bar:20} {n}/{total}"
+        )
+        self.started = False
+
+    def next(self, description: str) -> None:
+        if self.started:
+            self.bar.update(1)
+        self.started = True
+        self.bar.set_description_str(description)
+
+    def add(self, n: int) -> None:
+        self.bar.total += n
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.started:
+            self.bar.update(1)
+        self.bar.close()

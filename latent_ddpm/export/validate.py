@@ -1,0 +1,210 @@
+"""The validation gate: a bundle is written only if it computes and samples like its diffusers source.
+
+1. Per graph: ONNX Runtime (through the runtime's own engines) against the torch module on random inputs:
+   batch sizes 1, 2, 3 and one image at twice the trained height and width, timesteps incl. 0 and T-1,
+   class labels incl. the null class. Figures: max abs / max rel error, cosine similarity, PSNR, NaN/Inf.
+2. Whole run: ``Pipeline.generate`` (DDIM, eta 0, the bundle's default guidance) against the diffusers
+   reference loop from the same initial latents, compared as the uint8 images users get.
+
+Thresholds (module constants): fp32 images within 2/255 of diffusers; fp16 images at >= 35 dB PSNR; every
+graph finite with cosine >= 0.9999 (fp32) or 0.999 (fp16/mixed) per case.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from latent_ddpm.export.modules import graph_module
+from latent_ddpm.export.reference import reference_images
+from latent_ddpm.export.source import Source
+from latent_ddpm.export.specs import ModelSpec, validation_feeds
+from latent_ddpm.runtime.pipeline import Pipeline
+
+FP32_MAX_IMAGE_DIFF = 2  # uint8 levels
+FP16_MIN_IMAGE_PSNR_DB = 35.0
+MIN_COSINE = {"fp32": 0.9999, "reduced": 0.999}
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    """Sizes of the gate's runs (tests shrink them; the thresholds above are not settings)."""
+
+    batch_sizes: tuple[int, ...] = (1, 2, 3)
+    images: int = 4
+    steps: int = 20
+    seed: int = 0
+
+
+def thresholds() -> dict[str, Any]:
+    return {
+        "fp32_max_image_diff": FP32_MAX_IMAGE_DIFF,
+        "fp16_min_image_psnr_db": FP16_MIN_IMAGE_PSNR_DB,
+        "min_cosine_fp32": MIN_COSINE["fp32"],
+        "min_cosine_fp16": MIN_COSINE["reduced"],
+        "nonfinite": 0,
+    }
+
+
+def tensor_metrics(out: np.ndarray, ref: np.ndarray) -> dict[str, Any]:
+    """Agreement of an output with its reference; max_rel is the max abs error over the reference's peak."""
+    nonfinite = int(out.size - np.isfinite(out).sum())
+    if nonfinite:
+        return {"nonfinite": nonfinite, "max_abs": None, "max_rel": None, "cosine": None, "psnr_db": None}
+    a, b = out.astype(np.float64).ravel(), ref.astype(np.float64).ravel()
+    err = np.abs(a - b)
+    peak = float(np.abs(b).max(initial=0.0))
+    norms = float(np.linalg.norm(a) * np.linalg.norm(b))
+    mse = float(np.mean(err**2))
+    return {
+        "nonfinite": 0,
+        "max_abs": float(err.max(initial=0.0)),
+        "max_rel": float(err.max(initial=0.0) / peak) if peak > 0 else None,
+        "cosine": float(a @ b / norms) if norms > 0 else float(np.array_equal(a, b)),
+        "psnr_db": _db(peak**2, mse),
+    }
+
+
+def image_metrics(out: np.ndarray, ref: np.ndarray) -> dict[str, Any]:
+    diff = np.abs(out.astype(np.int32) - ref.astype(np.int32))
+    return {
+        "max_abs_diff": int(diff.max(initial=0)),
+        "mean_abs_diff": float(diff.mean()),
+        "psnr_db": _db(255.0**2, float(np.mean(diff.astype(np.float64) ** 2))),
+    }
+
+
+def _db(peak_sq: float, mse: float) -> float | None:
+    """PSNR in dB; None stands for infinity (identical outputs), which JSON cannot hold."""
+    return None if mse == 0 else 10.0 * math.log10(max(peak_sq, 1e-30) / mse)
+
+
+def validate_components(
+    pipe: Pipeline,
+    source: Source,
+    specs: dict[str, ModelSpec],
+    precisions: dict[str, str],
+    settings: GateSettings,
+) -> dict[str, Any]:
+    import torch
+
+    engines = {"unet": pipe.unet, "vae_decoder": pipe.decoder, "vae_encoder": pipe.encoder}
+    report: dict[str, Any] = {}
+    for role, spec in specs.items():
+        rng = np.random.default_rng([settings.seed, ROLE_SEEDS[role]])
+        module = graph_module(role, source)
+        min_cosine = MIN_COSINE["fp32" if precisions[role] == "fp32" else "reduced"]
+        cases = []
+        for feed in validation_feeds(spec, settings.batch_sizes, rng):
+            with torch.no_grad():
+                ref = module(*(torch.from_numpy(feed[n]) for n in spec.input_names)).numpy()
+            out = engines[role].run(feed)[spec.output_names[0]]
+            m = tensor_metrics(out, ref)
+            m["passed"] = m["nonfinite"] == 0 and m["cosine"] >= min_cosine
+            case = {"shape": list(out.shape)}
+            case.update({k: v.tolist() for k, v in feed.items() if v.dtype.kind == "i"})
+            cases.append({**case, **m})
+        report[role] = {
+            "precision": precisions[role],
+            "passed": all(c["passed"] for c in cases),
+            "min_cosine": min_cosine,
+            "worst": _worst(cases),
+            "cases": cases,
+        }
+    return report
+
+
+ROLE_SEEDS = {"unet": 1, "vae_decoder": 2, "vae_encoder": 3}
+
+
+def _worst(cases: list[dict[str, Any]]) -> dict[str, Any]:
+    def pick(key: str, fn) -> float | None:
+        values = [c[key] for c in cases if c[key] is not None]
+        return fn(values) if values else None
+
+    return {
+        "max_abs": pick("max_abs", max),
+        "max_rel": pick("max_rel", max),
+        "cosine": pick("cosine", min),
+        "psnr_db": pick("psnr_db", min),
+        "nonfinite": sum(c["nonfinite"] for c in cases),
+    }
+
+
+def validate_sampling(
+    pipe: Pipeline, source: Source, precision: str, settings: GateSettings
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """The whole run against diffusers: (figures, the bundle's images, diffusers' images)."""
+    bundle = pipe.bundle
+    rng = np.random.default_rng([settings.seed, 0])
+    latents = rng.standard_normal((settings.images, *bundle.latent_shape), dtype=np.float32)
+    cond = bundle.conditioning
+    labels = None if cond is None else (np.arange(settings.images) % cond.num_classes).astype(np.int64)
+    guidance = bundle.defaults.guidance_scale if cond is not None and cond.null_class is not None else 1.0
+    result = pipe.generate(
+        latents=latents,
+        sampler="ddim",
+        steps=settings.steps,
+        eta=0.0,
+        class_labels=None if labels is None else labels.tolist(),
+        guidance_scale=guidance,
+        seed=settings.seed,
+    )
+    reference = reference_images(source, latents, labels, settings.steps, guidance)
+    decoded = pipe.decoder.run(
+        {"latent": (result.latents / np.float32(bundle.scaling_factor) + np.float32(bundle.shift_factor))}
+    )["image"]
+    nonfinite = int(result.latents.size - np.isfinite(result.latents).sum()) + int(
+        decoded.size - np.isfinite(decoded).sum()
+    )
+    figures = image_metrics(result.images, reference)
+    if precision == "fp32":
+        passed = figures["max_abs_diff"] <= FP32_MAX_IMAGE_DIFF
+    else:
+        passed = figures["psnr_db"] is None or figures["psnr_db"] >= FP16_MIN_IMAGE_PSNR_DB
+    report = {
+        "sampler": "ddim",
+        "steps": settings.steps,
+        "eta": 0.0,
+        "guidance_scale": guidance,
+        "images": settings.images,
+        "class_labels": None if labels is None else labels.tolist(),
+        "seed": settings.seed,
+        "nonfinite": nonfinite,
+        **figures,
+        "passed": bool(passed and nonfinite == 0),
+    }
+    return report, result.images, reference
+
+
+def versions() -> dict[str, str]:
+    import diffusers
+    import onnx
+    import onnxruntime
+    import torch
+
+    from latent_ddpm import __version__
+
+    return {
+        "latent_ddpm": __version__,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def settings_json(settings: GateSettings) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()}
