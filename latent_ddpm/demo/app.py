@@ -6,6 +6,7 @@ CLI both go through these two, so what the tests check is what users get.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no phoning home
@@ -92,16 +93,20 @@ def build_app(
             visible=conditional,
         )
 
-    def sampling(*, sampler: bool = True, seed: bool = True) -> _Sampling:
-        """Sampler+steps, eta+guidance, seed+randomize, two to a row; eta shows for DDIM only."""
+    def sampling(*, sampler: bool = True, seed: bool = True, wide: bool = False) -> _Sampling:
+        """Sampler+steps, eta+guidance, seed+randomize: two to a row, or (``wide``) all in the caller's row.
+
+        eta shows for DDIM only.
+        """
         sampler_box = eta_box = seed_box = None
-        with gr.Row():
+        pair = contextlib.nullcontext if wide else gr.Row
+        with pair():
             if sampler:
                 sampler_box = gr.Dropdown(SAMPLERS, value=d.sampler, label="Sampler", min_width=140)
             steps = gr.Slider(
                 1, lim.max_steps, value=min(d.steps, lim.max_steps), step=1, label="Steps", min_width=180
             )
-        with gr.Row():
+        with pair():
             if sampler:
                 eta_box = gr.Slider(
                     0.0,
@@ -126,7 +131,9 @@ def build_app(
             )
         if seed:
             with gr.Group(), gr.Row(equal_height=True):
-                seed_box = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED, scale=4)
+                seed_box = gr.Number(
+                    0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED, scale=4, min_width=120
+                )
                 dice = gr.Button("Randomize", scale=1, min_width=100)
             dice.click(h.random_seed, None, seed_box, **private)
         return _Sampling(sampler_box, steps, eta_box, guidance, seed_box)
@@ -169,45 +176,48 @@ def build_app(
                     "At every step the model predicts the clean image (`pred_original_sample`); decoding "
                     "those guesses shows noise turning into a picture."
                 )
+                with gr.Row(equal_height=True):
+                    w_class = class_dropdown(allow_random=True)
+                    w = sampling(wide=True)
+                w_btn = gr.Button("Denoise", variant="primary", elem_id="denoise-btn")
+                w_strip = gr.Image(
+                    label="Predicted clean image along the way",
+                    show_label=False,
+                    format="png",
+                    elem_classes="pixelated",
+                    interactive=False,
+                    elem_id="denoise-strip",
+                )
                 with gr.Row():
-                    with gr.Column(scale=2, min_width=340):
-                        w_class = class_dropdown(allow_random=True)
-                        w = sampling()
-                        w_btn = gr.Button("Denoise", variant="primary", elem_id="denoise-btn")
-                    with gr.Column(scale=3):
-                        w_strip = gr.Image(
-                            label="Predicted clean image along the way",
-                            format="png",
-                            elem_classes="pixelated",
-                            interactive=False,
-                        )
-                        w_caption = gr.Markdown(label="Frames")
-                        w_gif = gr.Image(
-                            label="Animation",
-                            type="filepath",
-                            elem_classes="pixelated",
-                            interactive=False,
-                            height=300,
-                        )
+                    w_caption = gr.Markdown(label="Frames")
+                    w_gif = gr.Image(
+                        label="Animation",
+                        type="filepath",
+                        elem_classes="pixelated",
+                        interactive=False,
+                        height=256,
+                    )
 
             with gr.Tab("Interpolate", id="interpolate"):
                 gr.Markdown(
                     "Deterministic DDIM (eta 0) from noise on the great circle between two seeds' noise "
                     "(slerp). The ends are what Generate draws from each seed with one image, DDIM and eta 0."
                 )
-                with gr.Row():
-                    with gr.Column(scale=2, min_width=340):
-                        i_class = class_dropdown(allow_random=False)
-                        with gr.Row():
-                            i_seed_a = gr.Number(0, label="Seed A", precision=0, minimum=0, maximum=MAX_SEED)
-                            i_seed_b = gr.Number(1, label="Seed B", precision=0, minimum=0, maximum=MAX_SEED)
-                        i_frames = gr.Slider(2, MAX_FRAMES, value=8, step=1, label="Frames")
-                        i = sampling(sampler=False, seed=False)
-                        i_btn = gr.Button("Interpolate", variant="primary", elem_id="interpolate-btn")
-                    with gr.Column(scale=3):
-                        i_strip = gr.Image(
-                            label="Seed A → seed B", format="png", elem_classes="pixelated", interactive=False
-                        )
+                with gr.Row(equal_height=True):
+                    i_class = class_dropdown(allow_random=False)
+                    i_seed_a = gr.Number(0, label="Seed A", precision=0, minimum=0, maximum=MAX_SEED)
+                    i_seed_b = gr.Number(1, label="Seed B", precision=0, minimum=0, maximum=MAX_SEED)
+                    i_frames = gr.Slider(2, MAX_FRAMES, value=8, step=1, label="Frames", min_width=180)
+                    i = sampling(sampler=False, seed=False, wide=True)
+                i_btn = gr.Button("Interpolate", variant="primary", elem_id="interpolate-btn")
+                i_strip = gr.Image(
+                    label="Seed A → seed B",
+                    show_label=False,
+                    format="png",
+                    elem_classes="pixelated",
+                    interactive=False,
+                    elem_id="interpolate-strip",
+                )
 
             with gr.Tab("Sketch to digit", id="img2img", visible=lim.has_encoder):
                 gr.Markdown(
