@@ -25,6 +25,8 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
+from latent_ddpm.demo.imaging import display_scale  # noqa: E402
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -73,9 +75,8 @@ def test_generate_in_the_browser(demo: LiveDemo, browser: webdriver.Chrome) -> N
     button = wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, "#generate-btn")))
     button.click()
     images = wait.until(lambda d: len(found := _gallery_images(d, "#gallery img")) >= 8 and found)
-    assert all(
-        img.get_attribute("naturalWidth") == str(4 * demo.pipe.bundle.image_shape[2]) for img in images
-    )
+    _, h, w = demo.pipe.bundle.image_shape
+    assert all(img.get_attribute("naturalWidth") == str(display_scale(h) * w) for img in images)
     wait.until(lambda d: "total_s" in d.find_element(By.CSS_SELECTOR, "#timing").text)
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "demo_generate.png"))
