@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "export": "latent_ddpm.export.cli",
     "build-engines": "latent_ddpm.export.build_engines_cli",
     "sample": "latent_ddpm.runtime.sample_cli",
+    "eval": "latent_ddpm.evaluate.cli",
     "demo": "latent_ddpm.demo.cli",
     "bench": "latent_ddpm.bench.cli",
     "quantize": "latent_ddpm.export.quantize_cli",
