@@ -104,11 +104,17 @@ def test_resume_ends_where_the_uninterrupted_run_ends(run_dir: Path, tmp_path: P
         if stage == "unet":
             out.mkdir()
             shutil.copytree(run_dir / "vae", out / "vae")
-    assert train("--stage", stage, "--out", str(full)) == 0
-    assert train("--stage", stage, "--out", str(split), "--max-steps", "3") == 0
+    no_previews = ("--set", f"{stage}.sample_every=0")
+    assert train("--stage", stage, "--out", str(full), *no_previews) == 0
+    assert train("--stage", stage, "--out", str(split), "--max-steps", "3", *no_previews) == 0
     assert not (split / stage / "config.json").exists()  # stopped early: no final model yet
     half = _weights(split / "checkpoints" / stage / "step_0000003" / "model.safetensors")
+    # What a kill during step 5's checkpoint would leave: a logged step past the checkpoint, a partial save.
+    with (split / "logs" / f"{stage}_loss.csv").open("a") as f:
+        f.write("4,0.5,0.001,1.0\n")
+    (split / "checkpoints" / stage / ".tmp-step_0000005").mkdir()
     assert train("--stage", stage, "--out", str(split), "--resume") == 0
+    assert [p.name for p in (split / "checkpoints" / stage).iterdir()] == ["step_0000006"]
 
     tight = {"rtol": 1e-6, "atol": 1e-7}
     ckpt = Path("checkpoints") / stage / "step_0000006"

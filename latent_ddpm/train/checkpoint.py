@@ -37,7 +37,8 @@ def save(accelerator, root: Path, step: int, state: dict[str, Any]) -> Path:
     tmp = root / f".tmp-step_{step:07d}"
     if accelerator.is_main_process:
         root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed while saving
+        for stale in root.glob(".tmp-step_*"):  # left by a run killed while saving
+            shutil.rmtree(stale)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()

@@ -19,11 +19,11 @@ class LossLog:
         path.parent.mkdir(parents=True, exist_ok=True)
         rows = read_log(path) if resume_step and path.exists() else []
         with path.open("w", newline="") as f:
-            writer = csv.writer(f)
+            writer = csv.writer(f, lineterminator="\n")
             writer.writerow(FIELDS)
             writer.writerows([r[k] for k in FIELDS] for r in rows if r["step"] <= resume_step)
-        self._file = path.open("a", newline="")
-        self._writer = csv.writer(self._file)
+        self._file = path.open("a", newline="", buffering=1)  # line-buffered: `tail -f` shows progress
+        self._writer = csv.writer(self._file, lineterminator="\n")
 
     def write(self, step: int, loss: float, lr: float, grad_norm: float) -> None:
         self._writer.writerow([step, f"{loss:.6g}", f"{lr:.6g}", f"{grad_norm:.6g}"])
