@@ -1,0 +1,230 @@
+"""The seed document's exercises, measured: samplers and step counts, guidance scale, noise schedules.
+
+    nice -n 10 python -m latent_ddpm.evaluate.sweep --bundle runs/linear/bundle --bundle runs/cosine/bundle
+
+The first bundle (default: the shipped one) gets the guidance sweep (DDIM 50) and then, at the chosen
+scale, the sampler sweep (DDIM 10/20/50/100, DPM-Solver++ 10/20, DDPM 1000 on fewer images, plus DDIM 50 on
+as many so the two compare fairly); every bundle gets DDIM 50 at that scale (schedules compared). Results
+go to OUT/evaluation.json, tables to OUT/evaluation.md (between the sweep markers) and plots to
+OUT/images/eval_*.png. Finished rows are kept in the JSON and reused on a rerun with the same settings, so
+an interrupted sweep resumes and the report can be redrawn without sampling again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from latent_ddpm.evaluate.recommend import ACCURACY_GOAL, CFID_TOLERANCE, pick_guidance, pick_steps
+
+DDIM_STEPS = (10, 20, 50, 100)
+DPM_STEPS = (10, 20)
+GUIDANCE = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+REFERENCE_STEPS = 50  # the setting the goals name: DDIM 50
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in text.split(","))
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(","))
+
+
+class Sweep:
+    """Runs and caches rows; one classifier and one real reference for all of them."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from latent_ddpm.evaluate.classifier import DigitClassifier
+        from latent_ddpm.evaluate.measure import RealReference
+
+        self.args = args
+        self.path = args.out / "evaluation.json"
+        old = json.loads(self.path.read_text(encoding="utf-8")) if self.path.is_file() else {}
+        self.cache: dict[str, dict[str, Any]] = {r["key"]: r for r in old.get("rows", [])}
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.classifier = DigitClassifier(threads=args.threads)
+        self.reference = RealReference(self.classifier)
+
+    def row(self, pipe: Any, label: str, per_class: int, **sampling: Any) -> dict[str, Any]:
+        from latent_ddpm.evaluate.measure import Settings, evaluate
+
+        s = Settings(per_class=per_class, seed=self.args.seed, batch=self.args.batch, **sampling)
+        key = f"{bundle_identity(pipe)}|{s.sampler}|{s.steps}|{s.guidance_scale}|{s.eta}|{s.per_class}|{s.seed}|{s.batch}"
+        if key in self.cache:
+            row = self.cache[key]
+        else:
+            print(
+                f"[{label}] {s.sampler} {s.steps} steps, guidance {s.guidance_scale}, {per_class}/class",
+                flush=True,
+            )
+            report = evaluate(pipe, self.classifier, self.reference, s, progress=not self.args.quiet).report
+            row = {"key": key, "label": label, "schedule": schedule_of(pipe), **report.to_json()}
+            print(
+                f"  accuracy={row['accuracy']} cfid={row['cfid']:.3f} floor={row['cfid_floor']:.3f} "
+                f"s/image={row['seconds_per_image']:.4f}",
+                flush=True,
+            )
+        self.rows[key] = self.cache[key] = row
+        self.save({})
+        return row
+
+    def save(self, extra: dict[str, Any]) -> None:
+        from latent_ddpm.evaluate.provenance import environment
+
+        doc = {
+            "environment": environment(),
+            "classifier": {
+                k: self.classifier.meta.get(k) for k in ("held_out_accuracy", "split", "training")
+            },
+            **extra,
+            "rows": list(self.cache.values()),
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, self.path)
+
+
+def bundle_identity(pipe: Any) -> str:
+    """What fixes a bundle's samples: its graphs and sampling config (not its name, path or defaults)."""
+    raw = pipe.bundle.raw
+    what = {
+        "models": {role: m.sha256 for role, m in pipe.bundle.models.items()},
+        **{k: raw.get(k) for k in ("scheduler", "prediction_type", "latent", "image", "conditioning")},
+    }
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def schedule_of(pipe: Any) -> str:
+    return str(pipe.bundle.scheduler_config.get("beta_schedule", "?"))
+
+
+def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
+    from latent_ddpm.evaluate.measure import Settings, check_settings
+    from latent_ddpm.evaluate.report import write_report
+    from latent_ddpm.runtime.pipeline import Pipeline
+
+    pipes = [Pipeline.from_bundle(b, threads=args.threads) for b in (args.bundle or [None])]
+    for pipe in pipes:  # refuse bad input before the first minute of sampling
+        check_settings(pipe, Settings(per_class=min(args.per_class, args.ddpm_per_class), batch=args.batch))
+    labels = [f"{p.bundle.name} ({schedule_of(p)})" for p in pipes]
+    main, label = pipes[0], labels[0]
+    sweep = Sweep(args)
+    cond = main.bundle.conditioning
+    can_guide = cond is not None and cond.null_class is not None
+    ddim = {"sampler": "ddim", "eta": 0.0}
+
+    guidance_rows = [
+        sweep.row(main, label, args.per_class, steps=REFERENCE_STEPS, guidance_scale=g, **ddim)
+        for g in (args.guidance if can_guide else (1.0,))
+    ]
+    reference = pick_guidance(guidance_rows)  # DDIM 50 at the chosen scale: the row the goals name
+    best_g = reference["guidance_scale"]
+    at_g = {"guidance_scale": best_g}
+    step_rows = [
+        sweep.row(main, label, args.per_class, steps=n, **ddim, **at_g)
+        for n in sorted({*args.ddim_steps, REFERENCE_STEPS})
+    ]
+    step_rows += [
+        sweep.row(main, label, args.per_class, sampler="dpmsolver++", steps=n, **at_g) for n in args.dpm_steps
+    ]
+    ddpm = sweep.row(main, label, args.ddpm_per_class, sampler="ddpm", steps=args.ddpm_steps, **at_g)
+    ddim_matched = sweep.row(main, label, args.ddpm_per_class, steps=REFERENCE_STEPS, **ddim, **at_g)
+    schedule_rows = [
+        sweep.row(p, lab, args.per_class, steps=REFERENCE_STEPS, **ddim, **at_g)
+        for p, lab in zip(pipes, labels, strict=True)
+    ]
+    chosen = pick_steps(step_rows)
+    defaults = {
+        "sampler": chosen["sampler"],
+        "steps": chosen["steps"],
+        "guidance_scale": best_g,
+        "eta": 0.0,
+    }
+    goals = {
+        "accuracy_ddim50": {
+            "value": reference["accuracy"],
+            "target": ACCURACY_GOAL,
+            "met": reference["accuracy"] is not None and reference["accuracy"] >= ACCURACY_GOAL,
+        },
+        "cfid_ddim50_vs_ddpm": {
+            "ddim50": ddim_matched["cfid"],
+            "ddpm": ddpm["cfid"],
+            "ddpm_steps": ddpm["steps"],
+            "images_each": ddpm["num_images"],
+            "tolerance": CFID_TOLERANCE,
+            "met": ddim_matched["cfid"] <= (1 + CFID_TOLERANCE) * ddpm["cfid"],
+        },
+    }
+    from latent_ddpm.evaluate.measure import evaluate
+
+    samples = evaluate(
+        main,
+        sweep.classifier,
+        sweep.reference,
+        Settings(per_class=10, seed=args.seed, batch=args.batch, **defaults),
+        progress=not args.quiet,
+    )
+    extra = {
+        "tables": {
+            "guidance": [r["key"] for r in guidance_rows],
+            "steps": [r["key"] for r in [*step_rows, ddpm, ddim_matched]],
+            "schedules": [r["key"] for r in schedule_rows],
+        },
+        "recommended_defaults": defaults,
+        "recommended_row": chosen["key"],
+        "goals": goals,
+    }
+    sweep.save(extra)
+    doc = json.loads(sweep.path.read_text(encoding="utf-8"))
+    write_report(doc, args.out, samples)
+    return doc
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m latent_ddpm.evaluate.sweep",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--bundle",
+        type=Path,
+        action="append",
+        help="bundle directory; repeat to compare schedules (first = main; default: the shipped one)",
+    )
+    p.add_argument(
+        "--out", type=Path, default=Path("docs"), help="folder for evaluation.{json,md} and images/"
+    )
+    p.add_argument("--per-class", type=int, default=100, help="images per class for the main rows")
+    p.add_argument("--ddpm-per-class", type=int, default=20, help="images per class for the DDPM row")
+    p.add_argument("--ddpm-steps", type=int, default=1000)
+    p.add_argument("--ddim-steps", type=_ints, default=DDIM_STEPS, help="comma-separated")
+    p.add_argument("--dpm-steps", type=_ints, default=DPM_STEPS, help="comma-separated, DPM-Solver++")
+    p.add_argument("--guidance", type=_floats, default=GUIDANCE, help="comma-separated guidance scales")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    from latent_ddpm.runtime.errors import LatentDDPMError
+
+    try:
+        doc = run_sweep(args)
+    except LatentDDPMError as exc:
+        print(f"sweep: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"recommended defaults: {json.dumps(doc['recommended_defaults'])}")
+    for name, goal in doc["goals"].items():
+        print(f"goal {name}: {'met' if goal['met'] else 'NOT met'} ({goal})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
