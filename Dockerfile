@@ -24,14 +24,12 @@ FROM nvcr.io/nvidia/tensorrt:${TENSORRT_TAG} AS gpu
 ENV PYTHONUNBUFFERED=1 \
     GRADIO_ANALYTICS_ENABLED=False \
     LATENT_DDPM_BUNDLE=/home/app/bundle
-# The demo extra brings CPU onnxruntime, which shadows onnxruntime-gpu (same module); drop it and restore the
-# GPU build. cuda-python stays on the CUDA 12 line of this base image.
+# `gpu` brings onnxruntime-gpu and nothing here pulls the CPU onnxruntime (which would shadow it: same module).
+# cuda-python stays on the CUDA 12 line of this base image.
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
     set -- /wheels/latent_ddpm-*.whl \
     && python3 -m pip install --no-cache-dir "latent-ddpm[gpu,demo,tensorrt] @ file://$1" \
         "cuda-python>=12.6,<13" \
-    && python3 -m pip uninstall -y onnxruntime \
-    && python3 -m pip install --no-cache-dir --force-reinstall --no-deps "onnxruntime-gpu>=1.17" \
     && useradd --create-home --uid 10001 app
 # A writable copy of the shipped bundle: the tensorrt backend builds its engines into BUNDLE/engines on first
 # use. Mount your own bundle over /home/app/bundle (writable, so engines persist) or point LATENT_DDPM_BUNDLE
