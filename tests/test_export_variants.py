@@ -16,6 +16,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
+from conftest import torch_single_thread  # noqa: E402
+
 from latent_ddpm.runtime import Pipeline, load_bundle  # noqa: E402
 
 FP32_KINDS = ("kl_cond", "vq_uncond_v", "kl_bin")
@@ -96,7 +98,7 @@ def test_vq_bundle_matches_ldmpipeline(exported_bundle: Callable, tiny_model_dir
     pipe = LDMPipeline.from_pretrained(tiny_model_dir("vq_uncond_v"))
     pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator().manual_seed(3)
-    with torch.no_grad():
+    with torch.no_grad(), torch_single_thread():
         expected = pipe(
             batch_size=3, generator=generator, num_inference_steps=15, eta=0.0, output_type="np"
         ).images

@@ -11,6 +11,10 @@ the operators that would, on the validation inputs, in two passes:
 
 If that does not converge in ``MAX_ROUNDS`` rounds the whole graph stays float32. Each decision is recorded
 as a ``kept_fp32`` line for bundle.json.
+
+Overflow is judged per tensor, as its float16 value: what a GPU stores between operators. Exposing every
+tensor matters on CPU, where ONNX Runtime runs float16 operators that lack CPU kernels (Conv, ...) in float32
+and keeps float32 between them, so a graph's final output can look fine while its float16 tensors are Inf.
 """
 
 from __future__ import annotations

@@ -79,6 +79,7 @@ def save_model(model: onnx.ModelProto, path: Path, external_threshold: int) -> s
         onnx.save_model(
             model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=location
         )
+        (path.parent / location).chmod(path.stat().st_mode & 0o777)  # onnx creates it owner-only (0600)
     else:
         onnx.save_model(model, str(path))
     check_model(path)

@@ -208,6 +208,8 @@ def _load_model(folder: Path, cls: type) -> Any:
     from diffusers.utils import logging as diffusers_logging
 
     use_safetensors = any((folder / f).is_file() for f in WEIGHT_FILES[:2])
+    for path in sorted(folder.glob("diffusion_pytorch_model*.safetensors")):
+        _check_safetensors(path)
     if not use_safetensors:
         for path in sorted(
             folder.glob("diffusion_pytorch_model*.bin")
@@ -241,6 +243,22 @@ def _load_model(folder: Path, cls: type) -> Any:
                 "the checkpoint is truncated or belongs to another model"
             )
     return model.float().eval().requires_grad_(False)
+
+
+def _check_safetensors(path: Path) -> None:
+    """A truncated download is the usual corruption: compare the file with what its header promises."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            if not 0 < header_len <= size - 8:
+                raise ValueError(f"header length {header_len}")
+            header = json.loads(f.read(header_len))
+        end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        raise ExportError(f"{path}: not a safetensors file ({exc})") from None
+    if size < 8 + header_len + end:
+        raise ExportError(f"{path}: truncated ({size} bytes, its header promises {8 + header_len + end})")
 
 
 def _first_line(exc: BaseException) -> str:
