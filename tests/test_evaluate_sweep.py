@@ -7,7 +7,7 @@ import json
 import pytest
 from bundle_factory import SCHEDULER, make_bundle
 
-import latent_ddpm.evaluate.measure as measure
+import latent_ddpm.evaluate.sweep as sweep
 from latent_ddpm.evaluate.sweep import main
 
 
@@ -68,14 +68,16 @@ def test_sweep_writes_report_and_resumes(tmp_path, monkeypatch, capsys) -> None:
     assert md.startswith("# Evaluation\n\nprose\n<!-- sweep:begin -->") and md.endswith(
         "<!-- sweep:end -->\ntail\n"
     )
+    assert "| blurred (Gaussian, radius 1 px) | 30 |" in md
+    assert [c["num_images"] for c in doc["calibration"]] == [30] * 5
     assert "old" not in md and "| DPM-Solver++ | 2 | 30 |" in md and "squaredcos_cap_v2" in md
     for name in ("eval_guidance", "eval_steps", "eval_schedules", "eval_samples"):
         assert (out / "images" / f"{name}.png").stat().st_size > 1000
 
     # A rerun with the same settings samples nothing again except the sample grid.
     calls = []
-    real = measure.evaluate
-    monkeypatch.setattr(measure, "evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = sweep.evaluate
+    monkeypatch.setattr(sweep, "evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
     assert main(argv) == 0
     assert len(calls) == 1
     assert json.loads((out / "evaluation.json").read_text())["rows"] == doc["rows"]

@@ -47,6 +47,24 @@ def markdown(doc: dict[str, Any], image_dir: str) -> str:
         + f". Main bundle: `{main['label']}`; seed {main['seed']}, batch {main['batch']} (batch i uses seed + i)"
         + f". Digit classifier held-out accuracy: {_acc(doc['classifier']['held_out_accuracy'])}.",
         "",
+        "### What the numbers mean",
+        "",
+        "The same figures for real digits and known degradations of them (no sampling):",
+        "",
+        _table(
+            ["images", "count", "accuracy", "cFID", "floor"],
+            [
+                [
+                    c["name"],
+                    str(c["num_images"]),
+                    _acc(c["accuracy"]),
+                    f"{c['cfid']:.2f}",
+                    f"{c['cfid_floor']:.2f}",
+                ]
+                for c in doc["calibration"]
+            ],
+        ),
+        "",
         "### Guidance scale (DDIM 50 steps)",
         "",
         _table(

@@ -20,7 +20,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from latent_ddpm.evaluate.calibrate import calibration
+from latent_ddpm.evaluate.classifier import DigitClassifier
+from latent_ddpm.evaluate.measure import RealReference, Settings, check_settings, evaluate
+from latent_ddpm.evaluate.provenance import environment
 from latent_ddpm.evaluate.recommend import ACCURACY_GOAL, CFID_TOLERANCE, pick_guidance, pick_steps
+from latent_ddpm.evaluate.report import write_report
+from latent_ddpm.runtime.errors import LatentDDPMError
+from latent_ddpm.runtime.pipeline import Pipeline
 
 DDIM_STEPS = (10, 20, 50, 100)
 DPM_STEPS = (10, 20)
@@ -40,9 +47,6 @@ class Sweep:
     """Runs and caches rows; one classifier and one real reference for all of them."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from latent_ddpm.evaluate.classifier import DigitClassifier
-        from latent_ddpm.evaluate.measure import RealReference
-
         self.args = args
         self.path = args.out / "evaluation.json"
         old = json.loads(self.path.read_text(encoding="utf-8")) if self.path.is_file() else {}
@@ -52,8 +56,6 @@ class Sweep:
         self.reference = RealReference(self.classifier)
 
     def row(self, pipe: Any, label: str, per_class: int, **sampling: Any) -> dict[str, Any]:
-        from latent_ddpm.evaluate.measure import Settings, evaluate
-
         s = Settings(per_class=per_class, seed=self.args.seed, batch=self.args.batch, **sampling)
         key = f"{bundle_identity(pipe)}|{s.sampler}|{s.steps}|{s.guidance_scale}|{s.eta}|{s.per_class}|{s.seed}|{s.batch}"
         if key in self.cache:
@@ -71,19 +73,18 @@ class Sweep:
                 flush=True,
             )
         self.rows[key] = self.cache[key] = row
-        self.save({})
+        self.save({}, final=False)
         return row
 
-    def save(self, extra: dict[str, Any]) -> None:
-        from latent_ddpm.evaluate.provenance import environment
-
+    def save(self, extra: dict[str, Any], final: bool = True) -> None:
+        """While running keep every row (to resume); at the end only this sweep's rows."""
         doc = {
             "environment": environment(),
             "classifier": {
                 k: self.classifier.meta.get(k) for k in ("held_out_accuracy", "split", "training")
             },
             **extra,
-            "rows": list(self.cache.values()),
+            "rows": list((self.rows if final else self.cache).values()),
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".json.tmp")
@@ -106,10 +107,6 @@ def schedule_of(pipe: Any) -> str:
 
 
 def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
-    from latent_ddpm.evaluate.measure import Settings, check_settings
-    from latent_ddpm.evaluate.report import write_report
-    from latent_ddpm.runtime.pipeline import Pipeline
-
     pipes = [Pipeline.from_bundle(b, threads=args.threads) for b in (args.bundle or [None])]
     for pipe in pipes:  # refuse bad input before the first minute of sampling
         check_settings(pipe, Settings(per_class=min(args.per_class, args.ddpm_per_class), batch=args.batch))
@@ -162,8 +159,6 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
             "met": ddim_matched["cfid"] <= (1 + CFID_TOLERANCE) * ddpm["cfid"],
         },
     }
-    from latent_ddpm.evaluate.measure import evaluate
-
     samples = evaluate(
         main,
         sweep.classifier,
@@ -172,6 +167,7 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
         progress=not args.quiet,
     )
     extra = {
+        "calibration": calibration(sweep.classifier, sweep.reference, args.per_class),
         "tables": {
             "guidance": [r["key"] for r in guidance_rows],
             "steps": [r["key"] for r in [*step_rows, ddpm, ddim_matched]],
@@ -213,8 +209,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    from latent_ddpm.runtime.errors import LatentDDPMError
-
     try:
         doc = run_sweep(args)
     except LatentDDPMError as exc:
