@@ -94,3 +94,17 @@ def test_low_psnr_puts_whole_graphs_back_to_fp32(
         assert onnx.TensorProto.FLOAT16 not in _dtypes(model.path)[1]
     assert bundle.models["vae_encoder"].precision == "fp16"  # not in the sampling loop: judged per graph
     assert result.report["passed"] and result.report["sampling"]["max_abs_diff"] == 0
+
+
+def test_vq_codebook_lookup_stays_fp32(exported_bundle: Callable) -> None:
+    result = exported_bundle("vq_uncond_v", "fp16")
+    decoder = load_bundle(result.path).models["vae_decoder"]
+    assert decoder.precision == "mixed"
+    assert decoder.kept_fp32[0].startswith("/quantize/* (") and "codebook" in decoder.kept_fp32[0]
+    model = onnx.load(str(decoder.path))
+    argmin = next(n for n in model.graph.node if n.op_type == "ArgMin")
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
+    assert types[argmin.input[0]] == onnx.TensorProto.FLOAT  # distances compared in float32
+    psnr = result.report["sampling"]["psnr_db"]
+    assert result.report["passed"] and (psnr is None or psnr >= 35.0)

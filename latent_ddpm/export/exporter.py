@@ -101,7 +101,9 @@ def export_bundle(
                     feeds = validation_feeds(
                         graph.spec, settings.batch_sizes, np.random.default_rng([settings.seed, 7])
                     )
-                    graph.result = convert_fp16(tmp / graph.spec.file, feeds, external_data_threshold)
+                    graph.result = convert_fp16(
+                        tmp / graph.spec.file, feeds, external_data_threshold, graph.spec.fp32_scopes
+                    )
             meta = _bundle_json(source, graphs, tmp, name or out_path.name, opset, {"validated": False})
             _write_json(tmp / BUNDLE_FILE, meta)
             stages.next("checking the bundle loads")
@@ -150,6 +152,7 @@ def _specs(source: Source) -> dict[str, ModelSpec]:
         scaling_factor=source.scaling_factor,
         shift_factor=source.shift_factor,
         with_encoder=source.has_encoder,
+        vq_codebook=source.is_vq,
     )
 
 

@@ -20,7 +20,7 @@ and keeps float32 between them, so a graph's final output can look fine while it
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,8 +44,16 @@ class Fp16Result:
     external_data: str | None = None
 
 
-def convert_fp16(path: Path, feeds: Sequence[dict[str, np.ndarray]], external_threshold: int) -> Fp16Result:
-    """Convert the float32 graph at ``path`` to float16 in place (or leave it float32, saying why)."""
+def convert_fp16(
+    path: Path,
+    feeds: Sequence[dict[str, np.ndarray]],
+    external_threshold: int,
+    fp32_scopes: Mapping[str, str] | None = None,
+) -> Fp16Result:
+    """Convert the float32 graph at ``path`` to float16 in place (or leave it float32, saying why).
+
+    ``fp32_scopes`` maps node-name prefixes to the reason their operators always stay float32.
+    """
     work = path.parent / f".{path.stem}.fp16-work"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
@@ -56,21 +64,24 @@ def convert_fp16(path: Path, feeds: Sequence[dict[str, np.ndarray]], external_th
         if data.exists():  # external data locations are relative: the copy keeps its name
             shutil.copyfile(data, work / data.name)
         nodes = _name_nodes(source)
+        scoped = {n.name: p for n in nodes for p in fp32_scopes or {} if n.name.startswith(p)}
         peaks, _ = _probe(source, feeds)
         peaks.update(_initializer_peaks(source))
         reasons: dict[str, str] = {}
         for node in nodes:
             peak = max((peaks.get(t, 0.0) for t in [*node.input, *node.output]), default=0.0)
-            if peak > SAFE_PEAK:
+            if peak > SAFE_PEAK and node.name not in scoped:
                 reasons[node.name] = (
                     f"{node.name} ({node.op_type}): float32 values up to {peak:.3g} (fp16 max 65504)"
                 )
         candidate = work / "fp16.onnx"
         for rounds in range(1, MAX_ROUNDS + 1):
-            _convert(source, candidate, reasons, external_threshold)
+            _convert(source, candidate, set(reasons) | set(scoped), external_threshold)
             _, nonfinite = _probe(candidate, feeds)
             if not nonfinite:
-                return _finish(candidate, path, reasons, rounds, external_threshold)
+                kept = _kept_lines(nodes, scoped, fp32_scopes or {}, reasons)
+                external = save_model(_load(candidate), path, external_threshold)
+                return Fp16Result("mixed" if kept else "fp16", kept, rounds, external)
             culprits = _first_nonfinite(candidate, nonfinite, nodes)
             if not culprits:
                 break
@@ -79,28 +90,32 @@ def convert_fp16(path: Path, feeds: Sequence[dict[str, np.ndarray]], external_th
                     f"{node.name} ({node.op_type}): NaN/Inf in float16 on the validation inputs"
                 )
         why = f"whole graph: float16 still returned NaN/Inf after keeping {len(reasons)} operators in float32"
-        external = data.name if data.exists() else None
-        return Fp16Result("fp32", [why], rounds, external)
+        return Fp16Result("fp32", [why], rounds, data.name if data.exists() else None)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _finish(candidate: Path, path: Path, reasons: dict[str, str], rounds: int, threshold: int) -> Fp16Result:
-    model = _load(candidate)
-    order = {n.name: i for i, n in enumerate(model.graph.node)}
-    kept = [reasons[k] for k in sorted(reasons, key=lambda k: order.get(k, -1))]
-    external = save_model(model, path, threshold)
-    return Fp16Result("mixed" if kept else "fp16", kept, rounds, external)
+def _kept_lines(
+    nodes: list[onnx.NodeProto], scoped: dict[str, str], scopes: Mapping[str, str], reasons: dict[str, str]
+) -> list[str]:
+    """bundle.json's kept_fp32: one line per fixed scope, then one per operator kept for its values."""
+    lines = [
+        f"{prefix}* ({list(scoped.values()).count(prefix)} operators): {why}"
+        for prefix, why in scopes.items()
+        if prefix in scoped.values()
+    ]
+    order = {n.name: i for i, n in enumerate(nodes)}
+    return lines + [reasons[name] for name in sorted(reasons, key=order.__getitem__)]
 
 
-def _convert(source: Path, out: Path, reasons: dict[str, str], threshold: int) -> None:
+def _convert(source: Path, out: Path, blocked: set[str], threshold: int) -> None:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = convert_float_to_float16(
         _load(source, inferred=True),
         keep_io_types=True,
         disable_shape_infer=True,
-        node_block_list=sorted(reasons),
+        node_block_list=sorted(blocked),
     )
     _drop_roundtrips(model)
     _toposort(model.graph)  # the converter appends its Cast nodes at the end; onnx.checker wants order

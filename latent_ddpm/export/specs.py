@@ -18,6 +18,7 @@ import numpy as np
 from latent_ddpm.runtime.bundle import TensorSpec
 
 ROLES = ("unet", "vae_decoder", "vae_encoder")
+VQ_LOOKUP_REASON = "VQ codebook lookup: an argmin over distances, where a float16 rounding can pick another code (a wrong patch)"
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class ModelSpec:
     outputs: tuple[TensorSpec, ...]
     sizes: Mapping[str, int]  # named spatial axis -> the size the model was trained at
     draws: Mapping[str, Draw] = field(default_factory=dict)
+    # ONNX node-name prefix -> why those operators stay float32 in an fp16 export
+    fp32_scopes: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def file(self) -> str:
@@ -108,6 +111,7 @@ def build_specs(
     scaling_factor: float,
     shift_factor: float | None,
     with_encoder: bool,
+    vq_codebook: bool = False,
 ) -> dict[str, ModelSpec]:
     """The specs of a latent DDPM's graphs, as docs/bundle-format.md states the contract."""
     c, h, w = latent_shape
@@ -141,6 +145,7 @@ def build_specs(
             (TensorSpec("image", "float32", image),),
             sizes,
             {"latent": Draw("normal", shift_factor or 0.0, 1.0 / scaling_factor)},
+            {"/quantize/": VQ_LOOKUP_REASON} if vq_codebook else {},
         ),
     }
     if with_encoder:
