@@ -72,6 +72,8 @@ def run_stage(
         if stage.ema is not None:
             stage.ema.to(accelerator.device)  # Accelerate loads custom state onto the CPU
         accelerator.print(f"{stage.name}: resumed from {found} (step {start} of {cfg.steps})")
+    elif resume:
+        accelerator.print(f"{stage.name}: no checkpoint in {ckpt_root}; starting from step 0")
 
     stop = cfg.steps if max_steps is None else min(cfg.steps, max_steps)
     plan = BatchPlan(
