@@ -234,3 +234,24 @@ def test_sampling_defaults_reach_the_runtime(cli_bundle: Path) -> None:
     pipe = Pipeline.from_bundle(cli_bundle)
     out = pipe.generate(num_images=5, steps=3, seed=2, class_labels=[0, 1, 2, 3, 4])
     assert out.sampler == "ddim" and out.guidance_scale == 1.0 and np.isfinite(out.latents).all()
+
+
+class _Payload:
+    """Pickles to a call; torch.load(weights_only=True) must refuse it instead of running it."""
+
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_bin_weights_load_only_as_plain_tensors(
+    tiny_model_dir: Callable, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    src = tmp_path / "src"
+    shutil.copytree(tiny_model_dir("kl_bin"), src)
+    torch.save({"conv_in.weight": _Payload()}, src / "unet" / "diffusion_pytorch_model.bin")
+    assert _export(str(src), str(tmp_path / "out")) == 2
+    captured = capsys.readouterr()
+    assert "weights_only=True" in captured.err and "unet/diffusion_pytorch_model.bin" in captured.err
+    assert "this must never run" not in captured.out

@@ -43,6 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_false",
         help="skip the validation gate (the bundle then says validated: false)",
     )
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch and ONNX Runtime threads (default: all cores)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -57,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         validate=args.validate,
         force=args.force,
         name=args.name,
+        threads=args.threads,
         progress=not args.quiet,
     )
     models = result.bundle["models"]

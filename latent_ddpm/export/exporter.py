@@ -12,6 +12,8 @@ import os
 import secrets
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +64,17 @@ class _Graph:
     result: Fp16Result = field(default_factory=lambda: Fp16Result("fp32"))
 
 
+@dataclass(frozen=True)
+class _Options:
+    precision: str
+    opset: int
+    validate: bool
+    name: str
+    settings: GateSettings
+    external_data_threshold: int
+    threads: int | None
+
+
 def export_bundle(
     src: str | Path,
     out: str | Path,
@@ -73,54 +86,39 @@ def export_bundle(
     name: str | None = None,
     settings: GateSettings | None = None,
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
+    threads: int | None = None,
     progress: bool = True,
 ) -> ExportResult:
-    """Export SRC to a bundle at OUT. Raises ExportError (GateFailedError when validation fails)."""
+    """Export SRC to a bundle at OUT. Raises ExportError (GateFailedError when validation fails).
+
+    ``threads`` caps torch and ONNX Runtime intra-op threads (default: theirs, all cores); on a busy
+    machine one or two threads can be many times faster than contended spinning threads.
+    """
     started = time.perf_counter()
-    settings = settings or GateSettings()
     if precision not in PRECISIONS:
         raise ExportError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     if opset < MIN_OPSET:
         raise ExportError(f"opset {opset} is too old; latent-ddpm exports opset {MIN_OPSET} or newer")
     src_path, out_path = Path(src).expanduser().resolve(), Path(out).expanduser().resolve()
     _check_out(src_path, out_path, force)
+    options = _Options(
+        precision,
+        opset,
+        validate,
+        name or out_path.name,
+        settings or GateSettings(),
+        external_data_threshold,
+        threads,
+    )
     stages = _Stages(progress, total=4 + (2 if validate else 0))
     try:
-        stages.next("reading source")
-        source = load_source(src_path)
-        specs = _specs(source)
-        stages.add(len(specs) * (2 if precision == "fp16" else 1))
-        _check_sampler(source)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _sibling(out_path, "tmp")
-        try:
-            graphs = _export_graphs(source, specs, tmp, opset, external_data_threshold, settings, stages)
-            if precision == "fp16":
-                for role, graph in graphs.items():
-                    stages.next(f"converting {role} to fp16")
-                    feeds = validation_feeds(
-                        graph.spec, settings.batch_sizes, np.random.default_rng([settings.seed, 7])
-                    )
-                    graph.result = convert_fp16(
-                        tmp / graph.spec.file, feeds, external_data_threshold, graph.spec.fp32_scopes
-                    )
-            meta = _bundle_json(source, graphs, tmp, name or out_path.name, opset, {"validated": False})
-            _write_json(tmp / BUNDLE_FILE, meta)
-            stages.next("checking the bundle loads")
-            load_bundle(tmp)
-            report = None
-            if validate:
-                meta, report = _gate(
-                    source, graphs, tmp, meta, precision, settings, stages, external_data_threshold
-                )
-            stages.next("writing README.md")
-            (tmp / "README.md").write_text(_readme(meta, report), encoding="utf-8")
-            shutil.rmtree(tmp / ".work", ignore_errors=True)
-            stages.next(f"publishing {out_path}")
-            _publish(tmp, out_path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        with _torch_threads(threads):
+            stages.next("reading source")
+            source = load_source(src_path)
+            _check_sampler(source)
+            specs = _specs(source)
+            stages.add(len(specs) * (2 if precision == "fp16" else 1))
+            meta, report = _write_bundle(source, specs, out_path, options, stages)
     except LatentDDPMError:
         raise
     except (OSError, RuntimeError, ValueError) as exc:  # torch/onnx failures on a model we could read
@@ -130,6 +128,53 @@ def export_bundle(
     finally:
         stages.close()
     return ExportResult(out_path, meta, report, time.perf_counter() - started)
+
+
+@contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _write_bundle(
+    source: Source, specs: dict[str, ModelSpec], out: Path, options: _Options, stages: _Stages
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Build the bundle in a hidden folder beside OUT and swap it in; on any failure, remove it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(out, "tmp")
+    try:
+        graphs = _export_graphs(source, specs, tmp, options, stages)
+        if options.precision == "fp16":
+            for role, graph in graphs.items():
+                stages.next(f"converting {role} to fp16")
+                rng = np.random.default_rng([options.settings.seed, 7])
+                feeds = validation_feeds(graph.spec, options.settings.batch_sizes, rng)
+                graph.result = convert_fp16(
+                    tmp / graph.spec.file, feeds, options.external_data_threshold, graph.spec.fp32_scopes
+                )
+        meta = _bundle_json(source, graphs, tmp, options, {"validated": False})
+        _write_json(tmp / BUNDLE_FILE, meta)
+        stages.next("checking the bundle loads")
+        load_bundle(tmp)
+        report = None
+        if options.validate:
+            meta, report = _gate(source, graphs, tmp, meta, options, stages)
+        stages.next("writing README.md")
+        (tmp / "README.md").write_text(_readme(meta, report), encoding="utf-8")
+        shutil.rmtree(tmp / ".work", ignore_errors=True)
+        stages.next(f"publishing {out}")
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta, report
 
 
 def _check_out(src: Path, out: Path, force: bool) -> None:
@@ -172,21 +217,22 @@ def _check_sampler(source: Source) -> None:
 
 
 def _export_graphs(
-    source: Source,
-    specs: dict[str, ModelSpec],
-    tmp: Path,
-    opset: int,
-    threshold: int,
-    settings: GateSettings,
-    stages: _Stages,
+    source: Source, specs: dict[str, ModelSpec], tmp: Path, options: _Options, stages: _Stages
 ) -> dict[str, _Graph]:
     work = tmp / ".work"
     work.mkdir()
     graphs = {}
     for role, spec in specs.items():
         stages.next(f"exporting {role}")
-        feed = spec.sample_feed(2, np.random.default_rng([settings.seed, 5]))
-        export_graph(graph_module(role, source), spec, feed, work / spec.file, opset, threshold)
+        feed = spec.sample_feed(2, np.random.default_rng([options.settings.seed, 5]))
+        export_graph(
+            graph_module(role, source),
+            spec,
+            feed,
+            work / spec.file,
+            options.opset,
+            options.external_data_threshold,
+        )
         graphs[role] = _Graph(spec, work / spec.file)
         _copy_graph(work / spec.file, tmp / spec.file)
     return graphs
@@ -205,22 +251,20 @@ def _gate(
     graphs: dict[str, _Graph],
     tmp: Path,
     meta: dict[str, Any],
-    precision: str,
-    settings: GateSettings,
+    options: _Options,
     stages: _Stages,
-    threshold: int,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Validate; for fp16, fall back graph by graph to fp32 until the gate passes or nothing is left."""
     from latent_ddpm.runtime.images import make_grid, save_png
     from latent_ddpm.runtime.pipeline import Pipeline
 
+    precision, settings = options.precision, options.settings
     while True:
         stages.next("validating graphs")
-        pipe = Pipeline.from_bundle(tmp)
+        pipe = Pipeline.from_bundle(tmp, threads=options.threads)
         precisions = {role: g.result.precision for role, g in graphs.items()}
-        components = validate_components(
-            pipe, source, {r: g.spec for r, g in graphs.items()}, precisions, settings
-        )
+        specs = {role: g.spec for role, g in graphs.items()}
+        components = validate_components(pipe, source, specs, precisions, settings)
         stages.next("validating sampling against diffusers")
         sampling, images, reference = validate_sampling(pipe, source, precision, settings)
         del pipe
@@ -230,9 +274,7 @@ def _gate(
         role, why = fallback
         _copy_graph(graphs[role].fp32_file, tmp / graphs[role].spec.file)
         graphs[role].result = Fp16Result("fp32", [f"whole graph: {why}"])
-        meta = _bundle_json(
-            source, graphs, tmp, meta["name"], meta["models"]["unet"]["opset"], {"validated": False}
-        )
+        meta = _bundle_json(source, graphs, tmp, options, {"validated": False})
         _write_json(tmp / BUNDLE_FILE, meta)
         stages.add(2)
 
@@ -310,7 +352,7 @@ def _failure_message(components: dict[str, Any], sampling: dict[str, Any], preci
 
 
 def _bundle_json(
-    source: Source, graphs: dict[str, _Graph], tmp: Path, name: str, opset: int, validation: dict[str, Any]
+    source: Source, graphs: dict[str, _Graph], tmp: Path, options: _Options, validation: dict[str, Any]
 ) -> dict[str, Any]:
     import torch
 
@@ -324,7 +366,7 @@ def _bundle_json(
         models[role] = {
             "file": graph.spec.file,
             "sha256": sha256_file(tmp / graph.spec.file),
-            "opset": opset,
+            "opset": options.opset,
             "precision": graph.result.precision,
             "kept_fp32": graph.result.kept_fp32,
             "external_data": graph.spec.file + ".data"
@@ -335,7 +377,7 @@ def _bundle_json(
     return {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
-        "name": name,
+        "name": options.name,
         "created_by": f"latent-ddpm {__version__}",
         "source": {
             "path": str(source.path),
