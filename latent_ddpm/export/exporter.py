@@ -323,6 +323,8 @@ def _fallback(
     if not sampled:
         return None
     role = min(sampled, key=lambda r: components[r]["worst"]["cosine"] or 0.0)
+    if sampling["nonfinite"]:
+        return role, "with it in float16 sampling returned NaN/Inf"
     return role, f"with it in float16 the images reach only {sampling['psnr_db']:.1f} dB PSNR"
 
 
