@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def train(*args: str) -> int:
-    return main(["train", "--config", "tiny", "--threads", "2", *args])
+    return main(["train", "--config", "tiny", "--threads", "1", *args])
 
 
 @pytest.fixture(scope="module")
@@ -163,3 +163,23 @@ def test_two_processes_hold_identical_weights(run_dir: Path, tmp_path: Path):
     summary = json.loads((out / "logs" / "unet_summary.json").read_text())
     assert summary["num_processes"] == 2
     assert (out / "latent_ddpm.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("prediction", "schedule"), [("v_prediction", "squaredcos_cap_v2"), ("sample", "linear")]
+)
+def test_other_parameterisations_reach_the_shipped_scheduler(
+    run_dir: Path, tmp_path: Path, prediction, schedule
+):
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copytree(run_dir / "vae", out / "vae")
+    knobs = [f"unet.prediction_type={prediction}", f"unet.beta_schedule={schedule}", "unet.steps=2"]
+    knobs += ["unet.warmup_steps=0", "unet.sample_every=0", "unet.timestep_spacing=leading"]
+    assert train("--stage", "unet", "--out", str(out), *[a for k in knobs for a in ("--set", k)]) == 0
+    config = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
+    assert config["_class_name"] == "DDIMScheduler"
+    assert (config["prediction_type"], config["beta_schedule"]) == (prediction, schedule)
+    assert config["timestep_spacing"] == "leading" and config["clip_sample"] is False
+    recipe = json.loads((out / "latent_ddpm.json").read_text())["recipe"]
+    assert recipe["unet"]["prediction_type"] == prediction
