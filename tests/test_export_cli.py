@@ -26,7 +26,7 @@ from latent_ddpm.export import validate  # noqa: E402
 from latent_ddpm.export.errors import GateFailedError  # noqa: E402
 from latent_ddpm.export.exporter import export_bundle  # noqa: E402
 from latent_ddpm.export.validate import GateSettings  # noqa: E402
-from latent_ddpm.runtime import Pipeline, load_bundle  # noqa: E402
+from latent_ddpm.runtime import BundleError, Pipeline, load_bundle  # noqa: E402
 
 SMALL = GateSettings(batch_sizes=(1, 2), images=2, steps=6)
 
@@ -145,6 +145,11 @@ def test_external_data_in_one_file_per_graph(tiny_model_dir: Callable, tmp_path:
     assert result.report["passed"] and bundle.models["unet"].precision == "fp16"
     images = Pipeline.from_bundle(result.path).generate(num_images=2, steps=3, seed=1).images
     assert images.shape == (2, 16, 16, 1) and images.std() > 0
+    with open(bundle.models["unet"].external_data, "r+b") as f:  # corrupt the weights, not the graph
+        f.seek(100)
+        f.write(b"\xff\xfe")
+    with pytest.raises(BundleError, match=r"unet\.onnx\.data: sha256 mismatch"):
+        load_bundle(result.path)
 
 
 def _truncate(path: Path) -> None:

@@ -365,15 +365,15 @@ def _bundle_json(
     ci, hi, wi = source.image_shape
     models = {}
     for role, graph in graphs.items():
+        external = tmp / (graph.spec.file + ".data")
         models[role] = {
             "file": graph.spec.file,
             "sha256": sha256_file(tmp / graph.spec.file),
             "opset": options.opset,
             "precision": graph.result.precision,
             "kept_fp32": graph.result.kept_fp32,
-            "external_data": graph.spec.file + ".data"
-            if (tmp / (graph.spec.file + ".data")).exists()
-            else None,
+            "external_data": external.name if external.exists() else None,
+            "external_data_sha256": sha256_file(external) if external.exists() else None,
             **graph.spec.to_json(),
         }
     return {

@@ -162,7 +162,9 @@ def _build(bundle: Bundle, tmp: Path, options: QuantizeOptions, log: Log) -> Non
         model = bundle.models[role]
         path = tmp / f".{role}.int8.onnx"
         methods[role] = _quantize_graph(model, calibration[role], path, tmp)
-        candidates[role] = dataclasses.replace(model, path=path, precision="int8", external_data=None)
+        candidates[role] = dataclasses.replace(
+            model, path=path, precision="int8", external_data=None, external_data_sha256=None
+        )
 
     engines = {"unet": fp32.unet, "vae_decoder": fp32.decoder}
     trials, decisions = [], {}
@@ -340,7 +342,13 @@ def _write_models(
         if decisions.get(role):
             final = tmp / model.path.name
             os.replace(candidates[role].path, final)
-            entry.update(file=final.name, precision="int8", external_data=None, kept_fp32=[FLOAT_OPS_NOTE])
+            entry.update(
+                file=final.name,
+                precision="int8",
+                external_data=None,
+                external_data_sha256=None,
+                kept_fp32=[FLOAT_OPS_NOTE],
+            )
             entry["sha256"] = sha256_file(final)
             report[role] = {"precision": "int8", "method": methods[role], "bytes": final.stat().st_size}
             continue

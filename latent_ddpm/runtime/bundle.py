@@ -55,6 +55,7 @@ class ModelFile:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     external_data: Path | None = None
+    external_data_sha256: str | None = None
     kept_fp32: tuple[str, ...] = ()
 
     def input(self, name: str) -> TensorSpec:
@@ -207,12 +208,16 @@ def parse_bundle(root: Path, raw: Mapping[str, Any], *, verify_hashes: bool = Tr
 def _parse_model(root: Path, role: str, r: _Reader) -> ModelFile:
     path = _inside(root, r.get("file", str), r.where)
     external = r.get("external_data", (str, type(None)), default=None)
+    external_sha = r.get("external_data_sha256", (str, type(None)), default=None)
+    if external and external_sha is None:
+        raise BundleError(f"{r.where}: 'external_data' {external!r} needs its 'external_data_sha256'")
     precision = r.get("precision", str)
     if precision not in PRECISIONS:
         raise BundleError(f"{r.where}.precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
     sha = r.get("sha256", str)
-    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
-        raise BundleError(f"{r.where}.sha256: not a lowercase hex sha256 digest: {sha!r}")
+    for key, digest in (("sha256", sha), ("external_data_sha256", external_sha)):
+        if digest is not None and (len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest)):
+            raise BundleError(f"{r.where}.{key}: not a lowercase hex sha256 digest: {digest!r}")
     return ModelFile(
         role=role,
         path=path,
@@ -222,6 +227,7 @@ def _parse_model(root: Path, role: str, r: _Reader) -> ModelFile:
         inputs=tuple(_parse_tensor(t, f"{r.where}.inputs") for t in r.get("inputs", list)),
         outputs=tuple(_parse_tensor(t, f"{r.where}.outputs") for t in r.get("outputs", list)),
         external_data=_inside(root, external, r.where) if external else None,
+        external_data_sha256=external_sha,
         kept_fp32=tuple(r.get("kept_fp32", list, default=[])),
     )
 
@@ -286,12 +292,18 @@ def _check_files(bundle: Bundle, verify_hashes: bool) -> None:
                 )
             expected.add(p.relative_to(bundle.root).as_posix())
         if verify_hashes:
-            actual = sha256_file(model.path)
-            if actual != model.sha256:
-                raise BundleError(
-                    f"{model.path.name}: sha256 mismatch (bundle.json says {model.sha256[:12]}..., file is "
-                    f"{actual[:12]}...); the file is corrupted or was swapped: re-export the bundle"
-                )
+            for path, expected_sha in (
+                (model.path, model.sha256),
+                (model.external_data, model.external_data_sha256),
+            ):
+                if path is None:
+                    continue
+                actual = sha256_file(path)
+                if actual != expected_sha:
+                    raise BundleError(
+                        f"{path.name}: sha256 mismatch (bundle.json says {expected_sha[:12]}..., file is "
+                        f"{actual[:12]}...); the file is corrupted or was swapped: re-export the bundle"
+                    )
     for p in sorted(bundle.root.rglob("*")):
         rel = p.relative_to(bundle.root)
         if rel.parts[0] == ENGINES_DIR or any(part.startswith(".") for part in rel.parts) or p.is_dir():

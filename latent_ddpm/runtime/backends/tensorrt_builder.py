@@ -32,7 +32,7 @@ from latent_ddpm.runtime.backends.tensorrt_manifest import (
 )
 from latent_ddpm.runtime.backends.tensorrt_profiles import Profile, model_profile, profile_to_json
 from latent_ddpm.runtime.backends.tensorrt_settings import BuilderOptions, BuildSettings, builder_options
-from latent_ddpm.runtime.bundle import ENGINES_DIR, Bundle, ModelFile, sha256_file
+from latent_ddpm.runtime.bundle import ENGINES_DIR, Bundle, ModelFile
 from latent_ddpm.runtime.errors import BackendUnavailableError, BundleError, InputError
 
 log = logging.getLogger("latent_ddpm.tensorrt")
@@ -60,7 +60,6 @@ class EngineCache:
         self.dir = engines_dir(bundle.root)
         self.progress = progress or log.warning  # a rebuild at load takes minutes: say so by default
         self.manifest, self.manifest_problem = self._read_manifest(settings)
-        self._external_sha: dict[str, str | None] = {}
 
     # ------------------------------------------------------------------ what a valid plan looks like
 
@@ -78,21 +77,13 @@ class EngineCache:
         )
         fields = engine_fields(
             onnx_sha256=model.sha256,
-            external_data_sha256=self._external_data_sha(model),
+            external_data_sha256=model.external_data_sha256,
             environment=self.env,
             profile=profile_to_json(profile),
             precision=settings.precision,
             builder=options.to_json(),
         )
         return fields, profile, options
-
-    def _external_data_sha(self, model: ModelFile) -> str | None:
-        # bundle.json hashes only the graph; weights stored beside it can change while the graph stays identical.
-        if model.external_data is None:
-            return None
-        if model.role not in self._external_sha:
-            self._external_sha[model.role] = sha256_file(model.external_data)
-        return self._external_sha[model.role]
 
     def cannot_build_reason(self) -> str | None:
         if not hasattr(self.trt, "Builder"):
