@@ -58,8 +58,8 @@ class Sweep:
     def row(self, pipe: Any, label: str, per_class: int, **sampling: Any) -> dict[str, Any]:
         s = Settings(per_class=per_class, seed=self.args.seed, batch=self.args.batch, **sampling)
         key = f"{bundle_identity(pipe)}|{s.sampler}|{s.steps}|{s.guidance_scale}|{s.eta}|{s.per_class}|{s.seed}|{s.batch}"
-        if key in self.cache:
-            row = self.cache[key]
+        if key in self.cache:  # the same model and settings: relabel only (e.g. the bundle was copied)
+            row = {**self.cache[key], "label": label, "bundle": str(pipe.bundle.root)}
         else:
             print(
                 f"[{label}] {s.sampler} {s.steps} steps, guidance {s.guidance_scale}, {per_class}/class",
