@@ -156,6 +156,11 @@ def _measure_batch(
             "loop_overhead": overhead.to_json(),
             "unet_gflops": achieved,
             "fraction_of_peak": achieved / peak_gflops,
+            "unet_padding_flops": flops["padding_flops"],
+            "fraction_of_peak_without_padding": (flops["flops"] - flops["padding_flops"])
+            / call_s.median
+            / 1e9
+            / peak_gflops,
         }
         if reference is not None:
             diff = np.abs(results[b.name][0].images.astype(np.int16) - reference.images.astype(np.int16))
