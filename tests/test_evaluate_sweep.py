@@ -71,6 +71,9 @@ def test_sweep_writes_report_and_resumes(tmp_path, monkeypatch, capsys) -> None:
     assert "| blurred (Gaussian, radius 1 px) | 30 |" in md
     assert [c["num_images"] for c in doc["calibration"]] == [30] * 5
     assert "old" not in md and "| DPM-Solver++ | 2 | 30 |" in md and "squaredcos_cap_v2" in md
+    ddpm_cells = next(line for line in md.splitlines() if line.startswith("| DDPM | 20 | 20 |")).split(" | ")
+    guided = doc["recommended_defaults"]["guidance_scale"] != 1.0
+    assert ddpm_cells[6] == str(20 * (2 if guided else 1))  # U-Net calls per image
     for name in ("eval_guidance", "eval_steps", "eval_schedules", "eval_samples"):
         assert (out / "images" / f"{name}.png").stat().st_size > 1000
 

@@ -25,6 +25,11 @@ def _speedup(v: float) -> str:
     return f"{v:.1f}x" if v < 10 else f"{v:.0f}x"
 
 
+def unet_calls(r: dict[str, Any]) -> int:
+    """Images' worth of U-Net work per image: guidance runs a conditional and an unconditional half."""
+    return r["steps"] * (2 if r["conditional"] and r["guidance_scale"] != 1.0 else 1)
+
+
 def _fid(r: dict[str, Any]) -> str:
     return f"{r['cfid']:.2f} ± {r['cfid_std']:.2f}"
 
@@ -94,8 +99,9 @@ def markdown(doc: dict[str, Any], image_dir: str) -> str:
                 "accuracy",
                 "cFID",
                 "floor",
+                "U-Net calls / image",
                 "s / image",
-                f"speed-up vs DDPM {ddpm['steps']}",
+                f"measured speed-up vs DDPM {ddpm['steps']}",
             ],
             [
                 [
@@ -105,6 +111,7 @@ def markdown(doc: dict[str, Any], image_dir: str) -> str:
                     _acc(r["accuracy"]),
                     _fid(r),
                     f"{r['cfid_floor']:.2f}",
+                    str(unet_calls(r)),
                     _secs(r["seconds_per_image"]),
                     _speedup(ddpm["seconds_per_image"] / r["seconds_per_image"]),
                 ]
@@ -113,7 +120,9 @@ def markdown(doc: dict[str, Any], image_dir: str) -> str:
         ),
         "",
         "cFID falls with the number of images, so only rows with the same image count compare; the DDPM row "
-        "is paired with a DDIM 50 row on as many images.",
+        "is paired with a DDIM 50 row on as many images. U-Net calls per image (steps, doubled by guidance) "
+        "are the load-independent cost; the seconds were measured row by row on a shared machine, so their "
+        "ratios carry the noise of its load.",
         "",
         f"![cFID, accuracy and time against steps]({image_dir}/eval_steps.png)",
         "",
