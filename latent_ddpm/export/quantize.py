@@ -56,6 +56,7 @@ class QuantizeOptions:
     validation_images: int = 8  # held-out images compared with the fp32 bundle's
     min_psnr_db: float = 25.0  # a component that costs more than this on its own stays float32
     roles: tuple[str, ...] = QUANTIZABLE_ROLES
+    op_types: tuple[str, ...] = QUANTIZED_OP_TYPES
     threads: int | None = None
     seed: int = 0
 
@@ -161,7 +162,7 @@ def _build(bundle: Bundle, tmp: Path, options: QuantizeOptions, log: Log) -> Non
         log(f"quantizing {role} ({len(calibration[role])} calibration feeds)")
         model = bundle.models[role]
         path = tmp / f".{role}.int8.onnx"
-        methods[role] = _quantize_graph(model, calibration[role], path, tmp)
+        methods[role] = _quantize_graph(model, calibration[role], path, tmp, options.op_types)
         candidates[role] = dataclasses.replace(
             model, path=path, precision="int8", external_data=None, external_data_sha256=None
         )
@@ -190,7 +191,7 @@ def _build(bundle: Bundle, tmp: Path, options: QuantizeOptions, log: Log) -> Non
         "reference": f"fp32 bundle {bundle.name} ({bundle.root})",
         "method": {
             "tool": "onnxruntime.quantization.quantize_static (QDQ)",
-            "op_types": list(QUANTIZED_OP_TYPES),
+            "op_types": list(options.op_types),
             "weights": "int8, symmetric, per output channel",
             "activations": "uint8, asymmetric, MinMax ranges from calibration",
             "calibration": {
@@ -274,7 +275,9 @@ def _validation_inputs(bundle: Bundle, options: QuantizeOptions) -> tuple[np.nda
     return rng.standard_normal((n, *bundle.latent_shape), dtype=np.float32), _labels(bundle, n, rng)
 
 
-def _quantize_graph(model: ModelFile, feeds: list[dict[str, np.ndarray]], path: Path, tmp: Path) -> str:
+def _quantize_graph(
+    model: ModelFile, feeds: list[dict[str, np.ndarray]], path: Path, tmp: Path, op_types: Sequence[str]
+) -> str:
     """Static QDQ quantization of ``model`` into ``path``; dynamic if ONNX Runtime cannot do static."""
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
@@ -296,7 +299,7 @@ def _quantize_graph(model: ModelFile, feeds: list[dict[str, np.ndarray]], path: 
                 str(quantized),
                 _Feeds(feeds),
                 quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=list(QUANTIZED_OP_TYPES),
+                op_types_to_quantize=list(op_types),
                 per_channel=True,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
@@ -308,7 +311,7 @@ def _quantize_graph(model: ModelFile, feeds: list[dict[str, np.ndarray]], path: 
             quantize_dynamic(
                 str(prepared),
                 str(quantized),
-                op_types_to_quantize=list(QUANTIZED_OP_TYPES),
+                op_types_to_quantize=list(op_types),
                 per_channel=True,
                 weight_type=QuantType.QInt8,
                 use_external_data_format=model.external_data is not None,
