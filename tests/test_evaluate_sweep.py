@@ -38,6 +38,8 @@ def test_sweep_writes_report_and_resumes(tmp_path, monkeypatch, capsys) -> None:
         "2",
         "--guidance",
         "1,2",
+        "--etas",
+        "0,1",
         "--batch",
         "10",
         "--quiet",
@@ -50,7 +52,11 @@ def test_sweep_writes_report_and_resumes(tmp_path, monkeypatch, capsys) -> None:
     guidance = [rows[k] for k in doc["tables"]["guidance"]]
     steps = [rows[k] for k in doc["tables"]["steps"]]
     schedules = [rows[k] for k in doc["tables"]["schedules"]]
-    assert [r["guidance_scale"] for r in guidance] == [1.0, 2.0]
+    assert [(r["eta"], r["guidance_scale"]) for r in guidance] == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    reference = rows[doc["reference_row"]]
+    assert reference in guidance and (reference["sampler"], reference["steps"]) == ("ddim", 50)
+    assert all(r["eta"] == reference["eta"] for r in steps if r["sampler"] == "ddim")
+    assert doc["recommended_defaults"]["guidance_scale"] == reference["guidance_scale"]
     assert [(r["sampler"], r["steps"], r["num_images"]) for r in steps] == [
         ("ddim", 2, 30),
         ("ddim", 5, 30),

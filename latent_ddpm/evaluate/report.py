@@ -44,6 +44,7 @@ def markdown(doc: dict[str, Any], image_dir: str) -> str:
     t = {k: [rows[key] for key in keys] for k, keys in doc["tables"].items()}
     env, rec, goals = doc["environment"], doc["recommended_defaults"], doc["goals"]
     ddpm = next(r for r in t["steps"] if r["sampler"] == "ddpm")
+    ref_eta = next(r["eta"] for r in t["steps"] if r["sampler"] == "ddim")
     main = t["steps"][0]
     out = [
         f"Measured {env['date'][:10]} on {env['machine']['cpu']} ({env['machine']['cores']} cores, shared with "
@@ -70,13 +71,16 @@ def markdown(doc: dict[str, Any], image_dir: str) -> str:
             ],
         ),
         "",
-        "### Guidance scale (DDIM 50 steps)",
+        "### Guidance scale and DDIM eta (DDIM 50 steps)",
+        "",
+        "eta 0 is deterministic DDIM; eta 1 adds fresh noise at every step as DDPM does.",
         "",
         _table(
-            ["guidance", "images", "accuracy", "cFID", "floor", "s / image"],
+            ["guidance", "eta", "images", "accuracy", "cFID", "floor", "s / image"],
             [
                 [
                     f"{r['guidance_scale']:g}",
+                    f"{r['eta']:g}",
                     str(r["num_images"]),
                     _acc(r["accuracy"]),
                     _fid(r),
@@ -89,7 +93,7 @@ def markdown(doc: dict[str, Any], image_dir: str) -> str:
         "",
         f"![accuracy and cFID against guidance scale]({image_dir}/eval_guidance.png)",
         "",
-        f"### Samplers and steps (guidance {rec['guidance_scale']:g})",
+        f"### Samplers and steps (guidance {rec['guidance_scale']:g}, DDIM eta {ref_eta:g})",
         "",
         _table(
             [
@@ -126,7 +130,7 @@ def markdown(doc: dict[str, Any], image_dir: str) -> str:
         "",
         f"![cFID, accuracy and time against steps]({image_dir}/eval_steps.png)",
         "",
-        f"### Noise schedules (DDIM 50, guidance {rec['guidance_scale']:g})",
+        f"### Noise schedules (DDIM 50, eta {ref_eta:g}, guidance {rec['guidance_scale']:g})",
         "",
         _table(
             ["bundle", "schedule", "images", "accuracy", "cFID", "floor", "s / image"],
@@ -154,9 +158,10 @@ def markdown(doc: dict[str, Any], image_dir: str) -> str:
     ]
     a, f = goals["accuracy_ddim50"], goals["cfid_ddim50_vs_ddpm"]
     out += [
-        f"- Conditional accuracy ≥ {a['target']:.0%} at DDIM 50, guidance {rec['guidance_scale']:g}: "
+        f"- Conditional accuracy ≥ {a['target']:.0%} at DDIM 50 (eta {ref_eta:g}), guidance "
+        f"{rec['guidance_scale']:g}: "
         f"**{'met' if a['met'] else 'not met'}** ({_acc(a['value'])}).",
-        f"- cFID at DDIM 50 within {f['tolerance']:.0%} of DDPM {f['ddpm_steps']} ({f['images_each']} images "
+        f"- cFID at DDIM 50 (eta {ref_eta:g}) within {f['tolerance']:.0%} of DDPM {f['ddpm_steps']} ({f['images_each']} images "
         f"each): **{'met' if f['met'] else 'not met'}** ({f['ddim50']:.2f} vs {f['ddpm']:.2f}).",
         "",
         f"Samples at the recommended settings, one row per class; a red frame marks a digit the classifier "
@@ -168,18 +173,27 @@ def markdown(doc: dict[str, Any], image_dir: str) -> str:
 def plot_guidance(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    g = [r["guidance_scale"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
-    ax.plot(g, [100 * (r["accuracy"] or 0) for r in rows], "o-", color="tab:blue", label="accuracy")
-    ax.set_xlabel("guidance scale")
-    ax.set_ylabel("conditional accuracy (%)", color="tab:blue")
-    ax2 = ax.twinx()
-    ax2.errorbar(g, [r["cfid"] for r in rows], yerr=[r["cfid_std"] for r in rows], fmt="s--", color="tab:red")
-    ax2.axhline(rows[0]["cfid_floor"], color="tab:red", lw=0.8, ls=":", label="real-vs-real floor")
-    ax2.set_ylabel("classifier FID", color="tab:red")
-    ax2.set_ylim(bottom=0)
-    ax2.legend(loc="upper center", fontsize=8)
-    ax.set_title(f"DDIM 50, {rows[0]['num_images']} images per point")
+    fig, (acc_ax, fid_ax) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=120)
+    for eta, marker in zip(sorted({r["eta"] for r in rows}), ("o-", "s--", "^:", "D-."), strict=False):
+        sel = [r for r in rows if r["eta"] == eta]
+        g = [r["guidance_scale"] for r in sel]
+        acc_ax.plot(g, [100 * (r["accuracy"] or 0) for r in sel], marker, label=f"DDIM eta {eta:g}")
+        fid_ax.errorbar(
+            g,
+            [r["cfid"] for r in sel],
+            yerr=[r["cfid_std"] for r in sel],
+            fmt=marker,
+            label=f"DDIM eta {eta:g}",
+        )
+    fid_ax.axhline(rows[0]["cfid_floor"], color="grey", lw=0.8, ls=":", label="real-vs-real floor")
+    acc_ax.set_ylabel("conditional accuracy (%)")
+    fid_ax.set_ylabel("classifier FID")
+    fid_ax.set_ylim(bottom=0)
+    for ax in (acc_ax, fid_ax):
+        ax.set_xlabel("guidance scale")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"DDIM 50 steps, {rows[0]['num_images']} images per point")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -2,9 +2,10 @@
 
     nice -n 10 python -m latent_ddpm.evaluate.sweep --bundle runs/linear/bundle --bundle runs/cosine/bundle
 
-The first bundle (default: the shipped one) gets the guidance sweep (DDIM 50) and then, at the chosen
-scale, the sampler sweep (DDIM 10/20/50/100, DPM-Solver++ 10/20, DDPM 1000 on fewer images, plus DDIM 50 on
-as many so the two compare fairly); every bundle gets DDIM 50 at that scale (schedules compared). Results
+The first bundle (default: the shipped one) gets the guidance sweep (DDIM 50, eta 0 and 1) and then, at
+the chosen scale and eta, the sampler sweep (DDIM 10/20/50/100, DPM-Solver++ 10/20, DDPM 1000 on fewer
+images, plus DDIM 50 on as many so the two compare fairly); every bundle gets DDIM 50 at those settings
+(schedules compared). Results
 go to OUT/evaluation.json, tables to OUT/evaluation.md (between the sweep markers) and plots to
 OUT/images/eval_*.png. Finished rows are kept in the JSON and reused on a rerun with the same settings, so
 an interrupted sweep resumes and the report can be redrawn without sampling again.
@@ -32,6 +33,7 @@ from latent_ddpm.runtime.pipeline import Pipeline
 DDIM_STEPS = (10, 20, 50, 100)
 DPM_STEPS = (10, 20)
 GUIDANCE = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+ETAS = (0.0, 1.0)  # deterministic DDIM, and DDIM with DDPM's amount of fresh noise per step
 REFERENCE_STEPS = 50  # the setting the goals name: DDIM 50
 
 
@@ -115,14 +117,16 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
     sweep = Sweep(args)
     cond = main.bundle.conditioning
     can_guide = cond is not None and cond.null_class is not None
-    ddim = {"sampler": "ddim", "eta": 0.0}
-
     guidance_rows = [
-        sweep.row(main, label, args.per_class, steps=REFERENCE_STEPS, guidance_scale=g, **ddim)
+        sweep.row(
+            main, label, args.per_class, sampler="ddim", steps=REFERENCE_STEPS, guidance_scale=g, eta=eta
+        )
+        for eta in args.etas
         for g in (args.guidance if can_guide else (1.0,))
     ]
-    reference = pick_guidance(guidance_rows)  # DDIM 50 at the chosen scale: the row the goals name
-    best_g = reference["guidance_scale"]
+    reference = pick_guidance(guidance_rows)  # DDIM 50 at the chosen scale and eta: the row the goals name
+    best_g, best_eta = reference["guidance_scale"], reference["eta"]
+    ddim = {"sampler": "ddim", "eta": best_eta}
     at_g = {"guidance_scale": best_g}
     step_rows = [
         sweep.row(main, label, args.per_class, steps=n, **ddim, **at_g)
@@ -142,7 +146,7 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
         "sampler": chosen["sampler"],
         "steps": chosen["steps"],
         "guidance_scale": best_g,
-        "eta": 0.0,
+        "eta": chosen["eta"],
     }
     goals = {
         "accuracy_ddim50": {
@@ -175,6 +179,7 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
         },
         "recommended_defaults": defaults,
         "recommended_row": chosen["key"],
+        "reference_row": reference["key"],  # DDIM 50 at the chosen guidance and eta
         "goals": goals,
     }
     sweep.save(extra)
@@ -204,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ddim-steps", type=_ints, default=DDIM_STEPS, help="comma-separated")
     p.add_argument("--dpm-steps", type=_ints, default=DPM_STEPS, help="comma-separated, DPM-Solver++")
     p.add_argument("--guidance", type=_floats, default=GUIDANCE, help="comma-separated guidance scales")
+    p.add_argument(
+        "--etas", type=_floats, default=ETAS, help="comma-separated DDIM etas for the guidance sweep"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--threads", type=int, default=None)
