@@ -21,6 +21,7 @@ from latent_ddpm.runtime.bundle import Bundle
 
 Log = Callable[[str], None]
 PROBE_TIMESTEP = 500  # any timestep costs the same; a mid-schedule one is typical
+SETTLE_S = 0.05
 
 
 @dataclass
@@ -69,9 +70,12 @@ def _warm(
 
 
 def _interleaved(backends: list[Backend], fn: Callable[[Backend], float], runs: int) -> dict[str, Samples]:
+    """Runs alternate between backends; before each one the others' worker threads get SETTLE_S to stop
+    spin-waiting (ONNX Runtime's and OpenMP's pools spin after a call and would steal the cores)."""
     out = {b.name: Samples() for b in backends}
     for _ in range(runs):
         for b in backends:
+            time.sleep(SETTLE_S)
             out[b.name].add(fn(b))
     return out
 
