@@ -134,7 +134,10 @@ def _latent_model(name: str, args: argparse.Namespace, threads: int, peak: float
     backends = [runtime_backend(pipe, args.sampler)]
     for extra in args.also_bundle if name == "digits" else []:
         other = Pipeline.from_bundle(extra, threads=threads)
-        backends.append(runtime_backend(other, args.sampler, name=f"runtime ({other.bundle.name})"))
+        precisions = "+".join(
+            dict.fromkeys(m.precision for r, m in other.bundle.models.items() if r != "vae_encoder")
+        )
+        backends.append(runtime_backend(other, args.sampler, name=f"runtime-{precisions}"))
     backends.append(torch_backend(ref, args.sampler, "torch-eager"))
     if not args.no_compile:
         backends.append(torch_backend(ref.compiled(), args.sampler, "torch-compile"))

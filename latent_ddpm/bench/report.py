@@ -55,7 +55,7 @@ def _model_section(model: dict[str, Any]) -> list[str]:
     lines += [
         f"Sampler `{lat['sampler']}`, {lat['steps']} steps, guidance {lat['guidance_scale']} "
         f"(guided models run both halves in one U-Net batch), {lat['warmup']} warm-up + {lat['runs']} timed runs; "
-        "median [min-max]. GFLOP/s: FlopCounterMode's count, which includes the multiplications of 3x3 "
+        "median [min-max]; a U-Net call is the mean of a burst of back-to-back calls (about 0.2 s). GFLOP/s: FlopCounterMode's count, which includes the multiplications of 3x3 "
         "convolutions with their zero padding; the column beside it leaves those out "
         f"({_padding_share(lat):.0%} of this U-Net's counted FLOPs).",
         "",
@@ -125,28 +125,46 @@ def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     models = [m for m in result["models"] if "latency" in m]
-    panels = max(len(models), 1) + 1
-    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.2), squeeze=False)
-    for ax, model in zip(axes[0], models, strict=False):
-        rows = model["latency"]["rows"]
-        backends = list(dict.fromkeys(r["backend"] for r in rows))
-        batches = sorted({r["batch"] for r in rows})
-        width = 0.8 / len(backends)
-        for i, b in enumerate(backends):
-            xs, ys = [], []
-            for j, batch in enumerate(batches):
-                r = next((r for r in rows if r["backend"] == b and r["batch"] == batch), None)
-                if r is not None:
-                    xs.append(j + i * width)
-                    ys.append(r["images_per_s"])
-            ax.bar(xs, ys, width, label=b)
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(batches))], [str(b) for b in batches])
-        ax.set_xlabel("batch (images)")
-        ax.set_ylabel("images / s (higher is better)")
-        ax.set_yscale("log")
-        ax.set_title(f"{model['name']}: {model['latency']['steps']} {model['latency']['sampler']} steps")
-        ax.legend(fontsize=8)
-    ax = axes[0][-1]
+    pixel = result.get("pixel")
+    panels = len(models) + (1 if models else 0) + (1 if pixel else 0)
+    fig, axes = plt.subplots(1, max(panels, 1), figsize=(5.2 * max(panels, 1), 4.2), squeeze=False)
+    axes = list(axes[0])
+    for ax, model in zip(axes, models, strict=False):
+        _images_per_s(ax, model)
+    if models:
+        _fraction_of_peak(axes[len(models)], models, result["matmul_peak"]["gflops"])
+    if pixel:
+        _pixel(axes[-1], pixel)
+    fig.suptitle(
+        f"latent-ddpm bench, {result['machine']['cpu_model']}, {result['threads']} threads", fontsize=10
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _images_per_s(ax, model: dict[str, Any]) -> None:
+    rows = model["latency"]["rows"]
+    backends = list(dict.fromkeys(r["backend"] for r in rows))
+    batches = sorted({r["batch"] for r in rows})
+    width = 0.8 / len(backends)
+    for i, b in enumerate(backends):
+        xs, ys = [], []
+        for j, batch in enumerate(batches):
+            r = next((r for r in rows if r["backend"] == b and r["batch"] == batch), None)
+            if r is not None:
+                xs.append(j + i * width)
+                ys.append(r["images_per_s"])
+        ax.bar(xs, ys, width, label=b)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(batches))], [str(b) for b in batches])
+    ax.set_xlabel("batch (images)")
+    ax.set_ylabel("images / s (higher is better)")
+    ax.set_yscale("log")
+    ax.set_title(f"{model['name']}: {model['latency']['steps']} {model['latency']['sampler']} steps")
+    ax.legend(fontsize=8)
+
+
+def _fraction_of_peak(ax, models: list[dict[str, Any]], peak: float) -> None:
     labels, fractions = [], []
     for model in models:
         for r in model["latency"]["rows"]:
@@ -156,11 +174,20 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.set_yticks(range(len(labels)), labels, fontsize=6)
     ax.invert_yaxis()
     ax.axvline(100, color="k", lw=0.8)
-    ax.set_xlabel(f"U-Net GFLOP/s, % of the measured matmul peak ({result['matmul_peak']['gflops']:.0f})")
+    ax.set_xlabel(f"U-Net GFLOP/s, % of the measured matmul peak ({peak:.0f})")
     ax.set_title("achieved vs peak fp32")
-    fig.suptitle(
-        f"latent-ddpm bench, {result['machine']['cpu_model']}, {result['threads']} threads", fontsize=10
+
+
+def _pixel(ax, pixel: dict[str, Any]) -> None:
+    names = ["latent 3x64x64", "pixel 3x256x256"]
+    seconds = [pixel["latent"]["unet_call_s"]["median"], pixel["pixel"]["unet_call_s"]["median"]]
+    ax.bar(names, seconds, color=["tab:green", "tab:red"])
+    ax.set_yscale("log")
+    ax.set_ylabel("seconds per U-Net call (eager PyTorch, batch 1)")
+    ax.set_title(
+        f"same U-Net: measured {pixel['measured_ratio_latency']:.1f}x, FLOPs predict "
+        f"{pixel['predicted_ratio_flops']:.1f}x",
+        fontsize=9,
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    for x, y in enumerate(seconds):
+        ax.annotate(f"{y:.2f} s", (x, y), ha="center", va="bottom", fontsize=8)
