@@ -4,8 +4,8 @@ Measures, per model and batch size: U-Net call latency, images/s end to end, the
 the U-Net, achieved U-Net GFLOP/s against this machine's measured fp32 matmul peak, cold start and peak
 memory (fresh processes). Writes NAME.json, NAME.md and NAME.png into --out.
 
-Models: `digits` (the training output runs/digits, or --source; without one, the digits architecture with
-random weights), `ldm-celebahq-256` (CompVis's LDM scale, random weights, batch 1 and fewer steps by
+Models: `digits` (the shipped bundle, against PyTorch on the weights it was exported from; or --bundle /
+--source; failing those, runs/digits or the digits architecture with random weights), `ldm-celebahq-256` (CompVis's LDM scale, random weights, batch 1 and fewer steps by
 default: a U-Net call takes seconds on CPU) and `pixel-256` (that U-Net in pixel space: a few single calls).
 This is a benchmark, not a test: run it on a quiet machine (it prints the load average) and compare
 numbers within one run only.
@@ -22,6 +22,7 @@ from pathlib import Path
 
 HELP = __doc__
 TRAINING_OUTPUT = Path("runs/digits")
+SHIPPED_BUNDLE = Path(__file__).resolve().parent.parent / "data" / "digits"
 
 
 def _default_work() -> Path:
@@ -36,8 +37,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=["digits", "ldm-celebahq-256", "pixel-256"],
         help="which models to measure",
     )
-    p.add_argument("--source", type=Path, default=None, help="diffusers weights of the digits model")
-    p.add_argument("--bundle", type=Path, default=None, help="its bundle (default: exported from --source)")
+    p.add_argument(
+        "--source",
+        type=Path,
+        default=None,
+        help="diffusers weights of the digits model (default: the ones the bundle was exported from)",
+    )
+    p.add_argument(
+        "--bundle",
+        type=Path,
+        default=None,
+        help="its bundle (default: the shipped digits bundle, else exported from --source)",
+    )
     p.add_argument(
         "--also-bundle",
         type=Path,
@@ -181,10 +192,18 @@ def _prepare(name: str, args: argparse.Namespace, log) -> tuple[Path, Path, str]
             "256x256 RGB; configs in latent_ddpm/bench/configs/ldm_celebahq_256.py) with random weights."
         )
         return source, _bundle_for(source, work / "bundle", args.no_validate, log), description
+    bundle = args.bundle
+    if bundle is None and args.source is None and (SHIPPED_BUNDLE / "bundle.json").is_file():
+        bundle = SHIPPED_BUNDLE
+    recorded = _recorded_source(bundle) if bundle is not None else None
     if args.source is not None:
         source, description = args.source, f"digits model from {args.source}"
+    elif recorded is not None:
+        source = recorded
+        description = f"bundle {bundle}, PyTorch reference from the weights it was exported from ({source})"
     elif (TRAINING_OUTPUT / "latent_ddpm.json").is_file():
         source, description = TRAINING_OUTPUT, f"the trained digits model ({TRAINING_OUTPUT})"
+        bundle = args.bundle
     else:
         source = args.work / name / "random" / "source"
         if not (source / "latent_ddpm.json").is_file():
@@ -194,10 +213,22 @@ def _prepare(name: str, args: argparse.Namespace, log) -> tuple[Path, Path, str]
             "digits architecture (train/configs/digits.toml) with random weights: no trained model was "
             "available; speed does not depend on weight values"
         )
-    if args.bundle is not None:
-        return source, args.bundle, description
+        bundle = args.bundle
+    if bundle is not None:
+        return source, bundle, description
     work = args.work / name / _slug(source)
     return source, _bundle_for(source, work / "bundle", args.no_validate, log), description
+
+
+def _recorded_source(bundle: Path) -> Path | None:
+    """The diffusers directory a bundle says it was exported from, if it is still there."""
+    import json
+
+    try:
+        path = json.loads((bundle / "bundle.json").read_text(encoding="utf-8"))["source"]["path"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return Path(path) if (Path(path) / "unet" / "config.json").is_file() else None
 
 
 def _bundle_for(source: Path, out: Path, no_validate: bool, log) -> Path:
