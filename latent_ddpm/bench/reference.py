@@ -11,44 +11,15 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from latent_ddpm.export.source import load_source
 from latent_ddpm.runtime.bundle import Bundle
 from latent_ddpm.runtime.images import to_uint8
-
-AUTOENCODERS = (("vae", "AutoencoderKL"), ("vqvae", "VQModel"))
-
-
-@dataclass
-class ReferenceTimings:
-    total_s: float = 0.0
-    denoise_s: float = 0.0
-    unet_s: float = 0.0
-    decode_s: float = 0.0
-    steps: int = 0
-
-    @property
-    def loop_overhead(self) -> float:
-        return 1.0 - self.unet_s / self.denoise_s if self.denoise_s > 0 else 0.0
-
-
-def load_unet(source: Path):
-    from diffusers import UNet2DModel
-
-    return UNet2DModel.from_pretrained(source / "unet").eval().requires_grad_(False)
-
-
-def load_autoencoder(source: Path):
-    import diffusers
-
-    for folder, cls in AUTOENCODERS:
-        if (source / folder / "config.json").is_file():
-            return getattr(diffusers, cls).from_pretrained(source / folder).eval().requires_grad_(False)
-    raise FileNotFoundError(f"{source} has no vae/ or vqvae/ folder")
+from latent_ddpm.runtime.pipeline import Timings
 
 
 def make_scheduler(sampler: str, config: dict[str, Any]):
@@ -68,8 +39,9 @@ class TorchReference:
 
         torch.set_num_threads(threads)
         self.torch, self.bundle = torch, bundle
-        self.unet = load_unet(source)
-        self.vae = load_autoencoder(source)
+        loaded = load_source(source)  # the exporter's loader: same folders, formats and checks
+        self.unet = loaded.unet.requires_grad_(False)
+        self.vae = loaded.vae.requires_grad_(False)
         self.forward = self.unet
 
     def compiled(self) -> TorchReference:
@@ -93,10 +65,10 @@ class TorchReference:
         guidance_scale: float,
         sampler: str = "ddim",
         callback: Callable[[int, int, Any], None] | None = None,
-    ) -> tuple[np.ndarray, ReferenceTimings]:
+    ) -> tuple[np.ndarray, Timings]:
         """Sample from ``latents`` like the runtime's ``Pipeline.generate``; returns NHWC uint8 images."""
         torch, bundle = self.torch, self.bundle
-        timings = ReferenceTimings()
+        timings = Timings()
         start = time.perf_counter()
         scheduler = make_scheduler(sampler, dict(bundle.scheduler_config))
         scheduler.set_timesteps(steps)
