@@ -12,6 +12,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from latent_ddpm.errors import LatentDDPMError
+
 # Ordered as the pipeline: train -> export -> runtime -> demo, then the tools around it.
 COMMANDS: dict[str, str] = {
     "train": "latent_ddpm.train.cli",
@@ -23,10 +25,6 @@ COMMANDS: dict[str, str] = {
     "bench": "latent_ddpm.bench.cli",
     "quantize": "latent_ddpm.export.quantize_cli",
 }
-
-
-class CLIError(Exception):
-    """An error the user can fix; printed as one line, without a traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,9 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # user-facing errors carry their own message; anything else is a bug
-        from latent_ddpm.runtime.errors import LatentDDPMError
-
-        if isinstance(exc, (CLIError, LatentDDPMError)):
+        if isinstance(exc, LatentDDPMError):
             print(f"latent-ddpm {args.command}: error: {exc}", file=sys.stderr)
             return 2
         raise

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
+from latent_ddpm.errors import InputError
 from latent_ddpm.evaluate.classifier import CLASSIFIER_JSON, CLASSIFIER_ONNX, FEATURE_DIM, DigitClassifier
 from latent_ddpm.evaluate.digits import load_digits, split
-from latent_ddpm.runtime.errors import InputError
 
 META = json.loads(CLASSIFIER_ONNX.with_name(CLASSIFIER_JSON).read_text(encoding="utf-8"))
 

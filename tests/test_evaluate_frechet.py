@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from latent_ddpm.errors import InputError
 from latent_ddpm.evaluate.frechet import (
     Gaussian,
     fit_gaussian,
@@ -12,7 +13,6 @@ from latent_ddpm.evaluate.frechet import (
     frechet_distance_features,
     psd_sqrt,
 )
-from latent_ddpm.runtime.errors import InputError
 
 
 def _random_cov(rng: np.random.Generator, d: int, rank: int | None = None) -> np.ndarray:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from latent_ddpm.runtime.errors import InputError
+from latent_ddpm.errors import InputError
 from latent_ddpm.runtime.schedulers import (
     SAMPLERS,
     DDIMScheduler,

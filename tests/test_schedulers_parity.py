@@ -26,7 +26,7 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 from diffusers.schedulers import scheduling_ddpm  # noqa: E402
 
-from latent_ddpm.runtime.errors import InputError  # noqa: E402
+from latent_ddpm.errors import InputError  # noqa: E402
 from latent_ddpm.runtime.schedulers import (  # noqa: E402
     DDIMScheduler,
     DDPMScheduler,

@@ -78,7 +78,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from latent_ddpm.bench.machine import machine_info, matmul_peak, torch_matmul_gflops, usable_cores
     from latent_ddpm.bench.report import write_all
-    from latent_ddpm.cli import CLIError
+    from latent_ddpm.errors import CLIError
 
     for flag in ("runs", "warmup", "steps", "ldm_steps", "pixel_calls"):
         value = getattr(args, flag)

@@ -54,7 +54,7 @@ def bundle_path(args: argparse.Namespace) -> Path | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from latent_ddpm.cli import CLIError
+    from latent_ddpm.errors import CLIError
 
     if not 1 <= args.port <= 65535:
         raise CLIError(f"--port must be in 1..65535, got {args.port}")

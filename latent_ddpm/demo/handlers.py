@@ -28,7 +28,7 @@ from PIL import Image
 
 from latent_ddpm.demo.imaging import center_digit, for_display, save_gif, strip, to_model_polarity
 from latent_ddpm.demo.slerp import slerp_path
-from latent_ddpm.runtime.errors import LatentDDPMError
+from latent_ddpm.errors import LatentDDPMError
 from latent_ddpm.runtime.images import make_grid, save_png
 from latent_ddpm.runtime.pipeline import GenerationResult, Pipeline
 

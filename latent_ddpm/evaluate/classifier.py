@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from latent_ddpm.errors import BackendUnavailableError, BundleError, InputError
 from latent_ddpm.evaluate.digits import IMAGE_SIZE, NUM_CLASSES, pad_to_32
-from latent_ddpm.runtime.errors import BackendUnavailableError, BundleError, InputError
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 CLASSIFIER_ONNX = DATA_DIR / "digit_classifier.onnx"

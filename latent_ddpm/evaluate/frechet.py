@@ -14,7 +14,7 @@ from functools import cached_property
 
 import numpy as np
 
-from latent_ddpm.runtime.errors import InputError
+from latent_ddpm.errors import InputError
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from latent_ddpm.errors import InputError
 from latent_ddpm.evaluate.classifier import DigitClassifier, check_image_shape
 from latent_ddpm.evaluate.digits import NUM_CLASSES, halves, load_digits, split
 from latent_ddpm.evaluate.frechet import fit_gaussian, frechet_distance
-from latent_ddpm.runtime.errors import InputError
 from latent_ddpm.runtime.pipeline import Pipeline
 from latent_ddpm.runtime.progress import ProgressBar
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from latent_ddpm.runtime.errors import LatentDDPMError
+from latent_ddpm.errors import LatentDDPMError
 
 
 class ExportError(LatentDDPMError):

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from latent_ddpm.errors import LatentDDPMError
 from latent_ddpm.export.errors import ExportError, GateFailedError
 from latent_ddpm.export.fp16 import Fp16Result, convert_fp16
 from latent_ddpm.export.modules import graph_module
@@ -43,7 +44,6 @@ from latent_ddpm.runtime.bundle import (
     load_bundle,
     sha256_file,
 )
-from latent_ddpm.runtime.errors import LatentDDPMError
 
 PRECISIONS = ("fp32", "fp16")
 VALUE_RANGE = [-1.0, 1.0]  # diffusers autoencoders decode to [-1, 1]; LDMPipeline maps it with x / 2 + 0.5

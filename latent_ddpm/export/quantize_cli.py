@@ -49,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from latent_ddpm.cli import CLIError
+    from latent_ddpm.errors import CLIError
     from latent_ddpm.export.quantize import QuantizeOptions, quantize_bundle
 
     for flag in ("calibration_runs", "calibration_batch", "validation_images"):

@@ -9,8 +9,8 @@ Importing this package never imports torch, diffusers or CuPy; ``tests/test_runt
     result.images  # (4, H, W, C) uint8
 """
 
+from latent_ddpm.errors import BackendUnavailableError, BundleError, InputError, LatentDDPMError
 from latent_ddpm.runtime.bundle import Bundle, load_bundle
-from latent_ddpm.runtime.errors import BackendUnavailableError, BundleError, InputError, LatentDDPMError
 from latent_ddpm.runtime.pipeline import GenerationResult, Pipeline, shipped_bundle_path
 
 __all__ = [

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from latent_ddpm.runtime.errors import BundleError
+from latent_ddpm.errors import BundleError
 from latent_ddpm.runtime.schedulers import SAMPLERS
 
 FORMAT_NAME = "latent-ddpm-bundle"

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from latent_ddpm.runtime.errors import InputError
+from latent_ddpm.errors import InputError
 
 
 def to_uint8(images: np.ndarray, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from latent_ddpm.errors import BundleError, InputError
 from latent_ddpm.runtime.backends import Engine, open_engine
 from latent_ddpm.runtime.bundle import Bundle, load_bundle
-from latent_ddpm.runtime.errors import BundleError, InputError
 from latent_ddpm.runtime.images import from_uint8, prepare_images, to_uint8
 from latent_ddpm.runtime.schedulers import SAMPLERS, make_scheduler
 

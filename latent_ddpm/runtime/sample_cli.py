@@ -65,7 +65,7 @@ def _class_label(value: str | None, class_names: tuple[str, ...] | None) -> int 
 
 
 def run(args: argparse.Namespace) -> int:
-    from latent_ddpm.cli import CLIError
+    from latent_ddpm.errors import CLIError
     from latent_ddpm.runtime.images import make_grid, save_png
     from latent_ddpm.runtime.pipeline import Pipeline
     from latent_ddpm.runtime.progress import ProgressBar

@@ -79,7 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from latent_ddpm.cli import CLIError
+    from latent_ddpm.errors import CLIError
     from latent_ddpm.train.config import load_recipe
 
     if args.max_steps is not None and args.max_steps <= 0:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from latent_ddpm.runtime.errors import InputError, LatentDDPMError
+from latent_ddpm.errors import InputError, LatentDDPMError
 
 
 class TrainError(LatentDDPMError):

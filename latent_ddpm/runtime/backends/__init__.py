@@ -12,8 +12,8 @@ from typing import Protocol
 
 import numpy as np
 
+from latent_ddpm.errors import BackendUnavailableError, InputError
 from latent_ddpm.runtime.bundle import Bundle, ModelFile, TensorSpec
-from latent_ddpm.runtime.errors import BackendUnavailableError, InputError
 
 # name -> "module:function" returning an Engine for one model file.
 BACKENDS: dict[str, str] = {

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from latent_ddpm.errors import BackendUnavailableError, BundleError
 from latent_ddpm.runtime.backends import check_feed
 from latent_ddpm.runtime.bundle import Bundle, ModelFile
-from latent_ddpm.runtime.errors import BackendUnavailableError, BundleError
 
 _ORT_TYPES = {
     "tensor(float)": "float32",

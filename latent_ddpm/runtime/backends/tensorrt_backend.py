@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from latent_ddpm.errors import BackendUnavailableError, BundleError, InputError
 from latent_ddpm.runtime.backends import check_feed
 from latent_ddpm.runtime.backends.tensorrt_builder import EngineCache, plan_file, trt_logger
 from latent_ddpm.runtime.backends.tensorrt_cuda import DeviceBuffer, Stream, cuda_check
 from latent_ddpm.runtime.backends.tensorrt_manifest import EngineRecord
 from latent_ddpm.runtime.backends.tensorrt_profiles import check_in_profile
 from latent_ddpm.runtime.bundle import ENGINES_DIR, Bundle, ModelFile
-from latent_ddpm.runtime.errors import BackendUnavailableError, BundleError, InputError
 
 
 def _numpy_dtypes(trt: Any) -> dict[Any, str]:

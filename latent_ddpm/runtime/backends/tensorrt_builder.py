@@ -19,6 +19,7 @@ from types import ModuleType
 from typing import Any
 
 from latent_ddpm import __version__
+from latent_ddpm.errors import BackendUnavailableError, BundleError, InputError
 from latent_ddpm.runtime.backends.tensorrt_cache import Environment, engine_fields, engine_key, stale_reason
 from latent_ddpm.runtime.backends.tensorrt_cuda import environment, import_cudart, import_tensorrt
 from latent_ddpm.runtime.backends.tensorrt_manifest import (
@@ -33,7 +34,6 @@ from latent_ddpm.runtime.backends.tensorrt_manifest import (
 from latent_ddpm.runtime.backends.tensorrt_profiles import Profile, model_profile, profile_to_json
 from latent_ddpm.runtime.backends.tensorrt_settings import BuilderOptions, BuildSettings, builder_options
 from latent_ddpm.runtime.bundle import ENGINES_DIR, Bundle, ModelFile
-from latent_ddpm.runtime.errors import BackendUnavailableError, BundleError, InputError
 
 log = logging.getLogger("latent_ddpm.tensorrt")
 Progress = Callable[[str], None]

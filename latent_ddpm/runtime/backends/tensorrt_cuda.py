@@ -9,8 +9,8 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
+from latent_ddpm.errors import BackendUnavailableError
 from latent_ddpm.runtime.backends.tensorrt_cache import Environment
-from latent_ddpm.runtime.errors import BackendUnavailableError
 
 EXTRA = "pip install 'latent-ddpm[tensorrt]'"
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from latent_ddpm.errors import BundleError, InputError
 from latent_ddpm.runtime.backends.tensorrt_settings import BuildSettings
 from latent_ddpm.runtime.bundle import ENGINES_DIR
-from latent_ddpm.runtime.errors import BundleError, InputError
 
 MANIFEST_FILE = "manifest.json"
 TIMING_CACHE_FILE = "timing.cache"

@@ -12,9 +12,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from latent_ddpm.errors import BundleError, InputError
 from latent_ddpm.runtime.backends.tensorrt_settings import BuildSettings
 from latent_ddpm.runtime.bundle import Bundle, ModelFile
-from latent_ddpm.runtime.errors import BundleError, InputError
 
 Shape = tuple[int, ...]
 

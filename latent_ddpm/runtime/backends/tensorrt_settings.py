@@ -10,7 +10,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from latent_ddpm.runtime.errors import InputError
+from latent_ddpm.errors import InputError
 
 ENGINE_PRECISIONS = ("fp32", "fp16", "bf16")
 # Bundle graphs already stored in reduced precision carry their own types: they build strongly typed.

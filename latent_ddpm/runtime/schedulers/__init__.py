@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from latent_ddpm.runtime.errors import InputError
+from latent_ddpm.errors import InputError
 from latent_ddpm.runtime.schedulers.common import SchedulerOutput
 from latent_ddpm.runtime.schedulers.ddim import DDIMScheduler
 from latent_ddpm.runtime.schedulers.ddpm import DDPMScheduler

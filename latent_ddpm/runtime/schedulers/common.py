@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from latent_ddpm.runtime.errors import InputError
+from latent_ddpm.errors import InputError
 
 ONE = np.float32(1.0)
 

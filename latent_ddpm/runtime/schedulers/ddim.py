@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from latent_ddpm.runtime.errors import InputError
+from latent_ddpm.errors import InputError
 from latent_ddpm.runtime.schedulers.common import (
     ONE,
     SchedulerOutput,

@@ -1,10 +1,18 @@
-"""The runtime's exceptions. Every message names the bad value, key or file."""
+"""The package's exceptions, on the ground floor so that every stage can raise and catch them.
+
+Every message names the bad value, key or file. The CLI prints any ``LatentDDPMError`` as one line on stderr
+and exits with status 2; anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 
 class LatentDDPMError(Exception):
     """Base class for errors a user can act on (bad bundle, bad argument, missing extra)."""
+
+
+class CLIError(LatentDDPMError):
+    """A command-line flag or combination of flags that cannot work, found before any work is done."""
 
 
 class BundleError(LatentDDPMError):
