@@ -21,6 +21,7 @@ from latent_ddpm.cli import main  # noqa: E402
 from latent_ddpm.export.errors import ExportError  # noqa: E402
 from latent_ddpm.export.exporter import export_bundle  # noqa: E402
 from latent_ddpm.export.quantize import QuantizeOptions, quantize_bundle  # noqa: E402
+from latent_ddpm.files import OutputError  # noqa: E402
 from latent_ddpm.runtime import Pipeline, load_bundle  # noqa: E402
 
 FAST = QuantizeOptions(calibration_runs=1, calibration_batch=2, max_unet_feeds=8, validation_images=2)
@@ -72,15 +73,15 @@ def test_validation_figures_are_recorded(int8_bundle: Path) -> None:
 
 def test_refuses_existing_out_and_force_replaces(fp32_bundle: Path, tmp_path: Path) -> None:
     out = tmp_path / "taken"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
-    with pytest.raises(ExportError, match="already exists"):
+    shutil.copytree(fp32_bundle, out)  # an older bundle: --force may replace it (and only a bundle)
+    (out / "README.md").write_text("the old one")
+    with pytest.raises(OutputError, match="already exists"):
         quantize_bundle(fp32_bundle, out, options=FAST, log=lambda _: None)
-    assert (out / "keep.txt").read_text() == "mine"
+    assert (out / "README.md").read_text() == "the old one"
     assert main(["quantize", str(fp32_bundle), str(out)]) == 2
-    assert (out / "keep.txt").read_text() == "mine"
+    assert (out / "README.md").read_text() == "the old one"
     quantize_bundle(fp32_bundle, out, force=True, options=FAST, log=lambda _: None)
-    assert not (out / "keep.txt").exists() and load_bundle(out).name.endswith("-int8")
+    assert not (out / "README.md").exists() and load_bundle(out).name.endswith("-int8")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"], "temporary folders left behind"
 
 
@@ -93,3 +94,23 @@ def test_refuses_a_bundle_that_is_not_fp32(fp32_bundle: Path, tmp_path: Path) ->
     with pytest.raises(ExportError, match="starts from an fp32 bundle"):
         quantize_bundle(fp16, tmp_path / "out", options=FAST, log=lambda _: None)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_bundle_that_samples_nan_fails_the_gate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """NaN images all cast to the same black uint8 pixels: compared as images they looked identical
+    ("inf dB", passed). The gate now looks at the graphs' float outputs."""
+    from safetensors.torch import load_file, save_file
+
+    src = build_tiny_model("kl_cond", tmp_path / "src")
+    weights_file = src / "unet" / "diffusion_pytorch_model.safetensors"
+    weights = load_file(weights_file)
+    weights["conv_out.bias"][:] = float("nan")
+    save_file(weights, weights_file)
+    fp32 = export_bundle(src, tmp_path / "fp32", validate=False, progress=False).path
+    out = tmp_path / "int8"
+    assert main(["quantize", str(fp32), str(out), "--calibration-runs", "1", "--validation-images", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"{fp32}: the fp32 bundle itself samples NaN/Inf (unet output 'model_output'" in err
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fp32", "src"]
