@@ -13,6 +13,7 @@ trains the unconditional model that classifier-free guidance needs. The EMA weig
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -162,12 +163,23 @@ def build_stage(recipe: Recipe, data: ImageSet, device, run_dir: Path) -> Stage:
     def finalize(run_dir: Path) -> None:
         final = UNet2DModel.from_config(unet.config)
         ema.copy_to(final.parameters())
-        replace_dir(run_dir / "unet", lambda tmp: final.save_pretrained(tmp, safe_serialization=True))
-        replace_dir(run_dir / "scheduler", DDIMScheduler.from_config(sample_config).save_pretrained)
+        replace_dir(run_dir, "unet", lambda tmp: final.save_pretrained(tmp, safe_serialization=True))
+        replace_dir(run_dir, "scheduler", DDIMScheduler.from_config(sample_config).save_pretrained)
         sample_grid(run_dir / "samples" / "unet_final.png")
         write_metadata(  # last: its presence marks the directory complete
             run_dir, data.class_names, recipe.data.image_size, recipe.data.channels, cfg.sample_steps,
             cfg.guidance_scale, recipe.to_dict(),
         )  # fmt: skip
 
-    return Stage("unet", cfg, unet, len(data), loss, sample_grid, finalize, ema=ema)
+    inputs = {"autoencoder": _fingerprint(run_dir / "vae")}
+    return Stage("unet", cfg, unet, len(data), loss, sample_grid, finalize, ema=ema, inputs=inputs)
+
+
+def _fingerprint(folder: Path) -> str:
+    """sha256 over a folder's files: a U-Net checkpoint is only continued on the autoencoder it learned on."""
+    from latent_ddpm.runtime.bundle import sha256_file
+
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        h.update(f"{path.name}\0{sha256_file(path)}\0".encode())
+    return h.hexdigest()
