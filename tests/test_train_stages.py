@@ -312,3 +312,14 @@ def test_refuses_to_replace_a_folder_training_did_not_write(tmp_path: Path, caps
     assert f"{out / 'vae'} is not empty and is not a diffusers AutoencoderKL folder" in err
     assert sorted(p.name for p in out.iterdir()) == ["vae"]  # refused before any work
     assert (out / "vae" / "notes.txt").read_text() == "mine"
+
+
+def test_a_corrupted_autoencoder_is_one_line_naming_it(run_dir: Path, tmp_path: Path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(run_dir / "vae", out / "vae")
+    weights = out / "vae" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:3000])
+    assert train("--stage", "unet", "--out", str(out)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{out / 'vae'}: cannot load the trained autoencoder" in err
+    assert sorted(p.name for p in out.iterdir()) == ["vae"]

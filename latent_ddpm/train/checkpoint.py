@@ -63,6 +63,11 @@ def _is_checkpoint(path: Path) -> bool:
     return path.is_dir() and (path / STATE_FILE).is_file()
 
 
+def _holds_only_checkpoint_files(path: Path) -> bool:
+    """What `save` may replace: a checkpoint of this step, complete or not (a fallback abandoned it)."""
+    return all(entry.name in FILES for entry in path.iterdir())
+
+
 def save(
     accelerator, root: Path, step: int, model: torch.nn.Module, stateful: Mapping[str, Any], info: dict
 ) -> Path:
@@ -77,7 +82,8 @@ def save(
         remove_stale_temporaries(root)  # left by runs killed while saving, at whatever step
         from safetensors.torch import save_file
 
-        with publish_dir(final, force=True, ours=_is_checkpoint, what="latent-ddpm checkpoint") as tmp:
+        ours = _holds_only_checkpoint_files
+        with publish_dir(final, force=True, ours=ours, what="latent-ddpm checkpoint") as tmp:
             weights = accelerator.unwrap_model(model).state_dict()
             save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, tmp / MODEL_FILE)
             tensors: dict[str, torch.Tensor] = {}

@@ -39,7 +39,14 @@ def load_frozen_vae(run_dir: Path, recipe: Recipe, device):
     path = run_dir / "vae"
     if not (path / "config.json").is_file():
         raise TrainError(f"no trained autoencoder at {path}; run `latent-ddpm train --stage vae` first")
-    vae = AutoencoderKL.from_pretrained(path).to(device).eval().requires_grad_(False)
+    try:  # safetensors only, as training writes it: a .bin in a run folder is a pickle
+        vae = AutoencoderKL.from_pretrained(path, use_safetensors=True, local_files_only=True)
+    except Exception as exc:  # diffusers raises OSError/ValueError/RuntimeError/SafetensorError
+        why = " ".join(str(exc).split())[:300]
+        raise TrainError(
+            f"{path}: cannot load the trained autoencoder ({type(exc).__name__}: {why})"
+        ) from None
+    vae = vae.to(device).eval().requires_grad_(False)
     if vae.config.in_channels != recipe.data.channels or vae.config.sample_size != recipe.data.image_size:
         raise TrainError(
             f"{path} encodes {vae.config.in_channels}-channel {vae.config.sample_size}px images but the recipe "
