@@ -241,22 +241,14 @@ def _reference_images(
     return decode(source.vae, latents_out, source.scaling_factor, source.shift_factor).numpy()
 
 
-def versions() -> dict[str, str]:
-    import diffusers
-    import onnx
-    import onnxruntime
-    import torch
+def versions() -> dict[str, str | None]:
+    """The libraries the gate's figures depend on (``latent_ddpm.provenance``), plus the platform."""
+    from latent_ddpm.provenance import library_versions
 
-    from latent_ddpm import __version__
-
+    found = library_versions(("latent-ddpm", "torch", "diffusers", "onnx", "onnxruntime", "numpy"))
     return {
-        "latent_ddpm": __version__,
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
+        "latent_ddpm": found["latent-ddpm"],
+        **{name: found[name] for name in ("torch", "diffusers", "onnx", "onnxruntime", "numpy", "python")},
         "platform": platform.platform(),
     }
 
