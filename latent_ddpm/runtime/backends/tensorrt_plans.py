@@ -76,7 +76,8 @@ class Plans:
         )
         expected = runnable_fields(record.fields if record is not None else {}, here)
         data, reason = plan_status(self.dir, model.role, model.path.name, record, expected)
-        if reason is not None or record is None or data is None:
+        if reason is not None:
             verb = "build" if record is None else "rebuild"
             raise BundleError(f"{reason}; {verb} it with: {self.command()}")
+        assert record is not None and data is not None  # no reason: the plan is listed and present
         return record, data
