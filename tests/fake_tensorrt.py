@@ -1,9 +1,10 @@
 """CPU stand-ins for the small part of ``tensorrt`` and ``cuda-python`` that our TensorRT code calls.
 
-CI has no GPU, so without these the engine cache (stale -> rebuild, keep valid plans, manifest writes) and
-the backend's buffer handling would never run before a user's GPU. They are test doubles, not TensorRT:
-a "plan" is JSON holding the ONNX bytes, it "executes" with ONNX Runtime, and "device memory" is host memory
-whose bounds every copy checks. They prove our logic; only the GPU tests prove TensorRT's API.
+CI has no GPU, so without these the engine cache (what build-engines rebuilds or keeps, what the runtime
+refuses, manifest writes) and the backend's buffer handling would never run before a user's GPU. They are
+test doubles, not TensorRT: a "plan" is JSON holding the ONNX bytes, it "executes" with ONNX Runtime, and
+"device memory" is host memory whose bounds every copy checks. They prove our logic; only the GPU tests
+prove TensorRT's API.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Pipeline.img2img (SDEdit) against the same computation written with diffusers, on an exported tiny model.
 
-Reference: the torch AutoencoderKL's posterior mean, scaled as the bundle says; diffusers' scheduler with
-diffusers' img2img timestep rule (skip the first ``steps - int(steps * strength)`` steps); the same noise; the
-same guidance; decoded as LDMPipeline does. Tolerance: images within 2/255 (the export gate's fp32 budget).
+Reference: the torch AutoencoderKL's posterior mean, scaled as the bundle says, then the project's torch
+reference sampler (``latent_ddpm.export.reference.img2img``: diffusers' scheduler with diffusers' img2img
+timestep rule, skipping the first ``steps - int(steps * strength)`` steps); the same noise; the same guidance;
+decoded as LDMPipeline does. Tolerance: images within 2/255 (the export gate's fp32 budget).
 """
 
 from __future__ import annotations
@@ -23,38 +24,32 @@ def _reference(
 ):
     from conftest import torch_single_thread
 
+    from latent_ddpm.export.reference import decode, img2img, make_scheduler, numpy_step_noise, unet_model
+
     vae = diffusers.AutoencoderKL.from_pretrained(model_dir / "vae").eval()
     unet = diffusers.UNet2DModel.from_pretrained(model_dir / "unet").eval()
     config = json.loads((model_dir / "scheduler" / "scheduler_config.json").read_text())
-    if sampler == "ddim":
-        scheduler = diffusers.DDIMScheduler.from_config(config)
-    else:
-        scheduler = diffusers.DPMSolverMultistepScheduler.from_config(
-            config, algorithm_type="dpmsolver++", solver_order=2
-        )
     scale, shift = vae.config.scaling_factor, vae.config.shift_factor or 0.0
-    null_class = unet.config.num_class_embeds - 1
     with torch.no_grad(), torch_single_thread():
         x = torch.from_numpy(pixels.astype(np.float32).transpose(0, 3, 1, 2) / 255.0 * 2.0 - 1.0)
         init = (vae.encode(x).latent_dist.mean - shift) * scale
-        scheduler.set_timesteps(steps)
-        t_start = max(steps - min(int(steps * strength), steps), 0)
-        timesteps = scheduler.timesteps[t_start * scheduler.order :]
-        if hasattr(scheduler, "set_begin_index"):
-            scheduler.set_begin_index(t_start * scheduler.order)
         rng = np.random.default_rng(seed)  # the runtime draws the img2img noise first from this stream
         noise = torch.from_numpy(rng.standard_normal(tuple(init.shape), dtype=np.float32))
-        latents = scheduler.add_noise(init, noise, timesteps[:1].repeat(init.shape[0]))
-        y = torch.tensor(labels)
-        for t in timesteps:
-            out = unet(
-                torch.cat([latents, latents]), t, class_labels=torch.cat([torch.full_like(y, null_class), y])
-            ).sample
-            uncond, cond = out.chunk(2)
-            latents = scheduler.step(uncond + guidance * (cond - uncond), t, latents).prev_sample
-        image = vae.decode(latents / scale + shift).sample
+        latents, ran = img2img(
+            unet_model(unet),
+            make_scheduler(sampler, config),
+            init,
+            noise,
+            steps,
+            strength,
+            labels=torch.tensor(labels),
+            null_class=unet.config.num_class_embeds - 1,
+            guidance_scale=guidance,
+            step_noise=numpy_step_noise(rng),
+        )
+        image = decode(vae, latents, scale, shift)
     image = (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
-    return (image * 255).round().astype(np.uint8), len(timesteps)
+    return (image * 255).round().astype(np.uint8), ran
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,8 @@
 
 The factory U-Net computes f(x, t, y) = 0.1 * tanh(x) + t / 1000 + y / 10, which is easy to write in torch
 too, so this checks the loop itself (timesteps, guidance, noise order, scheduler state) independently of any
-exporter. Tolerance: 1e-4 max abs on the final latents, the scheduler parity budget for a full loop in fp32.
+exporter, against the project's one torch reference sampler (``latent_ddpm.export.reference``). Tolerance:
+1e-4 max abs on the final latents, the scheduler parity budget for a full loop in fp32.
 """
 
 from __future__ import annotations
@@ -17,48 +18,26 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
 
-def _f(x, t: int, y):
-    return 0.1 * torch.tanh(x) + t / 1000.0 + (y.float() / 10.0).view(-1, 1, 1, 1)
+def _f(x, t, y):
+    return 0.1 * torch.tanh(x) + int(t) / 1000.0 + (y.float() / 10.0).view(-1, 1, 1, 1)
 
 
 def _reference(
     sampler: str, latents: np.ndarray, labels: np.ndarray, steps: int, guidance: float, eta: float, seed: int
 ):
-    cls = {
-        "ddim": diffusers.DDIMScheduler,
-        "ddpm": diffusers.DDPMScheduler,
-        "dpmsolver++": diffusers.DPMSolverMultistepScheduler,
-    }[sampler]
-    extra = {"algorithm_type": "dpmsolver++", "solver_order": 2} if sampler == "dpmsolver++" else {}
-    scheduler = cls.from_config(SCHEDULER, **extra)
-    scheduler.set_timesteps(steps)
-    rng = np.random.default_rng(seed)  # the runtime draws step noise from the same stream
-    x = torch.from_numpy(latents.copy())
-    y = torch.from_numpy(labels)
-    null = torch.full_like(y, 10)
-    for t in scheduler.timesteps:
-        ti = int(t)
-        if guidance != 1.0:
-            uncond, cond = _f(x, ti, null), _f(x, ti, y)
-            out = uncond + guidance * (cond - uncond)
-        else:
-            out = _f(x, ti, y)
-        kwargs = {}
-        if sampler == "ddim":
-            kwargs["eta"] = eta
-            if eta > 0:
-                kwargs["variance_noise"] = torch.from_numpy(rng.standard_normal(x.shape, dtype=np.float32))
-        if sampler == "ddpm" and ti > 0:
-            noise = torch.from_numpy(rng.standard_normal(x.shape, dtype=np.float32))
-            kwargs["generator"] = None
-            orig = diffusers.schedulers.scheduling_ddpm.randn_tensor
-            diffusers.schedulers.scheduling_ddpm.randn_tensor = lambda *a, _n=noise, **k: _n
-            try:
-                x = scheduler.step(out, t, x, **kwargs).prev_sample
-            finally:
-                diffusers.schedulers.scheduling_ddpm.randn_tensor = orig
-            continue
-        x = scheduler.step(out, t, x, **kwargs).prev_sample
+    from latent_ddpm.export.reference import generate, make_scheduler, numpy_step_noise
+
+    x = generate(
+        _f,
+        make_scheduler(sampler, SCHEDULER),
+        torch.from_numpy(latents.copy()),
+        steps,
+        labels=torch.from_numpy(labels),
+        null_class=10,
+        guidance_scale=guidance,
+        eta=eta,
+        step_noise=numpy_step_noise(np.random.default_rng(seed)),  # the runtime draws from the same stream
+    )
     return x.numpy()
 
 

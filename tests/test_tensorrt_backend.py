@@ -14,7 +14,7 @@ import pytest
 from bundle_factory import make_bundle
 
 from latent_ddpm.cli import main
-from latent_ddpm.runtime import BackendUnavailableError, InputError, Pipeline, load_bundle
+from latent_ddpm.runtime import BackendUnavailableError, BundleError, InputError, Pipeline, load_bundle
 from latent_ddpm.runtime.backends.tensorrt_backend import open_engine
 from latent_ddpm.runtime.backends.tensorrt_cuda import cuda_check, current_device, import_cudart
 
@@ -166,7 +166,8 @@ class TestOnGPU:
             r: e["built_at"] for r, e in before["engines"].items()
         }
 
-    def test_stale_plan_is_rebuilt_on_load(self, built: Path) -> None:
+    def test_stale_plan_is_refused_on_load_and_rebuilt_by_build_engines(self, built: Path) -> None:
+        from latent_ddpm.export.tensorrt_build import build_engines
         from latent_ddpm.runtime.backends.tensorrt_cache import engine_key
 
         path = built / "engines" / "manifest.json"
@@ -175,6 +176,13 @@ class TestOnGPU:
         rec["fields"]["tensorrt_version"] = "0.0.1"
         rec["key"] = engine_key(rec["fields"])
         path.write_text(json.dumps(raw))
+        edited = path.read_bytes()
+        with pytest.raises(
+            BundleError, match=r"built for TensorRT 0\.0\.1; .* rebuild it with: latent-ddpm "
+        ):
+            Pipeline.from_bundle(built, backend="tensorrt")
+        assert path.read_bytes() == edited  # refused, not rebuilt: the runtime never writes into a bundle
+        build_engines(built, precision="fp32", min_batch=1, opt_batch=2, max_batch=4)
         pipe = Pipeline.from_bundle(built, backend="tensorrt")
         assert pipe.decoder.record.fields["tensorrt_version"] != "0.0.1"
         assert json.loads(path.read_text())["engines"]["vae_decoder"]["fields"]["tensorrt_version"] != "0.0.1"

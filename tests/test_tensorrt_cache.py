@@ -6,13 +6,16 @@ import copy
 import hashlib
 import json
 import os
+import shlex
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from latent_ddpm.export.tensorrt_write import atomic_write, write_manifest
 from latent_ddpm.runtime import BundleError
 from latent_ddpm.runtime.backends.tensorrt_cache import (
     KEY_FIELDS,
@@ -20,17 +23,18 @@ from latent_ddpm.runtime.backends.tensorrt_cache import (
     describe_mismatch,
     engine_fields,
     engine_key,
+    environment_fields,
+    runnable_fields,
     stale_reason,
 )
 from latent_ddpm.runtime.backends.tensorrt_manifest import (
     MANIFEST_FILE,
+    BuildSettings,
     EngineRecord,
     Manifest,
-    atomic_write,
     read_manifest,
-    write_manifest,
+    rebuild_command,
 )
-from latent_ddpm.runtime.backends.tensorrt_settings import BuildSettings
 
 A10G = Environment(tensorrt_version="10.3.0", device_name="NVIDIA A10G", compute_capability=(8, 6))
 H100 = Environment(tensorrt_version="10.7.0", device_name="NVIDIA H100 80GB HBM3", compute_capability=(9, 0))
@@ -168,6 +172,32 @@ def test_stale_reason_cases() -> None:
     assert "does not match its own key" in stale_reason(plan, "unet.onnx", gutted, fields, good)
     moved = stale_reason(plan, "unet.onnx", record, _fields(H100), good)
     assert moved.startswith("engines/unet.plan was built for TensorRT 10.3.0 on compute capability 8.6")
+
+
+def test_the_runtime_runs_a_plan_as_built_and_checks_only_where_it_runs() -> None:
+    built = _fields(precision="fp32", builder={"typing": "strong", "flags": [], "cleared_flags": ["TF32"]})
+    here = environment_fields(onnx_sha256="a" * 64, external_data_sha256=None, environment=A10G)
+    assert engine_key(runnable_fields(built, here)) == engine_key(built)
+    moved = runnable_fields(
+        built, environment_fields(onnx_sha256="b" * 64, external_data_sha256=None, environment=H100)
+    )
+    text = describe_mismatch("engines/unet.plan", "unet.onnx", built, moved)
+    assert text.startswith("engines/unet.plan was built for TensorRT 10.3.0 on compute capability 8.6")
+    assert "unet.onnx with sha256 bbbbbbbbbbbb" in text and "asked for" not in text
+
+
+def test_rebuild_command_repeats_every_setting_as_build_engines_reads_it() -> None:
+    from latent_ddpm.cli import build_parser
+
+    settings = BuildSettings(precision="bf16", min_batch=2, opt_batch=3, max_batch=5, workspace_gb=1.5)
+    command = rebuild_command(Path("/data/my bundle"), settings, force=True)
+    assert command.startswith("latent-ddpm build-engines '/data/my bundle' --precision bf16 --min-batch 2")
+    args = build_parser().parse_args(shlex.split(command)[1:])
+    assert args.command == "build-engines" and args.bundle == Path("/data/my bundle") and args.force
+    assert {name: getattr(args, name) for name in asdict(settings)} == asdict(settings)
+    default = build_parser().parse_args(shlex.split(rebuild_command(Path("b"), BuildSettings()))[1:])
+    assert {name: getattr(default, name) for name in asdict(settings)} == asdict(BuildSettings())
+    assert not default.force
 
 
 # ---------------------------------------------------------------------- manifest

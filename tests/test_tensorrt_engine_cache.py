@@ -1,13 +1,14 @@
 """The engine cache and the tensorrt backend's data path, run against CPU stand-ins for TensorRT and
-cuda-python (tests/fake_tensorrt.py): what is rebuilt when, what is kept, what the errors say, and that
-buffers are allocated once and copies stay in bounds. The GPU tests in test_tensorrt_backend.py run the same
-paths against the real libraries."""
+cuda-python (tests/fake_tensorrt.py): what build-engines rebuilds when and what it keeps, what the runtime
+refuses and the command it names, what the errors say, and that buffers are allocated once and copies stay
+in bounds. The GPU tests in test_tensorrt_backend.py run the same paths against the real libraries."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
+import re
+import shlex
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,11 +17,11 @@ import pytest
 from bundle_factory import make_bundle
 from fake_tensorrt import install, make_cudart, make_tensorrt
 
+from latent_ddpm.cli import main
+from latent_ddpm.export import tensorrt_builder
 from latent_ddpm.export.tensorrt_build import build_engines
 from latent_ddpm.runtime import BackendUnavailableError, BundleError, InputError, Pipeline
-from latent_ddpm.runtime.backends import tensorrt_builder
-from latent_ddpm.runtime.backends.tensorrt_manifest import read_manifest
-from latent_ddpm.runtime.backends.tensorrt_settings import BuildSettings
+from latent_ddpm.runtime.backends.tensorrt_manifest import BuildSettings, read_manifest
 
 SMALL = {"min_batch": 1, "opt_batch": 2, "max_batch": 4}
 
@@ -41,6 +42,31 @@ def bundle(tmp_path: Path) -> Path:
 
 def _engines(bundle: Path) -> dict:
     return json.loads((bundle / "engines" / "manifest.json").read_text())["engines"]
+
+
+def _files(bundle: Path) -> dict[str, tuple[int, int, bytes]]:
+    """Every file under the bundle with its size, mtime and bytes: a refused load must change none of them."""
+    return {
+        str(p.relative_to(bundle)): (p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(bundle.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _refused(bundle: Path) -> str:
+    """Load the bundle with the tensorrt backend, expecting a refusal that writes nothing; the message."""
+    before = _files(bundle)
+    with pytest.raises(BundleError) as info:
+        Pipeline.from_bundle(bundle, backend="tensorrt")
+    assert _files(bundle) == before  # the runtime never writes into a bundle
+    return str(info.value)
+
+
+def _command(message: str) -> list[str]:
+    """The build-engines command a refusal names, as argv for ``latent-ddpm`` (it must run as printed)."""
+    argv = shlex.split(message.split(" with: ", 1)[1])
+    assert argv[:2] == ["latent-ddpm", "build-engines"]
+    return argv[1:]
 
 
 def test_build_writes_plans_manifest_and_timing_cache(monkeypatch: pytest.MonkeyPatch, bundle: Path) -> None:
@@ -127,30 +153,36 @@ def test_batch_beyond_the_profile_is_an_input_error(monkeypatch: pytest.MonkeyPa
         pipe.generate(num_images=5, steps=2, seed=0, guidance_scale=1.0)  # the U-Net takes 5; the decoder not
 
 
-def test_missing_engines_are_built_on_first_use(
-    monkeypatch: pytest.MonkeyPatch, bundle: Path, caplog
+def test_missing_engines_are_refused_with_the_command_that_builds_them(
+    monkeypatch: pytest.MonkeyPatch, bundle: Path, capsys: pytest.CaptureFixture
 ) -> None:
     fake = _fake(monkeypatch)
-    with caplog.at_level(logging.INFO, logger="latent_ddpm.tensorrt"):
-        Pipeline.from_bundle(bundle, backend="tensorrt")
+    message = _refused(bundle)
+    assert message.startswith(
+        "engines/unet.plan has not been built yet (no entry in the manifest); build it with: latent-ddpm "
+        f"build-engines {bundle.resolve()} --precision fp16 --min-batch 1 --opt-batch 8 --max-batch 16"
+    )
+    assert len(fake.trt.builds) == 0 and not (bundle / "engines").exists()
+    assert main(_command(message) + ["--quiet"]) == 0, capsys.readouterr().err
     assert len(fake.trt.builds) == 3
-    assert "engines/unet.plan has not been built yet (no entry in the manifest): rebuilding it" in caplog.text
     assert read_manifest(bundle / "engines").settings == BuildSettings()
+    Pipeline.from_bundle(bundle, backend="tensorrt")  # loads now
 
 
-def test_new_tensorrt_rebuilds_on_load_and_says_why(
-    monkeypatch: pytest.MonkeyPatch, bundle: Path, caplog
+def test_new_tensorrt_is_refused_and_says_why_and_how_to_rebuild(
+    monkeypatch: pytest.MonkeyPatch, bundle: Path, capsys: pytest.CaptureFixture
 ) -> None:
     _fake(monkeypatch, version="10.3.0")
     build_engines(bundle, **SMALL)
     assert json.loads((bundle / "engines" / "timing.cache").read_text())["version"] == "10.3.0"
     fake = _fake(monkeypatch, version="10.7.0")
-    with caplog.at_level(logging.INFO, logger="latent_ddpm.tensorrt"):
-        Pipeline.from_bundle(bundle, backend="tensorrt")
-    assert (
-        "engines/unet.plan was built for TensorRT 10.3.0; this is TensorRT 10.7.0: rebuilding it"
-        in caplog.text
+    message = _refused(bundle)
+    assert message == (
+        "engines/unet.plan was built for TensorRT 10.3.0; this is TensorRT 10.7.0; rebuild it with: "
+        f"latent-ddpm build-engines {bundle.resolve()} --precision fp16 --min-batch 1 --opt-batch 2 --max-batch 4"
     )
+    assert len(fake.trt.builds) == 0
+    assert main(_command(message) + ["--quiet"]) == 0, capsys.readouterr().err  # the command, as printed
     assert len(fake.trt.builds) == 3
     assert {e["fields"]["tensorrt_version"] for e in _engines(bundle).values()} == {"10.7.0"}
     # the old timing cache was measured by another TensorRT: it was dropped, not fed to the new builder
@@ -159,9 +191,22 @@ def test_new_tensorrt_rebuilds_on_load_and_says_why(
         "entries": 3,
     }
     assert read_manifest(bundle / "engines").settings == BuildSettings(**SMALL)  # rebuilt as first asked
+    Pipeline.from_bundle(bundle, backend="tensorrt")
 
 
-def test_stale_plan_that_cannot_be_rebuilt_names_every_field(
+def test_stale_plan_is_refused_naming_every_field(monkeypatch: pytest.MonkeyPatch, bundle: Path) -> None:
+    _fake(monkeypatch, version="10.3.0")
+    build_engines(bundle, **SMALL)
+    plan = (bundle / "engines" / "unet.plan").read_bytes()
+    _fake(monkeypatch, version="10.7.0", name="Fake H100", cc=(9, 0))
+    assert _refused(bundle).startswith(
+        "engines/unet.plan was built for TensorRT 10.3.0 on compute capability 8.6 (Fake GPU); "
+        "this is TensorRT 10.7.0 on compute capability 9.0 (Fake H100); rebuild it with: latent-ddpm build-engines "
+    )
+    assert (bundle / "engines" / "unet.plan").read_bytes() == plan
+
+
+def test_build_engines_on_a_read_only_bundle_names_every_field(
     monkeypatch: pytest.MonkeyPatch, bundle: Path
 ) -> None:
     _fake(monkeypatch, version="10.3.0")
@@ -170,7 +215,7 @@ def test_stale_plan_that_cannot_be_rebuilt_names_every_field(
     _fake(monkeypatch, version="10.7.0", name="Fake H100", cc=(9, 0))
     monkeypatch.setattr(tensorrt_builder.os, "access", lambda path, mode: False)
     with pytest.raises(BundleError) as info:
-        Pipeline.from_bundle(bundle, backend="tensorrt")
+        build_engines(bundle, **SMALL)
     assert str(info.value).startswith(
         "engines/unet.plan was built for TensorRT 10.3.0 on compute capability 8.6 (Fake GPU); "
         "this is TensorRT 10.7.0 on compute capability 9.0 (Fake H100), and it cannot be rebuilt here: "
@@ -179,31 +224,41 @@ def test_stale_plan_that_cannot_be_rebuilt_names_every_field(
     assert (bundle / "engines" / "unet.plan").read_bytes() == plan
 
 
-def test_a_runtime_without_builder_cannot_rebuild(monkeypatch: pytest.MonkeyPatch, bundle: Path) -> None:
+def test_a_runtime_without_builder_loads_valid_plans_and_cannot_rebuild(
+    monkeypatch: pytest.MonkeyPatch, bundle: Path
+) -> None:
     _fake(monkeypatch, version="10.3.0")
     build_engines(bundle, **SMALL)
+    lean = _fake(monkeypatch, version="10.3.0")
+    del lean.trt.Builder
+    Pipeline.from_bundle(bundle, backend="tensorrt").generate(num_images=1, steps=2, seed=0)
     fake = _fake(monkeypatch, version="10.7.0")
     del fake.trt.Builder
+    assert "this is TensorRT 10.7.0; rebuild it with: " in _refused(bundle)
     with pytest.raises(
         BundleError, match=r"this is TensorRT 10\.7\.0, and it cannot be rebuilt here: .* has no builder"
     ):
-        Pipeline.from_bundle(bundle, backend="tensorrt")
+        build_engines(bundle, **SMALL)
 
 
-def test_replaced_plan_and_corrupt_manifest_are_rebuilt(
-    monkeypatch: pytest.MonkeyPatch, bundle: Path, caplog
+def test_replaced_plan_and_corrupt_manifest_are_refused_until_rebuilt(
+    monkeypatch: pytest.MonkeyPatch, bundle: Path
 ) -> None:
     fake = _fake(monkeypatch)
     build_engines(bundle, **SMALL)
     (bundle / "engines" / "unet.plan").write_bytes(b"truncated")
-    with caplog.at_level(logging.INFO, logger="latent_ddpm.tensorrt"):
-        Pipeline.from_bundle(bundle, backend="tensorrt")
-    assert "engines/unet.plan is not the file the manifest recorded (sha256 differs" in caplog.text
+    message = _refused(bundle)
+    assert "engines/unet.plan is not the file the manifest recorded (sha256 differs" in message
+    assert message.endswith("--precision fp16 --min-batch 1 --opt-batch 2 --max-batch 4")
+    build_engines(bundle, **SMALL)
     assert len(fake.trt.builds) == 4
+    Pipeline.from_bundle(bundle, backend="tensorrt")
     (bundle / "engines" / "manifest.json").write_text("{")
-    with caplog.at_level(logging.INFO, logger="latent_ddpm.tensorrt"):
-        Pipeline.from_bundle(bundle, backend="tensorrt").generate(num_images=1, steps=2, seed=0)
-    assert "engines/manifest.json: not valid JSON" in caplog.text
+    message = _refused(bundle)
+    assert message.startswith("engines/manifest.json: not valid JSON")
+    assert "; rebuild the engines with: latent-ddpm build-engines " in message
+    build_engines(bundle, **SMALL)
+    Pipeline.from_bundle(bundle, backend="tensorrt").generate(num_images=1, steps=2, seed=0)
     assert len(fake.trt.builds) == 7 and set(_engines(bundle)) == {"unet", "vae_decoder", "vae_encoder"}
 
 
@@ -219,27 +274,23 @@ def test_plan_tensorrt_refuses_despite_a_matching_key(monkeypatch: pytest.Monkey
     (bundle / "engines" / "unet.plan").write_bytes(data)
     raw["engines"]["unet"]["plan_sha256"] = hashlib.sha256(data).hexdigest()
     path.write_text(json.dumps(raw))
+    message = _refused(bundle)
+    assert re.match(r"engines/unet\.plan: TensorRT 10\.7\.0 cannot deserialize it \(.*Version tag", message)
+    assert message.endswith("--max-batch 4 --force")  # the key matches, so only a forced rebuild replaces it
+    assert main(_command(message) + ["--quiet"]) == 0
+    assert len(fake.trt.builds) == 6
     Pipeline.from_bundle(bundle, backend="tensorrt")
-    assert len(fake.trt.builds) == 4  # rebuilt once, then loaded
-    (bundle / "engines" / "unet.plan").write_bytes(data)
-    raw = json.loads(path.read_text())
-    raw["engines"]["unet"]["plan_sha256"] = hashlib.sha256(data).hexdigest()
-    path.write_text(json.dumps(raw))
-    monkeypatch.setattr(tensorrt_builder.os, "access", lambda path, mode: False)
-    with pytest.raises(
-        BundleError, match=r"unet\.plan: TensorRT 10\.7\.0 cannot deserialize it \(.*Version tag"
-    ):
-        Pipeline.from_bundle(bundle, backend="tensorrt")
 
 
 def test_tensorrt_11_needs_fp32_or_an_fp16_bundle(monkeypatch: pytest.MonkeyPatch, bundle: Path) -> None:
     _fake(monkeypatch, version="10.7.0")
     build_engines(bundle, precision="fp16", **SMALL)
     fake = _fake(monkeypatch, version="11.0.0", weak_typing=False)
+    assert "this is TensorRT 11.0.0; rebuild it with: " in _refused(bundle)
     with pytest.raises(
         InputError, match=r"engines/unet\.plan cannot be built here: TensorRT 11\.0\.0 builds strongly"
     ):
-        Pipeline.from_bundle(bundle, backend="tensorrt")
+        build_engines(bundle, precision="fp16", **SMALL)
     with pytest.raises(InputError, match=r"export --precision fp16\) or build with precision 'fp32'"):
         build_engines(bundle, precision="fp16", **SMALL)
     build_engines(bundle, precision="fp32", **SMALL)

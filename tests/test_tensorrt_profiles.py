@@ -1,4 +1,5 @@
-"""Optimization profiles and builder options for TensorRT engines, from the bundle's specs (no GPU needed)."""
+"""Optimization profiles and builder options for TensorRT engines, from the bundle's specs (no GPU needed),
+and the runtime's check of a feed against a loaded plan's profile."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from typing import Any
 import pytest
 from bundle_factory import make_bundle
 
+from latent_ddpm.export.tensorrt_options import BuilderOptions, builder_options
+from latent_ddpm.export.tensorrt_profiles import ShapeRange, model_profile
 from latent_ddpm.runtime import BundleError, InputError
-from latent_ddpm.runtime.backends.tensorrt_profiles import ShapeRange, check_in_profile, model_profile
-from latent_ddpm.runtime.backends.tensorrt_settings import BuilderOptions, BuildSettings, builder_options
+from latent_ddpm.runtime.backends.tensorrt_backend import check_in_profile
+from latent_ddpm.runtime.backends.tensorrt_manifest import BuildSettings
 from latent_ddpm.runtime.bundle import Bundle, load_bundle, parse_bundle
 
 

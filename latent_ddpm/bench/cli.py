@@ -79,9 +79,10 @@ def run(args: argparse.Namespace) -> int:
     from latent_ddpm.extras import require_extra
 
     require_extra("bench", "bench")
-    from latent_ddpm.bench.machine import machine_info, matmul_peak, torch_matmul_gflops, usable_cores
+    from latent_ddpm.bench.machine import matmul_peak, torch_matmul_gflops
     from latent_ddpm.bench.report import write_all
     from latent_ddpm.errors import CLIError
+    from latent_ddpm.provenance import load_average, machine_info, usable_cores
 
     for flag in ("runs", "warmup", "steps", "ldm_steps", "pixel_calls"):
         value = getattr(args, flag)
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
     threads = args.threads or usable_cores()
     log = _log
-    log(f"machine: load average {os.getloadavg()}, {threads} threads")
+    log(f"machine: load average {load_average()}, {threads} threads")
     result = {
         "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "command": "latent-ddpm bench "
@@ -124,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         result["pixel"] = pixel_case.measure(
             ldm.UNET, pixel_unet_config(), threads, 1, args.pixel_calls, args.runs, log
         )
-    result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    result["load_average_after"] = load_average()
     result["matmul_peak_after"] = matmul_peak(threads)
     for path in write_all(result, args.out, args.name):
         log(f"wrote {path}")

@@ -8,8 +8,8 @@ clock: whatever no longer fits in ``--budget-s`` is skipped and recorded as skip
 
 It builds the CompVis LDM U-Net and VQ decoder (configs/ldm_celebahq_256.py) with random weights in fp16 on
 the GPU, then times, with CUDA events: the U-Net call at each batch size, and DDIM sampling (diffusers'
-scheduler, plain loop, decode included) from fixed latents, as per-step milliseconds and images/s.
-``--device cpu --dtype float32`` runs the same code on a CPU, for checking the script itself.
+scheduler in the project's torch reference sampler, decode included) from fixed latents, as per-step
+milliseconds and images/s. ``--device cpu --dtype float32`` runs the same code on a CPU, for checking the script itself.
 """
 
 from __future__ import annotations
@@ -64,10 +64,11 @@ def _summary(values: list[float]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     import torch
-    from diffusers import DDIMScheduler, UNet2DModel, VQModel
+    from diffusers import UNet2DModel, VQModel
 
     from latent_ddpm.bench.configs import ldm_celebahq_256 as ldm
-    from latent_ddpm.bench.machine import cpu_model
+    from latent_ddpm.export import reference
+    from latent_ddpm.provenance import cpu_model
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print(
@@ -132,15 +133,16 @@ def main(argv: list[str] | None = None) -> int:
             calls = [clock.time(call) for _ in range(args.runs)]
 
             def sample(batch=batch, forward=forward):
-                sched = DDIMScheduler(**scheduler_config)
-                sched.set_timesteps(args.steps)
                 gen = torch.Generator(device="cpu").manual_seed(batch)
                 z = torch.randn((batch, *latent_shape), generator=gen).to(device, dtype)
-                with torch.inference_mode():
-                    for step_t in sched.timesteps:
-                        out = forward(z, step_t.to(device))
-                        z = sched.step(out.sample, step_t, z).prev_sample
-                    decode(z)
+
+                def model(latents, step_t, _labels):
+                    return forward(latents, step_t.to(device)).sample
+
+                z = reference.generate(
+                    model, reference.make_scheduler("ddim", scheduler_config), z, args.steps
+                )
+                decode(z)
 
             def decode(z):
                 with torch.inference_mode():

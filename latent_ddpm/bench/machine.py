@@ -1,4 +1,4 @@
-"""What the numbers were measured on, and the fp32 matmul peak that achieved GFLOP/s is compared with.
+"""The fp32 matmul peak that achieved GFLOP/s is compared with (what the machine is: ``latent_ddpm.provenance``).
 
 The peak comes from ONNX Runtime's own MatMul (MLAS) on a 2048x2048 product in a one-node graph: on
 AMD CPUs it is the fastest fp32 GEMM available here (torch's ``a @ b`` goes through MKL, which takes a
@@ -7,75 +7,11 @@ slow path on non-Intel CPUs), so a fraction of this peak is an honest ceiling, n
 
 from __future__ import annotations
 
-import importlib.metadata
-import os
-import platform
 from typing import Any
 
 import numpy as np
 
 from latent_ddpm.bench.stats import Samples, time_calls
-
-LIBRARIES = ("latent-ddpm", "numpy", "onnxruntime", "onnx", "torch", "diffusers", "psutil", "matplotlib")
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> list[str]:
-    """The SIMD extensions that decide which kernels run (AVX2, AVX-512, VNNI, BF16, AMX)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = line.split(":", 1)[1].split()
-                    return sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
-    except OSError:
-        pass
-    return []
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def load_average() -> list[float]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
-
-
-def library_versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in LIBRARIES:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def machine_info() -> dict[str, Any]:
-    return {
-        "cpu_model": cpu_model(),
-        "cpu_flags": cpu_flags(),
-        "cores": usable_cores(),
-        "platform": platform.platform(),
-        "load_average_1_5_15": load_average(),
-        "versions": library_versions(),
-    }
 
 
 def _matmul_session(n: int, threads: int):

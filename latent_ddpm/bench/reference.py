@@ -1,4 +1,4 @@
-"""The PyTorch reference: diffusers' U-Net, autoencoder and scheduler in the plain loop of its pipelines.
+"""The PyTorch side of the benchmark: diffusers' U-Net and autoencoder in the project's torch reference sampler.
 
 It samples exactly what the bundle samples (same scheduler config, scaling, guidance and null class, all
 read from the bundle's ``bundle.json``) from the weights the bundle was exported from, so the images of
@@ -16,21 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from latent_ddpm.export import reference
 from latent_ddpm.export.source import load_source
 from latent_ddpm.runtime.bundle import Bundle
 from latent_ddpm.runtime.images import to_uint8
 from latent_ddpm.runtime.pipeline import Timings
-
-
-def make_scheduler(sampler: str, config: dict[str, Any]):
-    """diffusers' counterpart of ``latent_ddpm.runtime.schedulers.make_scheduler``."""
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
-
-    if sampler == "ddim":
-        return DDIMScheduler.from_config(config)
-    if sampler == "dpmsolver++":
-        return DPMSolverMultistepScheduler.from_config(config, solver_order=2, algorithm_type="dpmsolver++")
-    raise ValueError(f"the reference runs the deterministic samplers ddim and dpmsolver++, not {sampler!r}")
 
 
 class TorchReference:
@@ -66,37 +56,38 @@ class TorchReference:
         sampler: str = "ddim",
         callback: Callable[[int, int, Any], None] | None = None,
     ) -> tuple[np.ndarray, Timings]:
-        """Sample from ``latents`` like the runtime's ``Pipeline.generate``; returns NHWC uint8 images."""
+        """Sample from ``latents`` like the runtime's ``Pipeline.generate``; returns NHWC uint8 images.
+
+        The loop is the project's torch reference sampler; ``timings.unet_s`` counts the U-Net calls alone.
+        """
         torch, bundle = self.torch, self.bundle
         timings = Timings()
         start = time.perf_counter()
-        scheduler = make_scheduler(sampler, dict(bundle.scheduler_config))
-        scheduler.set_timesteps(steps)
-        guided = labels is not None and guidance_scale != 1.0
-        step_kwargs = {"eta": 0.0} if sampler == "ddim" else {}
-        with torch.inference_mode():
-            x = torch.from_numpy(latents) * scheduler.init_noise_sigma
-            y = None if labels is None else torch.from_numpy(labels)
-            if guided:
-                y = torch.cat([torch.full_like(y, bundle.conditioning.null_class), y])
-            kwargs = {} if y is None else {"class_labels": y}
-            loop_start = time.perf_counter()
-            for i, t in enumerate(scheduler.timesteps):
-                model_input = scheduler.scale_model_input(torch.cat([x, x]) if guided else x, t)
-                u0 = time.perf_counter()
-                out = self.forward(model_input, t, **kwargs).sample
-                timings.unet_s += time.perf_counter() - u0
-                if guided:
-                    uncond, cond = out.chunk(2)
-                    out = uncond + guidance_scale * (cond - uncond)
-                x = scheduler.step(out, t, x, **step_kwargs).prev_sample
-                if callback is not None:
-                    callback(i, int(t), x)
-            timings.denoise_s = time.perf_counter() - loop_start
-            timings.steps = len(scheduler.timesteps)
-            d0 = time.perf_counter()
-            image = self.vae.decode(x / bundle.scaling_factor + bundle.shift_factor).sample
-            images = to_uint8(image.numpy(), bundle.value_range)
-            timings.decode_s = time.perf_counter() - d0
+        scheduler = reference.make_scheduler(sampler, bundle.scheduler_config)
+
+        def unet(sample: Any, t: Any, y: Any) -> Any:
+            u0 = time.perf_counter()
+            out = self.forward(sample, t, class_labels=y).sample
+            timings.unet_s += time.perf_counter() - u0
+            return out
+
+        cond = bundle.conditioning
+        loop_start = time.perf_counter()
+        x = reference.generate(
+            unet,
+            scheduler,
+            torch.from_numpy(latents),
+            steps,
+            labels=None if labels is None else torch.from_numpy(labels),
+            null_class=None if cond is None else cond.null_class,
+            guidance_scale=guidance_scale,
+            callback=callback,
+        )
+        timings.denoise_s = time.perf_counter() - loop_start
+        timings.steps = len(scheduler.timesteps)
+        d0 = time.perf_counter()
+        image = reference.decode(self.vae, x, bundle.scaling_factor, bundle.shift_factor)
+        images = to_uint8(image.numpy(), bundle.value_range)
+        timings.decode_s = time.perf_counter() - d0
         timings.total_s = time.perf_counter() - start
         return images, timings

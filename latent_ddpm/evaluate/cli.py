@@ -63,7 +63,7 @@ def summary(report: Any) -> str:
 def run(args: argparse.Namespace) -> int:
     from latent_ddpm.evaluate.classifier import DigitClassifier
     from latent_ddpm.evaluate.measure import RealReference, Settings, check_settings, evaluate
-    from latent_ddpm.evaluate.provenance import environment
+    from latent_ddpm.provenance import environment
     from latent_ddpm.runtime.pipeline import Pipeline
 
     pipe = Pipeline.from_bundle(args.bundle, threads=args.threads)

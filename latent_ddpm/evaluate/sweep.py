@@ -24,10 +24,10 @@ from latent_ddpm.errors import LatentDDPMError
 from latent_ddpm.evaluate.calibrate import calibration
 from latent_ddpm.evaluate.classifier import DigitClassifier
 from latent_ddpm.evaluate.measure import RealReference, Settings, check_settings, evaluate
-from latent_ddpm.evaluate.provenance import environment
 from latent_ddpm.evaluate.recommend import ACCURACY_GOAL, CFID_TOLERANCE, pick_guidance, pick_steps
 from latent_ddpm.evaluate.report import write_report
 from latent_ddpm.files import atomic_write
+from latent_ddpm.provenance import environment
 from latent_ddpm.runtime.pipeline import Pipeline
 
 DDIM_STEPS = (10, 20, 50, 100)

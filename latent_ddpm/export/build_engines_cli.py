@@ -4,7 +4,8 @@ One plan per model with one optimization profile covering --min-batch..--max-bat
 guided model gets twice that: classifier-free guidance doubles its batch), a timing cache that makes rebuilds
 fast, and engines/manifest.json with each plan's cache key. Plans that are still valid for this GPU, this
 TensorRT, the bundle's graphs and these settings are kept; others are rebuilt. The tensorrt backend
-(`latent-ddpm sample --backend tensorrt`) checks the same key and rebuilds stale plans itself when it can.
+(`latent-ddpm sample --backend tensorrt`) checks the same key when it loads a plan, never writes into the
+bundle, and refuses a stale plan with the build-engines command that rebuilds it.
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ HELP = __doc__
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    # One flag per BuildSettings field: the runtime's rebuild_command writes them back the same way.
+    from latent_ddpm.runtime.backends.tensorrt_manifest import ENGINE_PRECISIONS
+
     p.add_argument(
         "bundle", type=Path, metavar="BUNDLE", help="bundle directory (written by latent-ddpm export)"
     )
     p.add_argument(
         "--precision",
-        choices=["fp32", "fp16", "bf16"],
+        choices=ENGINE_PRECISIONS,
         default="fp16",
         help="engine precision; fp16/bf16 from an fp32 bundle need TensorRT 10 (TensorRT 11 keeps the graph's types)",
     )

@@ -33,6 +33,7 @@ from latent_ddpm.export.validate import (
     settings_json,
     thresholds,
     validate_components,
+    validate_default_sampling,
     validate_sampling,
     versions,
 )
@@ -244,6 +245,7 @@ def _gate(
     from latent_ddpm.runtime.pipeline import Pipeline
 
     precision, settings = options.precision, options.settings
+    stages.add(1)  # the default-sampler run is a stage of its own
     while True:
         stages.next("validating graphs")
         pipe = Pipeline.from_bundle(tmp, threads=options.threads)
@@ -252,8 +254,14 @@ def _gate(
         components = validate_components(pipe, source, specs, precisions, settings)
         stages.next("validating sampling against diffusers")
         sampling, images, reference = validate_sampling(pipe, source, precision, settings)
+        d = pipe.bundle.defaults
+        stages.next(f"validating the default sampler ({d.sampler}, {d.steps} steps)")
+        runs = {
+            "sampling": sampling,
+            "sampling_default": validate_default_sampling(pipe, source, precision, settings),
+        }
         del pipe
-        fallback = _fallback(graphs, components, sampling)
+        fallback = _fallback(graphs, components, runs)
         if precision == "fp32" or fallback is None:
             break
         role, why = fallback
@@ -261,9 +269,9 @@ def _gate(
         graphs[role].result = Fp16Result("fp32", [f"whole graph: {why}"])
         meta = _bundle_json(source, graphs, tmp, options, {"validated": False})
         _write_json(tmp / BUNDLE_FILE, meta)
-        stages.add(2)
+        stages.add(3)
 
-    passed = sampling["passed"] and all(c["passed"] for c in components.values())
+    passed = all(run["passed"] for run in runs.values()) and all(c["passed"] for c in components.values())
     report = {
         "passed": passed,
         "precision": precision,
@@ -271,7 +279,7 @@ def _gate(
         "versions": versions(),
         "thresholds": thresholds(),
         "settings": settings_json(settings),
-        "sampling": sampling,
+        **runs,
         "components": components,
         "kept_fp32": {role: g.result.kept_fp32 for role, g in graphs.items()},
     }
@@ -283,11 +291,15 @@ def _gate(
         "sampling": {
             k: sampling[k] for k in ("images", "steps", "guidance_scale", "max_abs_diff", "psnr_db")
         },
+        "sampling_default": {
+            k: runs["sampling_default"][k]
+            for k in ("sampler", "images", "steps", "eta", "guidance_scale", "max_abs_diff", "psnr_db")
+        },
         "components": {role: {"precision": c["precision"], **c["worst"]} for role, c in components.items()},
     }
     meta["validation"] = {"validated": True, "passed": passed, "report": VALIDATION_FILE, "summary": summary}
     if not passed:
-        raise GateFailedError(_failure_message(components, sampling, precision), report)
+        raise GateFailedError(_failure_message(components, runs, precision), report)
     _write_json(tmp / VALIDATION_FILE, report)
     _write_json(tmp / BUNDLE_FILE, meta)
     save_png(make_grid(np.concatenate([images, reference]), nrow=len(images)), tmp / "samples.png")
@@ -295,37 +307,45 @@ def _gate(
 
 
 def _fallback(
-    graphs: dict[str, _Graph], components: dict[str, Any], sampling: dict[str, Any]
+    graphs: dict[str, _Graph], components: dict[str, Any], runs: dict[str, dict[str, Any]]
 ) -> tuple[str, str] | None:
     """The next reduced-precision graph to put back in fp32, and why; None when there is nothing to do."""
     reduced = [role for role, g in graphs.items() if g.result.precision != "fp32"]
     for role in reduced:
         if not components[role]["passed"]:
             return role, f"float16 fails the per-graph check (cosine {components[role]['worst']['cosine']})"
-    if sampling["passed"]:
+    failed = [run for run in runs.values() if not run["passed"]]
+    if not failed:
         return None
     sampled = [role for role in reduced if role != "vae_encoder"]
     if not sampled:
         return None
     role = min(sampled, key=lambda r: components[r]["worst"]["cosine"] or 0.0)
-    if sampling["nonfinite"]:
+    if any(run["nonfinite"] for run in failed):
         return role, "with it in float16 sampling returned NaN/Inf"
-    return role, f"with it in float16 the images reach only {sampling['psnr_db']:.1f} dB PSNR"
+    psnr = min(run["psnr_db"] for run in failed)
+    return role, f"with it in float16 the images reach only {psnr:.1f} dB PSNR"
 
 
-def _failure_message(components: dict[str, Any], sampling: dict[str, Any], precision: str) -> str:
+def _failure_message(components: dict[str, Any], runs: dict[str, dict[str, Any]], precision: str) -> str:
     problems = []
-    if sampling["nonfinite"]:
-        problems.append(f"sampling returned {sampling['nonfinite']} NaN/Inf values")
-    elif not sampling["passed"]:
-        if precision == "fp32":
-            problems.append(
-                f"images differ from diffusers by up to {sampling['max_abs_diff']}/255 (fp32 allows 2/255)"
-            )
-        else:
-            problems.append(
-                f"images reach only {sampling['psnr_db']:.1f} dB PSNR against diffusers (fp16 needs 35)"
-            )
+    for name, sampling in runs.items():
+        run = (
+            ""
+            if name == "sampling"
+            else f"at the default sampler ({sampling['sampler']}, {sampling['steps']} steps) "
+        )
+        if sampling["nonfinite"]:
+            problems.append(f"sampling {run}returned {sampling['nonfinite']} NaN/Inf values")
+        elif not sampling["passed"]:
+            if precision == "fp32":
+                problems.append(
+                    f"images {run}differ from diffusers by up to {sampling['max_abs_diff']}/255 (fp32 allows 2/255)"
+                )
+            else:
+                problems.append(
+                    f"images {run}reach only {sampling['psnr_db']:.1f} dB PSNR against diffusers (fp16 needs 35)"
+                )
     for role, comp in components.items():
         if not comp["passed"]:
             w = comp["worst"]
@@ -425,11 +445,17 @@ def _readme(meta: dict[str, Any], report: dict[str, Any] | None) -> str:
         lines += [
             f"Validated {report['date']}: {s['images']} images, DDIM {s['steps']} steps, guidance "
             f"{s['guidance_scale']:g}, against diffusers from the same latents: max difference "
-            f"{s['max_abs_diff']}/255, PSNR {psnr}. Figures: `validation.json`.",
+            f"{s['max_abs_diff']}/255, PSNR {psnr}; at the bundle's default sampler "
+            f"({_run_phrase(report['sampling_default'])}). Figures: `validation.json`.",
             "",
             "`samples.png`: top row this bundle (ONNX Runtime), bottom row the diffusers reference.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _run_phrase(run: dict[str, Any]) -> str:
+    psnr = "identical" if run["psnr_db"] is None else f"PSNR {run['psnr_db']:.1f} dB"
+    return f"{run['sampler']} {run['steps']} steps: max difference {run['max_abs_diff']}/255, {psnr}"
 
 
 class _Stages:

@@ -1,45 +1,207 @@
-"""The diffusers reference for the whole-run gate: the source's own torch models and diffusers' DDIM loop.
+"""The torch reference sampler: diffusers' own schedulers in the loop of diffusers' pipelines.
 
-This is LDMPipeline's loop (plus classifier-free guidance over class labels the way guided diffusers
-pipelines do it: one batch ``[null; cond]``, ``uncond + g * (cond - uncond)``), started from given latents
-so the bundle can be run from the very same noise.
+The one torch sampling loop of the project: the export gate (a bundle against its source), the benchmark
+(the runtime against PyTorch), training previews and the parity tests that hold the runtime's NumPy loop to
+diffusers all sample through it. It does what ``latent_ddpm.runtime.pipeline.Pipeline`` does, in the same
+order, so the two can be compared from the same numbers:
+
+- the sampler by name (``SAMPLERS``: DDPM, DDIM, DPM-Solver++(2M)), built from the model's scheduler config
+  as ``runtime.schedulers.make_scheduler`` builds its NumPy twin;
+- classifier-free guidance (Ho & Salimans 2022, eq. 6) in one model call on the batch ``[null; cond]``,
+  ``uncond + w (cond - uncond)``, on whatever the model predicts: epsilon, x0 and v are all linear in it;
+- from given latents: ``generate`` scales N(0, I) noise by ``init_noise_sigma``; ``img2img`` noises encoded
+  latents to the first step it runs (SDEdit, with diffusers' img2img rule for that step);
+- with given step noise: DDPM's and stochastic DDIM's noise comes from ``step_noise``, called when the
+  runtime draws from its generator, so ``numpy_step_noise(np.random.default_rng(seed))`` replays a seeded
+  runtime run whose latents and labels were given.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
 import numpy as np
 import torch
 
-from latent_ddpm.export.source import Source
+from latent_ddpm.runtime.schedulers import SAMPLERS
+
+# model(sample, timestep, class_labels or None) -> the model output (epsilon, x0 or v)
+Model = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+StepNoise = Callable[[tuple[int, ...]], torch.Tensor]
+StepCallback = Callable[[int, int, torch.Tensor], None]
 
 
-@torch.no_grad()
-def reference_images(
-    source: Source, latents: np.ndarray, labels: np.ndarray | None, steps: int, guidance_scale: float
-) -> np.ndarray:
-    """Sample with DDIM (eta 0) from ``latents`` and decode as LDMPipeline does; returns NHWC uint8."""
+def make_scheduler(sampler: str, config: Mapping[str, Any]) -> Any:
+    """diffusers' scheduler for ``sampler``: the counterpart of ``latent_ddpm.runtime.schedulers.make_scheduler``."""
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+    if sampler == "ddpm":
+        return DDPMScheduler.from_config(dict(config))
+    if sampler == "ddim":
+        return DDIMScheduler.from_config(dict(config))
+    if sampler == "dpmsolver++":
+        return DPMSolverMultistepScheduler.from_config(
+            dict(config), solver_order=2, algorithm_type="dpmsolver++"
+        )
+    raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+
+
+def unet_model(unet: Any) -> Model:
+    """A diffusers ``UNet2DModel`` (or anything called like it) as the sampler's ``model``."""
+
+    def model(sample: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        return unet(sample, t, class_labels=labels).sample
+
+    return model
+
+
+def numpy_step_noise(rng: np.random.Generator) -> StepNoise:
+    """Step noise as the runtime draws it: float32 standard normals from ``rng``, one array per noisy step."""
+    return lambda shape: torch.from_numpy(rng.standard_normal(shape, dtype=np.float32))
+
+
+def generate(
+    model: Model,
+    scheduler: Any,
+    noise: torch.Tensor,
+    steps: int,
+    *,
+    labels: torch.Tensor | None = None,
+    null_class: int | None = None,
+    guidance_scale: float = 1.0,
+    eta: float = 0.0,
+    step_noise: StepNoise | None = None,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Sample ``steps`` steps from the initial noise ``noise`` (N(0, I)); returns the final latents."""
+    scheduler.set_timesteps(steps)
+    latents = noise * scheduler.init_noise_sigma
+    return _denoise(
+        model,
+        scheduler,
+        latents,
+        scheduler.timesteps,
+        labels,
+        null_class,
+        guidance_scale,
+        eta,
+        step_noise,
+        callback,
+    )
+
+
+def img2img(
+    model: Model,
+    scheduler: Any,
+    init_latents: torch.Tensor,
+    noise: torch.Tensor,
+    steps: int,
+    strength: float,
+    *,
+    labels: torch.Tensor | None = None,
+    null_class: int | None = None,
+    guidance_scale: float = 1.0,
+    eta: float = 0.0,
+    step_noise: StepNoise | None = None,
+    callback: StepCallback | None = None,
+) -> tuple[torch.Tensor, int]:
+    """SDEdit from encoded latents: of ``steps`` scheduled steps run the last ``int(steps * strength)``,
+    starting from ``init_latents`` noised with ``noise`` to the first of them. Returns (latents, steps run)."""
+    scheduler.set_timesteps(steps)
+    begin = (steps - min(int(steps * strength), steps)) * scheduler.order
+    timesteps = scheduler.timesteps[begin:]
+    if len(timesteps) == 0:
+        return init_latents, 0
+    if hasattr(scheduler, "set_begin_index"):  # multistep schedulers count their steps from here
+        scheduler.set_begin_index(begin)
+    latents = scheduler.add_noise(init_latents, noise, timesteps[:1].repeat(init_latents.shape[0]))
+    latents = _denoise(
+        model, scheduler, latents, timesteps, labels, null_class, guidance_scale, eta, step_noise, callback
+    )
+    return latents, len(timesteps)
+
+
+def decode(
+    vae: Any, latents: torch.Tensor, scaling_factor: float, shift_factor: float | None
+) -> torch.Tensor:
+    """Scaled latents -> the autoencoder's images (NCHW, its value range), undoing the scaling as
+    LDMPipeline and the runtime's ``Pipeline.decode`` do."""
+    with torch.inference_mode():
+        return vae.decode(latents / scaling_factor + (shift_factor or 0.0)).sample
+
+
+def _denoise(
+    model: Model,
+    scheduler: Any,
+    latents: torch.Tensor,
+    timesteps: torch.Tensor,
+    labels: torch.Tensor | None,
+    null_class: int | None,
+    guidance_scale: float,
+    eta: float,
+    step_noise: StepNoise | None,
+    callback: StepCallback | None,
+) -> torch.Tensor:
+    guided = labels is not None and guidance_scale != 1.0
+    if guided and null_class is None:
+        raise ValueError(f"guidance_scale={guidance_scale} needs a null class (classifier-free guidance)")
     from diffusers import DDIMScheduler
 
-    scheduler = DDIMScheduler.from_config(
-        {**source.scheduler_config, "prediction_type": source.prediction_type}
-    )
-    scheduler.set_timesteps(steps)
-    x = torch.from_numpy(latents) * scheduler.init_noise_sigma
-    y = None if labels is None else torch.from_numpy(labels)
-    guided = guidance_scale != 1.0
+    if eta != 0 and not isinstance(scheduler, DDIMScheduler):
+        raise ValueError(f"eta={eta} applies to the ddim sampler only, not {type(scheduler).__name__}")
+    y = None if labels is None else labels.to(latents.device)
     if guided:
-        null = torch.full_like(y, source.conditioning.null_class)
-        y = torch.cat([null, y])
-    for t in scheduler.timesteps:
-        model_input = scheduler.scale_model_input(x, t)
-        if guided:
-            model_input = torch.cat([model_input, model_input])
-        out = source.unet(model_input, t, class_labels=y).sample
-        if guided:
-            uncond, cond = out.chunk(2)
-            out = uncond + guidance_scale * (cond - uncond)
-        x = scheduler.step(out, t, x, eta=0.0).prev_sample
-    x = x / source.scaling_factor + (source.shift_factor or 0.0)
-    image = source.vae.decode(x).sample
-    image = (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
-    return (image * 255).round().astype(np.uint8)
+        y = torch.cat([torch.full_like(y, null_class), y])  # [null; cond], as the runtime stacks it
+    with torch.inference_mode():
+        for i, t in enumerate(timesteps):
+            model_input = scheduler.scale_model_input(latents, t)
+            if guided:
+                model_input = torch.cat([model_input, model_input])
+            out = model(model_input, t, y)
+            if guided:
+                uncond, cond = out.chunk(2)
+                out = uncond + guidance_scale * (cond - uncond)
+            latents = _step(scheduler, out, t, latents, eta, step_noise)
+            if callback is not None:
+                callback(i, int(t), latents)
+    return latents
+
+
+def _step(
+    scheduler: Any,
+    out: torch.Tensor,
+    t: torch.Tensor,
+    latents: torch.Tensor,
+    eta: float,
+    step_noise: StepNoise | None,
+) -> torch.Tensor:
+    """One scheduler step; the step's noise, where it has one, is ``step_noise``'s (if given)."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    def noise() -> torch.Tensor:
+        assert step_noise is not None
+        return step_noise(tuple(latents.shape)).to(latents.device, latents.dtype)
+
+    if isinstance(scheduler, DDIMScheduler):
+        variance_noise = noise() if eta > 0 and step_noise is not None else None
+        return scheduler.step(out, t, latents, eta=eta, variance_noise=variance_noise).prev_sample
+    if isinstance(scheduler, DDPMScheduler) and step_noise is not None and int(t) > 0:
+        with _ddpm_noise(noise()):
+            return scheduler.step(out, t, latents).prev_sample
+    return scheduler.step(out, t, latents).prev_sample
+
+
+@contextlib.contextmanager
+def _ddpm_noise(noise: torch.Tensor) -> Iterator[None]:
+    """Make ``DDPMScheduler.step`` add ``noise``: unlike DDIM's, its step takes no ``variance_noise`` and draws
+    with its module's ``randn_tensor``, which is swapped for the duration of one step."""
+    from diffusers.schedulers import scheduling_ddpm
+
+    original = scheduling_ddpm.randn_tensor
+    scheduling_ddpm.randn_tensor = lambda *args, **kwargs: noise
+    try:
+        yield
+    finally:
+        scheduling_ddpm.randn_tensor = original

@@ -1,7 +1,7 @@
 """Stage 2b: a bundle's ONNX graphs -> TensorRT plans in ``BUNDLE/engines/``, with a manifest and timing cache.
 
-The engine cache itself (keys, staleness, building) lives in ``latent_ddpm.runtime.backends.tensorrt_builder``
-because the runtime rebuilds stale plans too; this is the export-side entry point that builds them all.
+The one place plans are built (the runtime's ``tensorrt`` backend only loads them); the engine cache that
+decides what to rebuild is ``tensorrt_builder.EngineCache``.
 """
 
 from __future__ import annotations
@@ -9,9 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from latent_ddpm.runtime.backends.tensorrt_builder import EngineCache
-from latent_ddpm.runtime.backends.tensorrt_manifest import Manifest
-from latent_ddpm.runtime.backends.tensorrt_settings import BuildSettings
+from latent_ddpm.export.tensorrt_builder import EngineCache
+from latent_ddpm.runtime.backends.tensorrt_manifest import BuildSettings, Manifest
 from latent_ddpm.runtime.bundle import load_bundle
 
 

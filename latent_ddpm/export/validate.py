@@ -3,8 +3,10 @@
 1. Per graph: ONNX Runtime (through the runtime's own engines) against the torch module on random inputs:
    batch sizes 1, 2, 3 and one image at twice the trained height and width, timesteps incl. 0 and T-1,
    class labels incl. the null class. Figures: max abs / max rel error, cosine similarity, PSNR, NaN/Inf.
-2. Whole run: ``Pipeline.generate`` (DDIM, eta 0, the bundle's default guidance) against the diffusers
-   reference loop from the same initial latents, compared as the uint8 images users get.
+2. Whole run: ``Pipeline.generate`` against the torch reference sampler (``reference.py``: diffusers'
+   schedulers on the source's torch models) from the same initial latents and step noise, compared as the
+   uint8 images users get; twice: DDIM (eta 0, ``GateSettings.steps``), and the bundle's default sampler,
+   steps and eta, the run users get when they say nothing. Both at the bundle's default guidance.
 
 Thresholds (module constants): fp32 images within 2/255 of diffusers; fp16 images at >= 35 dB PSNR; every
 graph finite with cosine >= 0.9999 (fp32) or 0.999 (fp16/mixed) per case. fp16 figures measured on CPU are
@@ -23,9 +25,10 @@ from typing import Any
 import numpy as np
 
 from latent_ddpm.export.modules import graph_module
-from latent_ddpm.export.reference import reference_images
+from latent_ddpm.export.reference import decode, generate, make_scheduler, numpy_step_noise, unet_model
 from latent_ddpm.export.source import Source
 from latent_ddpm.export.specs import ModelSpec, validation_feeds
+from latent_ddpm.runtime.images import to_uint8
 from latent_ddpm.runtime.pipeline import Pipeline
 
 FP32_MAX_IMAGE_DIFF = 2  # uint8 levels
@@ -137,26 +140,38 @@ def _worst(cases: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def validate_sampling(
-    pipe: Pipeline, source: Source, precision: str, settings: GateSettings
+    pipe: Pipeline,
+    source: Source,
+    precision: str,
+    settings: GateSettings,
+    *,
+    sampler: str = "ddim",
+    steps: int | None = None,
+    eta: float = 0.0,
 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """The whole run against diffusers: (figures, the bundle's images, diffusers' images)."""
+    """One whole run against the torch reference: (figures, the bundle's images, the reference's images).
+
+    ``steps`` None: ``settings.steps`` (at most the training steps). The runtime's step noise (DDPM, DDIM with
+    eta > 0) comes from ``default_rng(settings.seed)``, and so does the reference's.
+    """
     bundle = pipe.bundle
     rng = np.random.default_rng([settings.seed, 0])
     latents = rng.standard_normal((settings.images, *bundle.latent_shape), dtype=np.float32)
     cond = bundle.conditioning
     labels = None if cond is None else (np.arange(settings.images) % cond.num_classes).astype(np.int64)
     guidance = bundle.defaults.guidance_scale if cond is not None and cond.null_class is not None else 1.0
-    steps = min(settings.steps, bundle.num_train_timesteps)
+    steps = min(settings.steps, bundle.num_train_timesteps) if steps is None else steps
     result = pipe.generate(
         latents=latents,
-        sampler="ddim",
+        sampler=sampler,
         steps=steps,
-        eta=0.0,
+        eta=eta,
         class_labels=None if labels is None else labels.tolist(),
         guidance_scale=guidance,
         seed=settings.seed,
     )
-    reference = reference_images(source, latents, labels, steps, guidance)
+    reference = _reference_images(source, latents, labels, sampler, steps, eta, guidance, settings.seed)
+    reference = to_uint8(reference, bundle.value_range)
     decoded = pipe.decoder.run(
         {"latent": (result.latents / np.float32(bundle.scaling_factor) + np.float32(bundle.shift_factor))}
     )["image"]
@@ -169,9 +184,9 @@ def validate_sampling(
     else:
         passed = figures["psnr_db"] is None or figures["psnr_db"] >= FP16_MIN_IMAGE_PSNR_DB
     report = {
-        "sampler": "ddim",
+        "sampler": sampler,
         "steps": steps,
-        "eta": 0.0,
+        "eta": eta,
         "guidance_scale": guidance,
         "images": settings.images,
         "class_labels": None if labels is None else labels.tolist(),
@@ -183,22 +198,57 @@ def validate_sampling(
     return report, result.images, reference
 
 
-def versions() -> dict[str, str]:
-    import diffusers
-    import onnx
-    import onnxruntime
+def validate_default_sampling(
+    pipe: Pipeline, source: Source, precision: str, settings: GateSettings
+) -> dict[str, Any]:
+    """The whole run at the bundle's default sampler, steps and eta: what users get when they say nothing."""
+    d = pipe.bundle.defaults
+    eta = d.eta if d.sampler == "ddim" else 0.0
+    report, _, _ = validate_sampling(
+        pipe, source, precision, settings, sampler=d.sampler, steps=d.steps, eta=eta
+    )
+    return report
+
+
+def _reference_images(
+    source: Source,
+    latents: np.ndarray,
+    labels: np.ndarray | None,
+    sampler: str,
+    steps: int,
+    eta: float,
+    guidance_scale: float,
+    seed: int,
+) -> np.ndarray:
+    """The source's torch models sampled by the reference sampler and decoded as the runtime decodes (NCHW)."""
     import torch
 
-    from latent_ddpm import __version__
+    scheduler = make_scheduler(
+        sampler, {**source.scheduler_config, "prediction_type": source.prediction_type}
+    )
+    cond = source.conditioning
+    latents_out = generate(
+        unet_model(source.unet),
+        scheduler,
+        torch.from_numpy(latents),
+        steps,
+        labels=None if labels is None else torch.from_numpy(labels),
+        null_class=None if cond is None else cond.null_class,
+        guidance_scale=guidance_scale,
+        eta=eta,
+        step_noise=numpy_step_noise(np.random.default_rng(seed)),
+    )
+    return decode(source.vae, latents_out, source.scaling_factor, source.shift_factor).numpy()
 
+
+def versions() -> dict[str, str | None]:
+    """The libraries the gate's figures depend on (``latent_ddpm.provenance``), plus the platform."""
+    from latent_ddpm.provenance import library_versions
+
+    found = library_versions(("latent-ddpm", "torch", "diffusers", "onnx", "onnxruntime", "numpy"))
     return {
-        "latent_ddpm": __version__,
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
+        "latent_ddpm": found["latent-ddpm"],
+        **{name: found[name] for name in ("torch", "diffusers", "onnx", "onnxruntime", "numpy", "python")},
         "platform": platform.platform(),
     }
 

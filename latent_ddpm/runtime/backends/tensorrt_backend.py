@@ -1,9 +1,10 @@
 """TensorRT backend: runs a bundle's serialized plans (``engines/``) with cuda-python, no torch or CuPy.
 
-Opening a model checks its plan against the engine cache key (TensorRT release, GPU, graph sha256, profile,
-precision); a stale or missing plan is rebuilt when this machine can (builder present, bundle writable),
-otherwise the error names every field that differs. Device buffers are sized once for the profile's largest
-shapes and reused on every call; a call copies its inputs in and its outputs out on one CUDA stream.
+Opening a model checks its plan against the engine cache key (TensorRT release, GPU, graph sha256) and
+loads it; it never builds or writes anything. A stale or missing plan is refused with a BundleError naming
+every field that differs and the exact ``latent-ddpm build-engines`` command that rebuilds it
+(``tensorrt_plans``). Device buffers are sized once for the profile's largest shapes and reused on every call;
+a call copies its inputs in and its outputs out on one CUDA stream.
 """
 
 from __future__ import annotations
@@ -16,10 +17,17 @@ import numpy as np
 
 from latent_ddpm.errors import BackendUnavailableError, BundleError, InputError
 from latent_ddpm.runtime.backends import check_feed
-from latent_ddpm.runtime.backends.tensorrt_builder import EngineCache, plan_file, trt_logger
-from latent_ddpm.runtime.backends.tensorrt_cuda import DeviceBuffer, Stream, cuda_check
-from latent_ddpm.runtime.backends.tensorrt_manifest import EngineRecord
-from latent_ddpm.runtime.backends.tensorrt_profiles import check_in_profile
+from latent_ddpm.runtime.backends.tensorrt_cuda import (
+    DeviceBuffer,
+    Stream,
+    cuda_check,
+    environment,
+    import_cudart,
+    import_tensorrt,
+    trt_logger,
+)
+from latent_ddpm.runtime.backends.tensorrt_manifest import EngineRecord, plan_file
+from latent_ddpm.runtime.backends.tensorrt_plans import Plans
 from latent_ddpm.runtime.bundle import ENGINES_DIR, Bundle, ModelFile
 
 
@@ -31,20 +39,20 @@ def _numpy_dtypes(trt: Any) -> dict[Any, str]:
 class TensorRTEngine:
     backend = "tensorrt"
 
-    def __init__(self, cache: EngineCache, model: ModelFile) -> None:
+    def __init__(self, bundle: Bundle, model: ModelFile) -> None:
         self.model = model
-        self._trt, self._cudart, self._env = cache.trt, cache.cudart, cache.env
+        self._trt, self._cudart = import_tensorrt(), import_cudart()
+        self._env = environment(self._trt, self._cudart)
         self._plan = f"{ENGINES_DIR}/{plan_file(model.role)}"
-        record, plan = cache.ensure(model.role)
+        self._plans = Plans(bundle, self._env)
+        record, plan = self._plans.load(model)
         engine = self._deserialize(plan)
-        if engine is None and cache.cannot_build_reason() is None:
-            # The key matched but TensorRT still refused the plan (e.g. a library swapped under the same version).
-            record, plan = cache.ensure(model.role, force=True)
-            engine = self._deserialize(plan)
         if engine is None:
+            # The key matched but TensorRT still refused the plan (e.g. a library swapped under the same
+            # version string): only a forced rebuild helps, as build-engines keeps plans whose key matches.
             raise BundleError(
                 f"{self._plan}: TensorRT {self._env.tensorrt_version} cannot deserialize it "
-                f"({trt_logger(self._trt).take_errors()}); rebuild it with latent-ddpm build-engines --force"
+                f"({trt_logger(self._trt).take_errors()}); rebuild it with: {self._plans.command(force=True)}"
             )
         self._engine, self._record = engine, record
         self._lock = threading.Lock()
@@ -94,7 +102,7 @@ class TensorRTEngine:
         if io != declared:
             raise BundleError(
                 f"{self._plan}: the engine's tensors {sorted(io.items())} differ from bundle.json's "
-                f"{sorted(declared.items())}; rebuild it with latent-ddpm build-engines --force"
+                f"{sorted(declared.items())}; rebuild it with: {self._plans.command(force=True)}"
             )
         self._dtypes = {name: np.dtype(dtype) for name, (_, dtype) in io.items()}
         self._profile = {
@@ -190,4 +198,26 @@ def open_engine(
             f"providers={list(providers)} selects ONNX Runtime execution providers; the tensorrt backend takes none "
             f"(for ONNX Runtime's TensorRT provider use backend='onnxruntime', providers=['TensorrtExecutionProvider'])"
         )
-    return TensorRTEngine(EngineCache(bundle), model)
+    return TensorRTEngine(bundle, model)
+
+
+def check_in_profile(
+    plan_name: str, role: str, input_name: str, shape: Sequence[int], lo: Sequence[int], hi: Sequence[int]
+) -> None:
+    """InputError naming the axis when ``shape`` is outside the engine's profile [lo, hi] (read from the plan)."""
+    for axis, (got, a, b) in enumerate(zip(shape, lo, hi, strict=True)):
+        if a <= got <= b:
+            continue
+        if axis == 0:
+            guided = (
+                " (with classifier-free guidance the U-Net sees twice the number of images)"
+                if role == "unet"
+                else ""
+            )
+            raise InputError(
+                f"{plan_name}: input {input_name!r} has batch {got}, but the engine was built for batches {a}..{b}"
+                f"{guided}; make fewer images per call or rebuild with latent-ddpm build-engines BUNDLE --max-batch N"
+            )
+        raise InputError(
+            f"{plan_name}: input {input_name!r} has shape {list(shape)}, but the engine takes {list(lo)}..{list(hi)}"
+        )

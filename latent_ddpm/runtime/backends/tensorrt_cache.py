@@ -52,6 +52,18 @@ class Environment:
         }
 
 
+def environment_fields(
+    *, onnx_sha256: str, external_data_sha256: str | None, environment: Environment
+) -> dict[str, Any]:
+    """The ENVIRONMENT_FIELDS of a plan that runs here, on this TensorRT and GPU, from this graph."""
+    return {
+        "key_version": KEY_VERSION,
+        **environment.to_json(),
+        "onnx_sha256": onnx_sha256,
+        "external_data_sha256": external_data_sha256,
+    }
+
+
 def engine_fields(
     *,
     onnx_sha256: str,
@@ -61,15 +73,24 @@ def engine_fields(
     precision: str,
     builder: Mapping[str, Any],
 ) -> dict[str, Any]:
+    """Every key field of a plan built here for this request (what ``build-engines`` expects)."""
     return {
-        "key_version": KEY_VERSION,
-        **environment.to_json(),
-        "onnx_sha256": onnx_sha256,
-        "external_data_sha256": external_data_sha256,
+        **environment_fields(
+            onnx_sha256=onnx_sha256, external_data_sha256=external_data_sha256, environment=environment
+        ),
         "profile": dict(profile),
         "precision": precision,
         "builder": dict(builder),
     }
+
+
+def runnable_fields(built: Mapping[str, Any], here: Mapping[str, Any]) -> dict[str, Any]:
+    """The key fields a plan built with ``built`` must have to run where ``here`` (environment fields) holds.
+
+    The runtime asks for no profile or precision of its own: it runs the plan as it was built, so only the
+    environment fields can make a plan stale at load time; the build command also compares the request.
+    """
+    return {**here, **{f: built.get(f) for f in REQUEST_FIELDS}}
 
 
 def canonical_json(value: Any) -> str:

@@ -1,11 +1,13 @@
 """TensorRT and CUDA (through NVIDIA's cuda-python) as the tensorrt backend sees them: imported on demand,
-with errors that say what to install or what is missing, and CUDA's (error, result) tuples checked.
+with errors that say what to install or what is missing, CUDA's (error, result) tuples checked, and
+TensorRT's log kept for our error messages.
 
 No torch, no CuPy: device memory and the stream are plain cudaMalloc / cudaStreamCreate handles.
 """
 
 from __future__ import annotations
 
+import logging
 from types import ModuleType
 from typing import Any
 
@@ -13,6 +15,7 @@ from latent_ddpm.errors import BackendUnavailableError
 from latent_ddpm.runtime.backends.tensorrt_cache import Environment
 
 EXTRA = "pip install 'latent-ddpm[tensorrt]'"
+log = logging.getLogger("latent_ddpm.tensorrt")
 
 
 def import_tensorrt() -> ModuleType:
@@ -37,6 +40,37 @@ def import_cudart() -> ModuleType:
                 f"TensorRT engines need NVIDIA's cuda-python for device memory: {EXTRA} ({exc})"
             ) from None
     return cudart
+
+
+_LOGGERS: dict[int, tuple[ModuleType, Any]] = {}
+
+
+def trt_logger(trt: ModuleType) -> Any:
+    """One ILogger per process (TensorRT warns when builder and runtime get different ones) that keeps the
+    last errors, so they can go into our exception message instead of only onto stderr."""
+    if id(trt) not in _LOGGERS:
+
+        class _Logger(trt.ILogger):
+            def __init__(self) -> None:
+                trt.ILogger.__init__(self)
+                self.errors: list[str] = []
+
+            def log(self, severity: Any, msg: str) -> None:
+                level = int(severity)
+                if level <= int(trt.ILogger.Severity.ERROR):
+                    self.errors = [*self.errors[-9:], msg]
+                    log.error("TensorRT: %s", msg)
+                elif level == int(trt.ILogger.Severity.WARNING):
+                    log.warning("TensorRT: %s", msg)
+                else:
+                    log.debug("TensorRT: %s", msg)
+
+            def take_errors(self) -> str:
+                text, self.errors = " | ".join(self.errors), []
+                return text or "no error message"
+
+        _LOGGERS[id(trt)] = (trt, _Logger())  # the module is kept so its id is never reused
+    return _LOGGERS[id(trt)][1]
 
 
 def cuda_check(cudart: Any, result: Any, what: str) -> Any:

@@ -1,27 +1,82 @@
-"""``engines/manifest.json``: which plan was built from what, so a stale plan is recognised before it is loaded.
+"""``engines/manifest.json``, read side: which plan was built from what, and with which build settings.
 
-Every write goes through a temporary file and a rename, so a reader sees the old manifest or the new one,
-never half of one, and a crash mid-build leaves the previous engines usable.
+The runtime only reads this file; ``latent_ddpm.export.tensorrt_write`` writes it. The settings a build was
+asked for are part of the format because a stale plan is refused with the exact command that rebuilds it
+as it was built (``rebuild_command``), and that command is only exact if it repeats those settings.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import math
+import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from latent_ddpm.errors import BundleError, InputError
-from latent_ddpm.runtime.backends.tensorrt_settings import BuildSettings
 from latent_ddpm.runtime.bundle import ENGINES_DIR
 
 MANIFEST_FILE = "manifest.json"
 TIMING_CACHE_FILE = "timing.cache"
 MANIFEST_FORMAT = "latent-ddpm-engines"
 MANIFEST_VERSION = 1
+ENGINE_PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def plan_file(role: str) -> str:
+    return f"{role}.plan"
+
+
+def engines_dir(bundle_root: Path) -> Path:
+    return Path(bundle_root) / ENGINES_DIR
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """The user's choices for ``latent-ddpm build-engines`` (one flag each); the manifest keeps them."""
+
+    precision: str = "fp16"
+    min_batch: int = 1
+    opt_batch: int = 8
+    max_batch: int = 16
+    workspace_gb: float | None = None  # None: TensorRT's default (the GPU's memory)
+
+    def __post_init__(self) -> None:
+        if self.precision not in ENGINE_PRECISIONS:
+            raise InputError(f"precision {self.precision!r} is not one of {', '.join(ENGINE_PRECISIONS)}")
+        for name in ("min_batch", "opt_batch", "max_batch"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"{name} must be an integer >= 1, got {value!r}")
+        if not self.min_batch <= self.opt_batch <= self.max_batch:
+            raise InputError(
+                f"batch sizes must satisfy min <= opt <= max, got min_batch={self.min_batch}, "
+                f"opt_batch={self.opt_batch}, max_batch={self.max_batch}"
+            )
+        if self.workspace_gb is not None and not (
+            isinstance(self.workspace_gb, (int, float))
+            and math.isfinite(self.workspace_gb)
+            and self.workspace_gb > 0
+        ):
+            raise InputError(f"workspace_gb must be a positive number of GiB, got {self.workspace_gb!r}")
+
+    @property
+    def workspace_bytes(self) -> int | None:
+        return None if self.workspace_gb is None else int(self.workspace_gb * (1 << 30))
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def rebuild_command(bundle_root: Path, settings: BuildSettings, *, force: bool = False) -> str:
+    """The ``latent-ddpm build-engines`` command line that builds this bundle's plans with ``settings``."""
+    words = ["latent-ddpm", "build-engines", str(bundle_root)]
+    for name, value in asdict(settings).items():
+        if value is not None:
+            words += [f"--{name.replace('_', '-')}", str(value)]
+    return shlex.join(words + (["--force"] if force else []))
 
 
 @dataclass(frozen=True)
@@ -67,10 +122,6 @@ class Manifest:
         }
 
 
-def engines_dir(bundle_root: Path) -> Path:
-    return Path(bundle_root) / ENGINES_DIR
-
-
 def read_manifest(directory: Path) -> Manifest | None:
     """The manifest in ``directory`` (an engines folder), None if there is none; BundleError if unreadable."""
     path = Path(directory) / MANIFEST_FILE
@@ -80,9 +131,7 @@ def read_manifest(directory: Path) -> Manifest | None:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(
-            f"{where}: not valid JSON ({exc}); rebuild with latent-ddpm build-engines --force"
-        ) from None
+        raise BundleError(f"{where}: not valid JSON ({exc})") from None
     return parse_manifest(raw, where)
 
 
@@ -91,10 +140,7 @@ def parse_manifest(raw: Any, where: str = MANIFEST_FILE) -> Manifest:
     if obj.get("format") != MANIFEST_FORMAT:
         raise BundleError(f"{where}: 'format' is {obj.get('format')!r}, expected {MANIFEST_FORMAT!r}")
     if obj.get("format_version") != MANIFEST_VERSION:
-        raise BundleError(
-            f"{where}: format_version {obj.get('format_version')!r} is not {MANIFEST_VERSION}; "
-            f"rebuild with latent-ddpm build-engines --force"
-        )
+        raise BundleError(f"{where}: format_version {obj.get('format_version')!r} is not {MANIFEST_VERSION}")
     settings_raw = _obj(_key(obj, "settings", where), f"{where}: settings")
     try:
         settings = BuildSettings(**settings_raw)
@@ -143,25 +189,3 @@ def _key(obj: Mapping[str, Any], key: str, where: str) -> Any:
     if key not in obj:
         raise BundleError(f"{where}: missing key {key!r}")
     return obj[key]
-
-
-def write_manifest(directory: Path, manifest: Manifest) -> Path:
-    path = Path(directory) / MANIFEST_FILE
-    atomic_write(path, (json.dumps(manifest.to_json(), indent=2, sort_keys=False) + "\n").encode("utf-8"))
-    return path
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary sibling and a rename (durable: fsync before rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

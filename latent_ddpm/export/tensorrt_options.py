@@ -1,57 +1,20 @@
-"""What a TensorRT engine build is asked for (precision, batch range) and how the builder is set up for it.
+"""How TensorRT's builder is set up for a requested precision: network typing and builder flags.
 
-Plain data and rules, no TensorRT import: the rules are where builds go wrong (an fp16 request that
-TensorRT 11 can no longer honour, a batch range in the wrong order), so they are tested without a GPU.
+Plain rules, no TensorRT import: they are where builds go wrong (an fp16 request that TensorRT 11 can no
+longer honour, bf16 on a pre-Ampere GPU), so they are tested without a GPU. What the user asked for
+(``BuildSettings``) is recorded in the manifest, so it lives with the manifest's reader in the runtime.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from latent_ddpm.errors import InputError
+from latent_ddpm.runtime.backends.tensorrt_manifest import ENGINE_PRECISIONS
 
-ENGINE_PRECISIONS = ("fp32", "fp16", "bf16")
 # Bundle graphs already stored in reduced precision carry their own types: they build strongly typed.
 TYPED_GRAPH_PRECISIONS = ("fp16", "mixed")
-
-
-@dataclass(frozen=True)
-class BuildSettings:
-    """The user's choices for ``latent-ddpm build-engines``; the manifest keeps them for rebuilds."""
-
-    precision: str = "fp16"
-    min_batch: int = 1
-    opt_batch: int = 8
-    max_batch: int = 16
-    workspace_gb: float | None = None  # None: TensorRT's default (the GPU's memory)
-
-    def __post_init__(self) -> None:
-        if self.precision not in ENGINE_PRECISIONS:
-            raise InputError(f"precision {self.precision!r} is not one of {', '.join(ENGINE_PRECISIONS)}")
-        for name in ("min_batch", "opt_batch", "max_batch"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InputError(f"{name} must be an integer >= 1, got {value!r}")
-        if not self.min_batch <= self.opt_batch <= self.max_batch:
-            raise InputError(
-                f"batch sizes must satisfy min <= opt <= max, got min_batch={self.min_batch}, "
-                f"opt_batch={self.opt_batch}, max_batch={self.max_batch}"
-            )
-        if self.workspace_gb is not None and not (
-            isinstance(self.workspace_gb, (int, float))
-            and math.isfinite(self.workspace_gb)
-            and self.workspace_gb > 0
-        ):
-            raise InputError(f"workspace_gb must be a positive number of GiB, got {self.workspace_gb!r}")
-
-    @property
-    def workspace_bytes(self) -> int | None:
-        return None if self.workspace_gb is None else int(self.workspace_gb * (1 << 30))
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

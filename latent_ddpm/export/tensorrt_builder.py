@@ -1,9 +1,10 @@
-"""Build TensorRT plans from a bundle's ONNX graphs and keep ``engines/`` current: the engine cache.
+"""Build TensorRT plans from a bundle's ONNX graphs and keep ``engines/`` current: the engine cache's build side.
 
 ``EngineCache.ensure(role)`` returns a plan that matches this TensorRT, this GPU, the graph in the bundle and
-the requested profile/precision, rebuilding it when the manifest says it is stale and rebuilding is allowed.
-Both ``latent-ddpm build-engines`` and the runtime's ``tensorrt`` backend go through it, so the two can
-never disagree about when a plan is valid.
+the requested profile/precision, building it when it is missing or stale. Only ``latent-ddpm build-engines``
+(``tensorrt_build.build_engines``) builds; the runtime's ``tensorrt`` backend loads plans and refuses stale ones.
+Both judge a plan with ``runtime.backends.tensorrt_plans.plan_status``, so they agree on what is stale; the
+build also compares what was asked for (profile, precision, builder options), the runtime takes it as built.
 """
 
 from __future__ import annotations
@@ -20,19 +21,22 @@ from typing import Any
 
 from latent_ddpm import __version__
 from latent_ddpm.errors import BackendUnavailableError, BundleError, InputError
-from latent_ddpm.runtime.backends.tensorrt_cache import Environment, engine_fields, engine_key, stale_reason
-from latent_ddpm.runtime.backends.tensorrt_cuda import environment, import_cudart, import_tensorrt
+from latent_ddpm.export.tensorrt_options import BuilderOptions, builder_options
+from latent_ddpm.export.tensorrt_profiles import Profile, model_profile, profile_to_json
+from latent_ddpm.export.tensorrt_write import atomic_write, write_manifest
+from latent_ddpm.runtime.backends.tensorrt_cache import Environment, engine_fields, engine_key
+from latent_ddpm.runtime.backends.tensorrt_cuda import environment, import_cudart, import_tensorrt, trt_logger
 from latent_ddpm.runtime.backends.tensorrt_manifest import (
     TIMING_CACHE_FILE,
+    BuildSettings,
     EngineRecord,
     Manifest,
-    atomic_write,
     engines_dir,
+    plan_file,
     read_manifest,
-    write_manifest,
+    rebuild_command,
 )
-from latent_ddpm.runtime.backends.tensorrt_profiles import Profile, model_profile, profile_to_json
-from latent_ddpm.runtime.backends.tensorrt_settings import BuilderOptions, BuildSettings, builder_options
+from latent_ddpm.runtime.backends.tensorrt_plans import plan_status
 from latent_ddpm.runtime.bundle import ENGINES_DIR, Bundle, ModelFile
 
 log = logging.getLogger("latent_ddpm.tensorrt")
@@ -40,25 +44,16 @@ Progress = Callable[[str], None]
 LOCK_FILE = ".build.lock"
 
 
-def plan_file(role: str) -> str:
-    return f"{role}.plan"
-
-
 class EngineCache:
-    """The ``engines/`` folder of one bundle on this GPU with this TensorRT.
+    """The ``engines/`` folder of one bundle on this GPU with this TensorRT, built for ``settings``."""
 
-    ``settings`` None means "as the manifest says" (the runtime); the build command passes the user's.
-    """
-
-    def __init__(
-        self, bundle: Bundle, settings: BuildSettings | None = None, progress: Progress | None = None
-    ):
+    def __init__(self, bundle: Bundle, settings: BuildSettings, progress: Progress | None = None):
         self.bundle = bundle
         self.trt = import_tensorrt()
         self.cudart = import_cudart()
         self.env: Environment = environment(self.trt, self.cudart)
         self.dir = engines_dir(bundle.root)
-        self.progress = progress or log.warning  # a rebuild at load takes minutes: say so by default
+        self.progress = progress or log.warning  # a build takes minutes: say so by default
         self.manifest, self.manifest_problem = self._read_manifest(settings)
 
     # ------------------------------------------------------------------ what a valid plan looks like
@@ -112,7 +107,7 @@ class EngineCache:
         if why_not:
             raise BundleError(
                 f"{reason or plan + ': rebuild requested'}, and it cannot be rebuilt here: {why_not}; "
-                f"run latent-ddpm build-engines {self.bundle.root} where it can"
+                f"run {rebuild_command(self.bundle.root, self.manifest.settings, force=force)} where it can"
             )
         with self._lock():
             self.manifest, self.manifest_problem = self._read_manifest(self.manifest.settings)
@@ -135,14 +130,11 @@ class EngineCache:
     def _check(
         self, role: str, model: ModelFile, fields: dict[str, Any]
     ) -> tuple[EngineRecord | None, bytes | None, str | None]:
-        plan = f"{ENGINES_DIR}/{plan_file(role)}"
         if self.manifest_problem:
             return None, None, self.manifest_problem
         record = self.manifest.engines.get(role)
-        path = self.dir / (record.file if record else plan_file(role))
-        plan_bytes = path.read_bytes() if path.is_file() else None
-        digest = hashlib.sha256(plan_bytes).hexdigest() if plan_bytes is not None else None
-        return record, plan_bytes, stale_reason(plan, model.path.name, record, fields, digest)
+        plan_bytes, reason = plan_status(self.dir, role, model.path.name, record, fields)
+        return record, plan_bytes, reason
 
     # ------------------------------------------------------------------ building
 
@@ -194,15 +186,14 @@ class EngineCache:
             return b""
         return path.read_bytes()
 
-    def _read_manifest(self, settings: BuildSettings | None) -> tuple[Manifest, str | None]:
+    def _read_manifest(self, settings: BuildSettings) -> tuple[Manifest, str | None]:
         try:
             manifest = read_manifest(self.dir)
         except BundleError as exc:
-            return Manifest(settings=settings or BuildSettings()), f"{exc} (all engines will be rebuilt)"
+            return Manifest(settings=settings), f"{exc} (all engines will be rebuilt)"
         if manifest is None:
-            return Manifest(settings=settings or BuildSettings()), None
-        if settings is not None:
-            manifest.settings = settings
+            return Manifest(settings=settings), None
+        manifest.settings = settings
         return manifest, None
 
     @contextlib.contextmanager
@@ -223,36 +214,6 @@ class EngineCache:
 
 
 # ---------------------------------------------------------------------- TensorRT calls (GPU only)
-
-_LOGGERS: dict[int, tuple[ModuleType, Any]] = {}
-
-
-def trt_logger(trt: ModuleType) -> Any:
-    """One ILogger per process (TensorRT warns when builder and runtime get different ones) that keeps the
-    last errors, so they can go into our exception message instead of only onto stderr."""
-    if id(trt) not in _LOGGERS:
-
-        class _Logger(trt.ILogger):
-            def __init__(self) -> None:
-                trt.ILogger.__init__(self)
-                self.errors: list[str] = []
-
-            def log(self, severity: Any, msg: str) -> None:
-                level = int(severity)
-                if level <= int(trt.ILogger.Severity.ERROR):
-                    self.errors = [*self.errors[-9:], msg]
-                    log.error("TensorRT: %s", msg)
-                elif level == int(trt.ILogger.Severity.WARNING):
-                    log.warning("TensorRT: %s", msg)
-                else:
-                    log.debug("TensorRT: %s", msg)
-
-            def take_errors(self) -> str:
-                text, self.errors = " | ".join(self.errors), []
-                return text or "no error message"
-
-        _LOGGERS[id(trt)] = (trt, _Logger())  # the module is kept so its id is never reused
-    return _LOGGERS[id(trt)][1]
 
 
 def build_plan(

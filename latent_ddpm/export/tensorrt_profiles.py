@@ -1,5 +1,9 @@
 """Optimization profiles from the bundle's tensor specs: the single source of the shapes an engine accepts.
 
+The tensor specs are the ones ``export/specs.py`` wrote into bundle.json (names, fixed and named axes), read
+back through the runtime's bundle loader, so a hand-made bundle gets the same rule. Only the build derives
+profiles: the runtime reads the profile TensorRT stored in the plan and checks feeds against it.
+
 Axis 0 of every input is the batch. A named axis elsewhere takes the one size the runtime ever feeds
 (``latent`` or ``image`` in bundle.json), so an engine is never tuned for shapes that cannot occur.
 Under classifier-free guidance the pipeline runs the unconditional and conditional halves in one U-Net call,
@@ -8,12 +12,12 @@ so the U-Net's batch range is twice the image batch range.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from latent_ddpm.errors import BundleError, InputError
-from latent_ddpm.runtime.backends.tensorrt_settings import BuildSettings
+from latent_ddpm.runtime.backends.tensorrt_manifest import BuildSettings
 from latent_ddpm.runtime.bundle import Bundle, ModelFile
 
 Shape = tuple[int, ...]
@@ -86,25 +90,3 @@ def _batch_axis(
             f"batches {want[0]}..{want[2]}; build with matching batch sizes or re-export with a dynamic batch axis"
         )
     return want
-
-
-def check_in_profile(
-    plan_name: str, role: str, input_name: str, shape: Sequence[int], lo: Sequence[int], hi: Sequence[int]
-) -> None:
-    """InputError naming the axis when ``shape`` is outside the engine's profile [lo, hi]."""
-    for axis, (got, a, b) in enumerate(zip(shape, lo, hi, strict=True)):
-        if a <= got <= b:
-            continue
-        if axis == 0:
-            guided = (
-                " (with classifier-free guidance the U-Net sees twice the number of images)"
-                if role == "unet"
-                else ""
-            )
-            raise InputError(
-                f"{plan_name}: input {input_name!r} has batch {got}, but the engine was built for batches {a}..{b}"
-                f"{guided}; make fewer images per call or rebuild with latent-ddpm build-engines BUNDLE --max-batch N"
-            )
-        raise InputError(
-            f"{plan_name}: input {input_name!r} has shape {list(shape)}, but the engine takes {list(lo)}..{list(hi)}"
-        )

@@ -1,0 +1,96 @@
+"""Where and with what a figure was measured: the machine, its load and the library versions.
+
+Figures are only comparable with this beside them. It lives on the ground floor so that the export gate's
+``validation.json``, ``latent-ddpm bench`` and ``latent-ddpm eval`` record the same facts the same way and
+none of them imports another stage for it. Standard library only: versions come from the installed
+distributions' metadata, so recording them never imports torch or ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import os
+import platform
+from collections.abc import Iterable
+from typing import Any
+
+# The distributions a benchmark's figures depend on.
+LIBRARIES = ("latent-ddpm", "numpy", "onnxruntime", "onnx", "torch", "diffusers", "psutil", "matplotlib")
+# The GPU wheel of ONNX Runtime is another distribution of the same module.
+_ALTERNATIVES = {"onnxruntime": ("onnxruntime-gpu",)}
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    """The SIMD extensions that decide which kernels run (AVX2, AVX-512, VNNI, BF16, AMX)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = line.split(":", 1)[1].split()
+                    return sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
+    except OSError:
+        pass
+    return []
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask), which can be fewer than the machine has."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def load_average() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def library_version(name: str) -> str | None:
+    """The installed version of distribution ``name`` (or of its alternative wheel), None if absent."""
+    for dist in (name, *_ALTERNATIVES.get(name, ())):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def library_versions(names: Iterable[str] = LIBRARIES) -> dict[str, str | None]:
+    """Python's version, then each distribution's (None when it is not installed)."""
+    return {"python": platform.python_version(), **{name: library_version(name) for name in names}}
+
+
+def machine_info() -> dict[str, Any]:
+    """The machine a benchmark ran on, with the load it started under."""
+    return {
+        "cpu_model": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "cores": usable_cores(),
+        "platform": platform.platform(),
+        "load_average_1_5_15": load_average(),
+        "versions": library_versions(),
+    }
+
+
+def environment(libraries: Iterable[str] = ("latent-ddpm", "numpy", "onnxruntime")) -> dict[str, Any]:
+    """Date, machine and the installed ``libraries`` of a measurement (evaluation reports)."""
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpu": cpu_model(), "cores": usable_cores(), "platform": platform.platform()},
+        "versions": {k: v for k, v in library_versions(libraries).items() if v is not None},
+    }
