@@ -19,7 +19,7 @@ pytest.importorskip("openvino")
 
 from latent_ddpm.cli import main  # noqa: E402
 from latent_ddpm.errors import BackendUnavailableError, BundleError, InputError  # noqa: E402
-from latent_ddpm.export import precision_gate  # noqa: E402
+from latent_ddpm.export import validate  # noqa: E402
 from latent_ddpm.export.precision_gate import GateSettings, validate_precision  # noqa: E402
 from latent_ddpm.runtime import Pipeline, load_bundle  # noqa: E402
 from latent_ddpm.runtime.backends import openvino_backend  # noqa: E402
@@ -106,7 +106,7 @@ def test_a_failed_gate_is_recorded_exits_1_and_the_runtime_says_why(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     root = make_bundle(tmp_path / "b")
-    monkeypatch.setattr(precision_gate, "MIN_IMAGE_PSNR_DB", 1000.0)  # a bar no image can reach
+    monkeypatch.setattr(validate, "FP16_MIN_IMAGE_PSNR_DB", 1000.0)  # a bar no image can reach
     argv = ["validate-precision", str(root), "--images", "4", "--batch", "2", "--threads", "1"]
     assert main(argv) == 1
     out = capsys.readouterr().out

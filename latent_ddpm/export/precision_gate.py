@@ -5,8 +5,8 @@ running the bundle's fp32 graphs rather than other graphs:
 
 1. The bundle's default run (its sampler, steps, guidance and eta) for ``images`` images, classes
    interleaved, batch i seeded ``seed + i``: once in fp32 on ONNX Runtime (the path the export gate held to
-   diffusers), once in the reduced precision on the backend. The uint8 images must reach
-   ``MIN_IMAGE_PSNR_DB`` (the fp16 export's 35 dB) with no NaN/Inf.
+   diffusers), once in the reduced precision on the backend. The uint8 images must reach the fp16
+   export's bar (``validate.FP16_MIN_IMAGE_PSNR_DB``, 35 dB) with no NaN/Inf.
 2. With an encoder, img2img of the first batch of fp32 images (default strength), held to the same bar.
 3. Where a judge exists (the digit classifier that ships with the package, for grey 28/32-pixel digits
    with classes named '0'..'9'): conditional accuracy within ``MAX_ACCURACY_CHANGE`` (1 point) of fp32's.
@@ -31,13 +31,11 @@ import numpy as np
 
 from latent_ddpm.errors import InputError
 from latent_ddpm.export.errors import ExportError
-from latent_ddpm.export.validate import FP16_MIN_IMAGE_PSNR_DB, image_metrics, now
 from latent_ddpm.provenance import cpu_model, library_versions
 from latent_ddpm.runtime.backends import REDUCED_PRECISIONS, backend_opener
 from latent_ddpm.runtime.bundle import BUNDLE_FILE, GATED_PRECISIONS, VALIDATION_FILE, Bundle, load_bundle
 from latent_ddpm.runtime.pipeline import Pipeline
 
-MIN_IMAGE_PSNR_DB = FP16_MIN_IMAGE_PSNR_DB  # the same bar as a reduced-precision export
 MAX_ACCURACY_CHANGE = 0.01  # judged accuracy within 1 point of fp32's
 REFERENCE_BACKEND = "onnxruntime"  # fp32 as the export gate validated it against diffusers
 Log = Callable[[str], None]
@@ -59,6 +57,8 @@ def validate_precision(
     log: Log = print,
 ) -> dict[str, Any]:
     """Run the gate on the bundle at ``path`` and record it there; returns the full report."""
+    from latent_ddpm.export import validate  # torch comes with it: not at import time (`latent-ddpm --help`)
+
     settings = settings or GateSettings()
     bundle = load_bundle(path)
     _check_request(bundle, precision, backend, settings)
@@ -77,16 +77,19 @@ def validate_precision(
     ref_images, _, ref_s = _sample(reference, labels, settings)
     cand_images, cand_latents, cand_s = _sample(candidate, labels, settings)
     nonfinite = int(cand_latents.size - np.isfinite(cand_latents).sum())
-    sampling = {**image_metrics(cand_images, ref_images), "nonfinite": nonfinite}
+    sampling = {**validate.image_metrics(cand_images, ref_images), "nonfinite": nonfinite}
     d = reference.bundle.defaults
     report: dict[str, Any] = {
         "precision": precision,
         "backend": backend,
         "reference": f"fp32 on {REFERENCE_BACKEND}",
-        "date": now(),
+        "date": validate.now(),
         "machine": {"cpu": cpu_model(), "native_bf16": _native_flags(backend)},
         "versions": library_versions(("latent-ddpm", "openvino", "onnxruntime", "numpy")),
-        "thresholds": {"min_image_psnr_db": MIN_IMAGE_PSNR_DB, "max_accuracy_change": MAX_ACCURACY_CHANGE},
+        "thresholds": {
+            "min_image_psnr_db": validate.FP16_MIN_IMAGE_PSNR_DB,
+            "max_accuracy_change": MAX_ACCURACY_CHANGE,
+        },
         "settings": {
             **asdict(settings),
             "sampler": d.sampler,
@@ -104,7 +107,7 @@ def validate_precision(
             "seed": settings.seed,
             "class_labels": None if labels is None else labels[: len(first)].tolist(),
         }
-        report["img2img"] = image_metrics(
+        report["img2img"] = validate.image_metrics(
             candidate.img2img(first, **kwargs).images, reference.img2img(first, **kwargs).images
         )
     if judge is None:
@@ -213,14 +216,15 @@ def _native_flags(backend: str) -> list[str]:
 
 def _failures(report: dict[str, Any]) -> list[str]:
     out = []
+    bar = report["thresholds"]["min_image_psnr_db"]
     for run in ("sampling", "img2img"):
         m = report.get(run)
         if m is None:
             continue
         if m.get("nonfinite"):
             out.append(f"{run} returned {m['nonfinite']} NaN/Inf values")
-        elif m["psnr_db"] is not None and m["psnr_db"] < MIN_IMAGE_PSNR_DB:
-            out.append(f"{run} images reach {m['psnr_db']:.1f} dB PSNR vs fp32 (needs {MIN_IMAGE_PSNR_DB:g})")
+        elif m["psnr_db"] is not None and m["psnr_db"] < bar:
+            out.append(f"{run} images reach {m['psnr_db']:.1f} dB PSNR vs fp32 (needs {bar:g})")
     change = report["judge"].get("change")
     if change is not None and abs(change) > MAX_ACCURACY_CHANGE + 1e-12:
         out.append(
