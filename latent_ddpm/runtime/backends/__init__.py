@@ -47,7 +47,8 @@ class EngineOptions:
       lets ONNX Runtime fold the graph's shape arithmetic (OpenVINO always specialises per shape).
     - ``allow_spinning`` (onnxruntime): False stops idle worker threads spin-waiting, which wins on a CPU
       shared with other busy processes and loses on an idle one (docs/benchmarks/NOTES.md).
-    - ``max_shapes`` (onnxruntime with static_shapes, openvino): the bound of the per-shape cache (LRU).
+    - ``max_shapes`` (onnxruntime with static_shapes, openvino): the bound of the per-shape cache (LRU);
+      each entry costs about twice the graph's size in memory (lower it for big models).
     - ``cache_dir`` (openvino): a folder for compiled models, reused across processes; never inside a bundle.
     """
 

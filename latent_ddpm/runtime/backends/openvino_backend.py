@@ -4,8 +4,9 @@ OpenVINO reads the ONNX files as they are (its ONNX frontend, in memory: nothing
 near the bundle). A graph compiled for one fixed shape ran 1.5-2.5x faster than ONNX Runtime on the digits
 U-Net, and no faster with dynamic shapes (issue 13's probe), so every (batch, height, width) the engine is
 called with gets its own compiled model, kept in a ``ShapeCache`` of ``EngineOptions.max_shapes`` (default
-4: a sampling run uses one shape per graph, a server a few batch sizes; each entry holds its own repacked
-weights, ~1x the graph's weights, which for a 1 GB U-Net makes 4 GB). Compiling takes seconds for a U-Net;
+4: a sampling run uses one shape per graph, a server a few batch sizes). Each entry holds its own repacked
+weights and buffers, about twice the graph's size (+55 MB per shape for the 26 MB digits U-Net), so for a
+1 GB U-Net pass a smaller bound. Compiling takes seconds for a U-Net;
 ``EngineOptions.cache_dir`` (outside the bundle, only when the caller passes one) lets OpenVINO reuse
 compiled blobs across processes.
 
