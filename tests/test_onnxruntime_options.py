@@ -70,6 +70,16 @@ def test_pipeline_takes_engine_options(bundle_dir: Path) -> None:
     np.testing.assert_array_equal(a.images, b.images)
 
 
-def test_options_onnxruntime_does_not_take_are_refused(bundle_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(InputError, match=r"cache_dir=.* does not apply to the onnxruntime backend"):
-        Pipeline.from_bundle(bundle_dir, engine_options=EngineOptions(cache_dir=tmp_path))
+@pytest.mark.parametrize(
+    ("backend", "options", "message"),
+    [
+        ("onnxruntime", {"cache_dir": Path("c")}, r"cache_dir=.* does not apply to the onnxruntime backend"),
+        ("tensorrt", {"static_shapes": True}, r"static_shapes=True does not apply to the tensorrt backend"),
+        ("tensorrt", {"allow_spinning": False}, r"\(it honours: none\)"),
+    ],
+)
+def test_options_a_backend_does_not_honour_are_refused(
+    bundle_dir: Path, backend: str, options: dict, message: str
+) -> None:
+    with pytest.raises(InputError, match=message):
+        Pipeline.from_bundle(bundle_dir, backend=backend, engine_options=EngineOptions(**options))
