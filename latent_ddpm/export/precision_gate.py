@@ -107,9 +107,11 @@ def validate_precision(
             "seed": settings.seed,
             "class_labels": None if labels is None else labels[: len(first)].tolist(),
         }
-        report["img2img"] = validate.image_metrics(
-            candidate.img2img(first, **kwargs).images, reference.img2img(first, **kwargs).images
-        )
+        cand = candidate.img2img(first, **kwargs)
+        report["img2img"] = {
+            **validate.image_metrics(cand.images, reference.img2img(first, **kwargs).images),
+            "nonfinite": int(cand.latents.size - np.isfinite(cand.latents).sum()),
+        }
     if judge is None:
         report["judge"] = {"skipped": judge_note}
     else:

@@ -150,12 +150,20 @@ class OpenVinoEngine:
         return self._entry(feed).infer(feed, self._output_names)
 
     def _entry(self, feed: dict[str, np.ndarray]) -> _Compiled:
-        return self._compiled.get(check_feed(self.model, feed), lambda: self._compile(feed))
+        dims = check_feed(self.model, feed)
+        return self._compiled.get(dims, lambda: self._compile(feed, dims))
 
-    def _compile(self, feed: dict[str, np.ndarray]) -> _Compiled:
+    def _compile(self, feed: dict[str, np.ndarray], dims: tuple[tuple[str, int], ...]) -> _Compiled:
         graph = self._graph.clone()
-        graph.reshape({name: list(value.shape) for name, value in feed.items()})
-        return _Compiled(self._core.compile_model(graph, "CPU", self.config))
+        try:
+            graph.reshape({name: list(value.shape) for name, value in feed.items()})
+            return _Compiled(self._core.compile_model(graph, "CPU", self.config))
+        except Exception as exc:  # RuntimeError with a C++ trace; name the file and the shape instead
+            shape = ", ".join(f"{name}={size}" for name, size in dims)
+            raise BundleError(
+                f"{self.model.path.name}: OpenVINO cannot compile it for {shape}: "
+                f"{str(exc).strip().splitlines()[0]}"
+            ) from None
 
 
 def _outside(bundle: Bundle, cache_dir: Path) -> Path:
