@@ -6,10 +6,12 @@ here; what is fixed is that bundle.json says int8 or says why the component stay
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("torch")
@@ -114,3 +116,42 @@ def test_a_bundle_that_samples_nan_fails_the_gate(tmp_path: Path, capsys: pytest
     assert f"{fp32}: the fp32 bundle itself samples NaN/Inf (unet output 'model_output'" in err
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fp32", "src"]
+
+
+@pytest.fixture(scope="module")
+def all_int8_bundle(fp32_bundle: Path) -> Path:
+    """Both components int8 whatever they cost (a tiny random model quantizes poorly: ~20 dB)."""
+    options = dataclasses.replace(FAST, min_psnr_db=0.0)
+    return quantize_bundle(fp32_bundle, fp32_bundle.parent / "all-int8", options=options, log=lambda _: None)
+
+
+def test_openvino_runs_the_int8_bundle_in_int8_as_closely_as_onnxruntime(
+    fp32_bundle: Path, all_int8_bundle: Path
+) -> None:
+    pytest.importorskip("openvino")
+    from latent_ddpm.export.validate import image_metrics
+
+    bundle = load_bundle(all_int8_bundle)
+    assert {bundle.models[r].precision for r in ("unet", "vae_decoder")} == {"int8"}
+    ov = Pipeline.from_bundle(all_int8_bundle, backend="openvino", threads=1)
+    feed = {
+        "sample": np.zeros((2, *bundle.latent_shape), np.float32),
+        "timestep": np.array([1, 999]),
+        "class_labels": np.array([0, 1]),
+    }
+    runtime = ov.unet.compiled_model(feed).get_runtime_model()
+    convolutions = {
+        op.get_rt_info()["runtimePrecision"].astype(str)
+        for op in runtime.get_ordered_ops()
+        if op.get_rt_info()["layerType"].astype(str) == "Convolution"
+    }
+    assert convolutions == {"u8"}, f"OpenVINO did not run the QDQ convolutions in int8: {convolutions}"
+
+    args = {"num_images": 4, "steps": 5, "seed": 0, "class_labels": [0, 1, 2, 0]}
+    fp32 = Pipeline.from_bundle(fp32_bundle, threads=1).generate(**args).images
+    on_ov = ov.generate(**args).images
+    on_ort = Pipeline.from_bundle(all_int8_bundle, threads=1).generate(**args).images
+    assert on_ov.shape == fp32.shape
+    # OpenVINO and ONNX Runtime round int8 differently; neither may stray further from fp32 than the other.
+    ov_db, ort_db = image_metrics(on_ov, fp32)["psnr_db"], image_metrics(on_ort, fp32)["psnr_db"]
+    assert ov_db >= ort_db - 3.0, (ov_db, ort_db)

@@ -402,6 +402,7 @@ def _write_models(
     for leftover in tmp.glob(".*.int8.onnx*"):
         leftover.unlink()
     meta["name"] = f"{bundle.name}-int8"
+    meta.pop("precision_gates", None)  # they vouch for the fp32 graphs only
     meta["source"] = {**meta.get("source", {}), "quantized_from": str(bundle.root)}
     from latent_ddpm import __version__
 
