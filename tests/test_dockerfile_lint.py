@@ -51,6 +51,8 @@ def test_hadolint_finds_nothing(dockerfile: Path) -> None:
 
 
 def test_images_follow_the_policy() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.\d+-slim", text, re.MULTILINE), "default base: Python slim"
     stages = _stages(ROOT / "Dockerfile")
     assert list(stages)[-1] == "cpu", "`docker build .` must give the CPU demo image (the last stage)"
     assert {"cpu", "gpu", "export"} <= set(stages)
