@@ -72,6 +72,8 @@ WORKDIR /work
 ENTRYPOINT ["latent-ddpm"]
 CMD ["--help"]
 
+# The `serve` target (the HTTP API of `latent-ddpm serve`) goes here once that command exists; `cpu` stays last.
+
 # ---------------------------------------------------------------- cpu (default): the demo, runtime only
 FROM ${BASE_IMAGE} AS cpu
 ENV PATH=/opt/venv/bin:$PATH \

@@ -1,6 +1,6 @@
 """The Dockerfiles, checked without a Docker daemon: hadolint (any finding fails) and the image policy.
 
-Policy (docs/demo.md): the cpu image has no torch; the demo images run as a non-root numeric user, expose
+Policy (docs/docker.md): the cpu image has no torch; the demo images run as a non-root numeric user, expose
 7860 and have a HEALTHCHECK; the gpu image points LATENT_DDPM_BUNDLE at a writable bundle; the build
 context allow-list in .dockerignore lets through exactly what the Dockerfile copies.
 """
