@@ -9,6 +9,7 @@ import numpy as np
 from latent_ddpm.errors import BackendUnavailableError, BundleError
 from latent_ddpm.runtime.backends import check_feed
 from latent_ddpm.runtime.bundle import Bundle, ModelFile
+from latent_ddpm.runtime.limits import check_threads
 
 _ORT_TYPES = {
     "tensor(float)": "float32",
@@ -41,6 +42,7 @@ class OnnxRuntimeEngine:
         providers: Sequence[str] | None = None,
         threads: int | None = None,
     ) -> None:
+        threads = check_threads(threads)
         ort = _import_ort()
         available = ort.get_available_providers()
         chosen = list(providers) if providers else ["CPUExecutionProvider"]
@@ -58,9 +60,7 @@ class OnnxRuntimeEngine:
         try:
             self._session = ort.InferenceSession(str(model.path), sess_options=options, providers=chosen)
         except Exception as exc:  # ORT raises its own exception types with long C++ messages
-            raise BundleError(
-                f"{model.path.name}: ONNX Runtime cannot load it: {str(exc).splitlines()[0]}"
-            ) from None
+            raise BundleError(f"{model.path.name}: ONNX Runtime cannot load it: {_first_line(exc)}") from None
         self.model = model
         self._check_graph_matches_spec()
         self._output_names = [o.name for o in model.outputs]
@@ -99,8 +99,19 @@ class OnnxRuntimeEngine:
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         check_feed(self.model, feed)
-        outputs = self._session.run(self._output_names, feed)
+        try:
+            outputs = self._session.run(self._output_names, feed)
+        except Exception as exc:  # ORT's own exception types; the feed matched the spec, so the graph failed
+            raise BundleError(
+                f"{self.model.path.name}: ONNX Runtime failed to run it: {_first_line(exc)}"
+            ) from None
         return dict(zip(self._output_names, outputs, strict=True))
+
+
+def _first_line(exc: Exception) -> str:
+    """ORT's message without the "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT :" preamble."""
+    line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return line.rsplit(" : ", 1)[-1] if line.startswith("[ONNXRuntimeError]") else line
 
 
 def open_engine(
