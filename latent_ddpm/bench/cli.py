@@ -76,6 +76,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from latent_ddpm.runtime.limits import check_threads
+
+    check_threads(args.threads, "--threads")  # before any work: more threads than cores only contend
     from latent_ddpm.bench.machine import machine_info, matmul_peak, torch_matmul_gflops, usable_cores
     from latent_ddpm.bench.report import write_all
     from latent_ddpm.errors import CLIError
