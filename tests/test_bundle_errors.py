@@ -249,7 +249,6 @@ def test_zero_terminal_snr_keeps_its_final_beta_of_one(bundle: Path) -> None:
         ("image", "value_range", [-1.0, float("inf")], r"value_range must be \[low, high\], finite numbers"),
         ("image", "value_range", ["a", "b"], r"value_range must be \[low, high\].*got \['a', 'b'\]"),
         ("image", "value_range", ["0", "1"], r"value_range must be \[low, high\].*got \['0', '1'\]"),
-        ("image", "value_range", [0, float("nan")], "value_range must be"),
         ("image", "channels", 2, "image.channels must be 1 .grey. or 3 .RGB., got 2"),
         (
             "defaults",
@@ -273,12 +272,6 @@ def test_out_of_range_numbers_are_refused_at_load(
         load_bundle(bundle)
 
 
-def test_default_steps_the_default_sampler_cannot_take(bundle: Path) -> None:
-    rewrite_meta(bundle, defaults={"sampler": "dpmsolver++", "steps": 1001, "guidance_scale": 2.0})
-    with pytest.raises(BundleError, match=r"steps 1001 is outside 1\.\.1000"):
-        load_bundle(bundle)
-
-
 @pytest.mark.parametrize(
     ("content", "message"),
     [
@@ -292,7 +285,6 @@ def test_default_steps_the_default_sampler_cannot_take(bundle: Path) -> None:
             r"an integer of 5000 digits \(777777777777\.\.\.\) is out of range",
         ),
         (b'{"format_version": -' + b"7" * 30 + b"}", "an integer of 30 digits"),
-        (b"[1, 2]", "expected a JSON object at the top level"),
     ],
 )
 def test_unreadable_bundle_json_is_one_clear_error(bundle: Path, content: bytes, message: str) -> None:

@@ -31,12 +31,9 @@ def pipe(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
         ),
         (np.zeros((5, 32, 32), np.uint8), r"shape \[5, 32, 32\].*a batch of grey images is NxHxWx1"),
         (np.zeros((2, 32, 32, 2), np.uint8), r"shape \[2, 32, 32, 2\]"),
-        (np.zeros((1, 2, 32, 32, 1), np.uint8), r"shape \[1, 2, 32, 32, 1\]"),
-        (np.zeros((32,), np.uint8), r"shape \[32\]"),
         (np.zeros((0, 0), np.uint8), r"shape \[0, 0\]: an image needs at least one pixel"),
         (np.zeros((0, 5, 3), np.uint8), r"shape \[0, 5, 3\]: an image needs at least one pixel"),
         (np.zeros((2, 0, 4, 1), np.uint8), r"shape \[2, 0, 4, 1\]: an image needs at least one pixel"),
-        (np.zeros((0, 32, 32, 1), np.uint8), "no images given"),
         ([np.zeros((32, 32, 2), np.uint8)], r"image 0 has shape \[32, 32, 2\]"),
         ([np.zeros((2, 32, 32, 1), np.uint8)], r"image 0 has shape \[2, 32, 32, 1\]"),
         (Image.new("L", (0, 0)), "image 0 is 0x0 pixels"),
@@ -44,7 +41,6 @@ def pipe(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
         (np.zeros((32, 32), np.float32), "expected uint8 pixels, got float32"),
         ([np.zeros((32, 32), np.uint8)] * 1025, "1025 images is more than the limit of 1024 per call"),
         (np.zeros((1025, 32, 32, 1), np.uint8), "1025 images is more than the limit of 1024 per call"),
-        ("picture.png", "images must be PIL images or uint8 arrays, got str"),
     ],
 )
 def test_bad_images_are_refused_before_encoding(pipe: Pipeline, images: object, message: str) -> None:

@@ -258,14 +258,14 @@ class Handlers:
         ``image`` is the uploaded file (its path, or Gradio's file record): every other value is checked, then
         the picture's size is read from its header, and only then is it decoded (``open_picture``).
         """
-        image = _file_path(image)
-        if image is None:
-            raise gr.Error("draw a digit or upload an image first", print_exception=False)
         if not self.limits.has_encoder:
             raise gr.Error(
                 "this bundle has no vae_encoder.onnx, so it cannot start from an image",
                 print_exception=False,
             )
+        image = _file_path(image)
+        if image is None:
+            raise gr.Error("draw a digit or upload an image first", print_exception=False)
         s = check_float("strength", strength, 0.0, 1.0)
         n = check_int("number of variations", variations, 1, MAX_IMAGES)
         args = self._sampling(None, steps, None, guidance_scale, seed)
