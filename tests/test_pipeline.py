@@ -319,3 +319,17 @@ def test_a_model_that_overflows_raises_naming_the_step(tmp_path: Path, overflow:
         bad.img2img(np.zeros((32, 32), np.uint8), strength=1.0, steps=4, seed=0, class_labels=1)
     with pytest.raises(NumericalError, match="holds NaN or Inf"):  # later steps: smaller, still too big
         bad.img2img(np.zeros((32, 32), np.uint8), strength=0.5, steps=4, seed=0, class_labels=1)
+
+
+def test_an_engine_that_takes_no_batch_of_one_still_builds(pipe: Pipeline) -> None:
+    """The class-table check runs at batch 1; an engine whose profile starts higher (TensorRT built with
+    min_batch 2) refuses that feed with InputError, which says nothing about the class table."""
+
+    class FromTwo(_CountingEngine):
+        def run(self, feed):
+            if feed["sample"].shape[0] < 2:
+                raise InputError("batch 1 is outside the engine's profile 2..32")
+            return self.engine.run(feed)
+
+    built = Pipeline(pipe.bundle, FromTwo(pipe.unet), pipe.decoder, pipe.encoder)
+    assert built.generate(num_images=2, steps=2, seed=0).images.shape[0] == 2
