@@ -89,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
     from latent_ddpm.extras import require_extra
 
     require_extra("bench", "bench")
+    from latent_ddpm.runtime.limits import check_threads
+
+    check_threads(args.threads, "--threads")  # before any work: more threads than cores only contend
     from latent_ddpm.bench.machine import matmul_peak, torch_matmul_gflops
     from latent_ddpm.bench.report import write_all
     from latent_ddpm.errors import CLIError
