@@ -15,7 +15,10 @@ from pathlib import Path
 
 from bundle_factory import make_bundle
 
-from latent_ddpm.runtime.pipeline import SHIPPED_BUNDLE, Pipeline
+from latent_ddpm.runtime.pipeline import Pipeline
+from latent_ddpm.runtime.shipped import DATA_DIR
+
+SHIPPED_BUNDLE = DATA_DIR / "digits"
 
 # Few steps keep every request fast on either bundle; the tests pass them explicitly.
 TEST_STEPS = 4

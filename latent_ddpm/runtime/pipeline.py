@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from latent_ddpm.errors import BundleError, InputError
+from latent_ddpm.errors import InputError
 from latent_ddpm.runtime.backends import Engine, EngineOptions, open_engine
 from latent_ddpm.runtime.bundle import Bundle, load_bundle
 from latent_ddpm.runtime.finite import check_finite
@@ -33,20 +33,10 @@ from latent_ddpm.runtime.limits import (
 )
 from latent_ddpm.runtime.load_checks import check_class_table
 from latent_ddpm.runtime.schedulers import SAMPLERS, make_scheduler
+from latent_ddpm.runtime.shipped import resolve_bundle
 
 # callback(step_index, timestep, latents) after every denoising step; for progress bars and previews.
 StepCallback = Callable[[int, int, np.ndarray], None]
-
-SHIPPED_BUNDLE = Path(__file__).resolve().parent.parent / "data" / "digits"
-
-
-def shipped_bundle_path() -> Path:
-    """The default digits bundle that ships inside the package."""
-    if not (SHIPPED_BUNDLE / "bundle.json").is_file():
-        raise BundleError(
-            f"the shipped bundle is missing from this install ({SHIPPED_BUNDLE}); pass --bundle DIR"
-        )
-    return SHIPPED_BUNDLE
 
 
 @dataclass
@@ -173,7 +163,7 @@ class Pipeline:
         """``backend`` None: ``backends.DEFAULT_BACKEND``. ``precision="bf16"`` (openvino) needs the bundle's
         passed bf16 gate; ``engine_options`` are the backend's opt-in settings (``EngineOptions``)."""
         threads = check_threads(threads)
-        bundle = load_bundle(path if path is not None else shipped_bundle_path(), verify_hashes=verify_hashes)
+        bundle = load_bundle(resolve_bundle(path), verify_hashes=verify_hashes)
         engines = {
             role: open_engine(
                 bundle, role, backend, providers, threads, precision=precision, options=engine_options
