@@ -93,8 +93,9 @@ class NoiseFeed:
 
 def run_pair(kind, config, n, noise, *, step_kwargs=None, shape=SHAPE, lock_step=True, begin=0):
     """Sample with ours and diffusers' scheduler; return the worst per-step errors or the final-sample error."""
+    # step_kwargs are diffusers' step arguments; ours are options of the scheduler (DDIM's eta)
     step_kwargs = step_kwargs or {}
-    ours, theirs = OURS[kind].from_config(config), THEIRS[kind].from_config(config)
+    ours, theirs = OURS[kind].from_config(config, **step_kwargs), THEIRS[kind].from_config(config)
     ours.set_timesteps(n)
     theirs.set_timesteps(n)
     assert np.array_equal(ours.timesteps, theirs.timesteps.numpy()), (ours.timesteps, theirs.timesteps)
@@ -118,17 +119,15 @@ def run_pair(kind, config, n, noise, *, step_kwargs=None, shape=SHAPE, lock_step
             kw_theirs["variance_noise"] = torch.from_numpy(z.copy())
         if lock_step:
             x_theirs = torch.from_numpy(x_ours.copy())
-        mine = ours.step(eps_ours, t, x_ours, variance_noise=z, **step_kwargs)
+        mine = ours.step(eps_ours, t, x_ours, variance_noise=z)
         ref = theirs.step(torch.from_numpy(eps_theirs.copy()), t, x_theirs, **kw_theirs)
         worst_prev = max(worst_prev, rel_err(mine.prev_sample, ref.prev_sample))
         if kind != "dpm":
             scale = x0_scale(ours, t, x_ours)
             worst_x0 = max(worst_x0, rel_err(mine.pred_original_sample, ref.pred_original_sample, scale))
-        elif ours.config["algorithm_type"].endswith("++"):  # diffusers keeps x0 as the converted output
+        else:  # diffusers keeps x0 as the converted output
             scale = x0_scale(ours, t, x_ours)
             worst_x0 = max(worst_x0, rel_err(mine.pred_original_sample, theirs.model_outputs[-1], scale))
-        else:  # "dpmsolver" integrates eps, which diffusers keeps
-            worst_x0 = max(worst_x0, rel_err(ours.model_outputs[-1], theirs.model_outputs[-1]))
         x_ours, x_theirs = mine.prev_sample, ref.prev_sample
     final = rel_err(x_ours, x_theirs)
     assert np.all(np.isfinite(x_ours))
@@ -178,19 +177,7 @@ DDIM_STEP_KWARGS = {
 DPM_VARIANTS = {
     "default": {},
     "order1": {"solver_order": 1},
-    "order3": {"solver_order": 3},
     "heun": {"solver_type": "heun"},
-    "dpmsolver": {"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"},
-    "dpmsolver_heun_order3": {
-        "algorithm_type": "dpmsolver",
-        "final_sigmas_type": "sigma_min",
-        "solver_type": "heun",
-        "solver_order": 3,
-    },
-    "sde++": {"algorithm_type": "sde-dpmsolver++"},
-    "sde++_heun_order3": {"algorithm_type": "sde-dpmsolver++", "solver_type": "heun", "solver_order": 3},
-    "sde": {"algorithm_type": "sde-dpmsolver", "final_sigmas_type": "sigma_min"},
-    "sde_heun": {"algorithm_type": "sde-dpmsolver", "final_sigmas_type": "sigma_min", "solver_type": "heun"},
     "no_lower_order_final": {"lower_order_final": False, "final_sigmas_type": "sigma_min"},
     "euler_at_final": {"euler_at_final": True, "final_sigmas_type": "sigma_min"},
     "sigma_min": {"final_sigmas_type": "sigma_min"},
@@ -209,11 +196,6 @@ DPM_VARIANTS = {
     "leading+offset": {"timestep_spacing": "leading", "steps_offset": 1},
     "trailing": {"timestep_spacing": "trailing"},
     "thresholding": {"thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 2.5},
-    "dpmsolver_thresholding": {
-        "algorithm_type": "dpmsolver",
-        "final_sigmas_type": "sigma_min",
-        "thresholding": True,
-    },
     "zero_snr": {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"},
 }
 
@@ -281,7 +263,7 @@ def test_ddpm_full_chain_matches_diffusers(monkeypatch):
 def test_dpmsolver_img2img_begin_index_matches_diffusers(monkeypatch):
     """SDEdit-style start in the middle of the schedule via set_begin_index, then add_noise and the loop."""
     noise = NoiseFeed(monkeypatch)
-    prev, x0, final = run_pair("dpm", {"solver_order": 3}, 20, noise, begin=8)
+    prev, x0, final = run_pair("dpm", {}, 20, noise, begin=8)
     assert prev <= STEP_TOL and x0 <= STEP_TOL
     ours, theirs = DPMSolverMultistepScheduler(), diffusers.DPMSolverMultistepScheduler()
     for s in (ours, theirs):
@@ -376,6 +358,24 @@ def test_make_scheduler_dpmsolver_forces_2m_like_diffusers_users():
         make_scheduler("euler", cfg)
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"},
+        {"algorithm_type": "sde-dpmsolver", "final_sigmas_type": "sigma_min"},
+        {"algorithm_type": "sde-dpmsolver++"},
+        {"solver_order": 3},
+    ],
+)
+def test_dpmsolver_variants_the_runtime_does_not_offer_are_refused_with_why(options):
+    """diffusers has them; the runtime samples with DPM-Solver++ of order 1 or 2 only (see the module doc),
+    and says so instead of sampling differently. make_scheduler's "dpmsolver++" overrides a config's."""
+    with pytest.raises(InputError, match="DPM-Solver\\+\\+ of order 1 or 2 only"):
+        DPMSolverMultistepScheduler.from_config(options)
+    sched = make_scheduler("dpmsolver++", options)
+    assert (sched.config["algorithm_type"], sched.config["solver_order"]) == ("dpmsolver++", 2)
+
+
 def test_deis_and_unipc_names_are_mapped_like_diffusers():
     cfg = {"algorithm_type": "deis", "solver_type": "bh2", "final_sigmas_type": "sigma_min"}
     ours = DPMSolverMultistepScheduler.from_config(cfg)
@@ -388,23 +388,24 @@ def test_deis_and_unipc_names_are_mapped_like_diffusers():
 
 def test_generator_draws_the_documented_noise():
     """step(generator=g) uses g.standard_normal(sample.shape, dtype=float32), so it can be replayed."""
-    for sched, kwargs in [
-        (DDPMScheduler(), {}),
-        (DDIMScheduler(), {"eta": 1.0}),
-        (DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++"), {}),
-    ]:
+    for sched in [DDPMScheduler(), DDIMScheduler(eta=1.0)]:
         sched.set_timesteps(5)
         x = np.random.default_rng(0).standard_normal(SHAPE, dtype=np.float32)
         eps = toy_model(x, 500, SHAPE[1])
         t = int(sched.timesteps[0])
-        by_gen = sched.step(eps, t, x, generator=np.random.default_rng(5), **kwargs).prev_sample
-        if isinstance(sched, DPMSolverMultistepScheduler):
-            sched.set_timesteps(5)
+        by_gen = sched.step(eps, t, x, generator=np.random.default_rng(5)).prev_sample
         z = np.random.default_rng(5).standard_normal(SHAPE, dtype=np.float32)
-        by_noise = sched.step(eps, t, x, variance_noise=z, **kwargs).prev_sample
+        by_noise = sched.step(eps, t, x, variance_noise=z).prev_sample
         assert np.array_equal(by_gen, by_noise)
+        # one generator per image: image k's noise is the first draw of generator k
+        per_image = [np.random.default_rng(s) for s in (5, 9)]
+        by_images = sched.step(eps, t, x, generator=per_image).prev_sample
+        z = np.stack([np.random.default_rng(s).standard_normal(SHAPE[1:], dtype=np.float32) for s in (5, 9)])
+        assert np.array_equal(by_images, sched.step(eps, t, x, variance_noise=z).prev_sample)
         with pytest.raises(InputError, match="generator"):
-            sched.step(eps, t, x, **kwargs)
+            sched.step(eps, t, x)
+        with pytest.raises(InputError, match="3 generators for a batch of 2"):
+            sched.step(eps, t, x, generator=[np.random.default_rng(0)] * 3)
 
 
 def test_diffusers_fixed_large_log_is_broken_so_we_refuse_it():

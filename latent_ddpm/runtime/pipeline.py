@@ -224,7 +224,7 @@ class Pipeline:
             latents = rng.standard_normal((num_images, c, h, w), dtype=np.float32)
         labels = self._random_labels(labels, num_images, rng)
 
-        scheduler = make_scheduler(req.sampler, self.bundle.scheduler_config)
+        scheduler = make_scheduler(req.sampler, self.bundle.scheduler_config, eta=req.eta)
         scheduler.set_timesteps(req.steps)
         latents = (latents * np.float32(scheduler.init_noise_sigma)).astype(np.float32)
         timings = Timings()
@@ -288,7 +288,7 @@ class Pipeline:
         noise = rng.standard_normal(init_latents.shape, dtype=np.float32)
         labels = self._random_labels(labels, num_images, rng)
 
-        scheduler = make_scheduler(req.sampler, self.bundle.scheduler_config)
+        scheduler = make_scheduler(req.sampler, self.bundle.scheduler_config, eta=req.eta)
         scheduler.set_timesteps(req.steps)
         init_steps = min(int(req.steps * float(strength)), req.steps)
         t_start = max(req.steps - init_steps, 0)
@@ -365,9 +365,6 @@ class Pipeline:
         preview_steps: Sequence[int],
         timings: Timings,
     ) -> tuple[np.ndarray, list[Preview]]:
-        step_kwargs: dict[str, Any] = {"generator": rng}
-        if req.sampler == "ddim":
-            step_kwargs["eta"] = req.eta
         batches = self._unet_batches(latents.shape, labels, req.guidance_scale)
         wanted_previews = set(preview_steps)
         previews: list[Preview] = []
@@ -379,7 +376,7 @@ class Pipeline:
                 model_input = scheduler.scale_model_input(latents, t)
                 model_output = self._model_output(model_input, int(t), batches, req.guidance_scale, timings)
                 check_finite(model_output, f"the U-Net output ({self.unet.model.path.name}) at {step}")
-                out = scheduler.step(model_output, int(t), latents, **step_kwargs)
+                out = scheduler.step(model_output, int(t), latents, generator=rng)
                 latents = check_finite(out.prev_sample, f"the latents after {step}")
             if i in wanted_previews:
                 previews.append(

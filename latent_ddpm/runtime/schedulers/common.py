@@ -9,15 +9,17 @@ Relies on NumPy 2 promotion rules (NEP 50): a Python float times a ``np.float32`
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 
 from latent_ddpm.errors import InputError
 
 ONE = np.float32(1.0)
+# Where a stochastic step's noise comes from: one generator for the batch, or one per image.
+Generators: TypeAlias = np.random.Generator | Sequence[np.random.Generator]
 
 
 @dataclass(frozen=True)
@@ -189,11 +191,14 @@ def check_same_shape(model_output: np.ndarray, sample: np.ndarray) -> None:
 
 
 def draw_noise(
-    shape: tuple[int, ...], generator: np.random.Generator | None, variance_noise: Any, who: str
+    shape: tuple[int, ...], generator: Generators | None, variance_noise: Any, who: str
 ) -> np.ndarray:
-    """The step's Gaussian noise: the caller's ``variance_noise``, or a float32 draw from the caller's generator.
+    """The step's Gaussian noise: the caller's ``variance_noise``, or float32 draws from the caller's generator(s).
 
-    There is no global RNG fallback, so every stochastic run is reproducible from its inputs.
+    ``generator`` is one ``numpy.random.Generator`` for the whole batch (``standard_normal(shape)``), or one
+    per image (a sequence as long as the batch), each drawing its own image's noise: then an image's noise
+    does not depend on which other images share its batch. There is no global RNG fallback, so every
+    stochastic run is reproducible from its inputs.
     """
     if variance_noise is not None:
         if generator is not None:
@@ -202,37 +207,60 @@ def draw_noise(
         if noise.shape != shape:
             raise InputError(f"{who}: variance_noise has shape {noise.shape}, expected {shape}")
         return noise
-    if not isinstance(generator, np.random.Generator):
-        raise InputError(
-            f"{who} adds noise at this step: pass generator=np.random.Generator or variance_noise=array, "
-            f"got generator={generator!r}"
-        )
-    return generator.standard_normal(shape, dtype=np.float32)
+    if isinstance(generator, np.random.Generator):
+        return generator.standard_normal(shape, dtype=np.float32)
+    if isinstance(generator, Sequence) and all(isinstance(g, np.random.Generator) for g in generator):
+        if len(generator) != shape[0]:
+            raise InputError(f"{who}: {len(generator)} generators for a batch of {shape[0]}")
+        noise = np.empty(shape, dtype=np.float32)
+        for g, row in zip(generator, noise, strict=True):
+            g.standard_normal(dtype=np.float32, out=row)
+        return noise
+    raise InputError(
+        f"{who} adds noise at this step: pass generator=np.random.Generator (or one per image) or "
+        f"variance_noise=array, got generator={generator!r}"
+    )
 
 
 # --------------------------------------------------------------------------- x0 from the model's output
 
 
 def predict_original_and_noise(
-    model_output: np.ndarray, sample: np.ndarray, alpha_prod_t: np.float32, prediction_type: str
-) -> tuple[np.ndarray, np.ndarray]:
+    model_output: np.ndarray,
+    sample: np.ndarray,
+    sqrt_alpha_prod_t: np.float32,
+    sqrt_beta_prod_t: np.float32,
+    prediction_type: str,
+    with_epsilon: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """(x0, eps) from a model output, by x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps (Ho et al. eq. 4).
 
     "epsilon": Ho et al. 2020, eq. 15; "v_prediction": v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0
-    (Salimans & Ho 2022, Sec. 4); "sample": the model predicts x0 directly.
+    (Salimans & Ho 2022, Sec. 4); "sample": the model predicts x0 directly. ``x0`` is always a new array
+    (callers clip it in place); eps is ``model_output`` itself for "epsilon", None unless ``with_epsilon``.
+    Each formula is evaluated in the order it is written, one rounding per operation, as diffusers does.
     """
-    beta_prod_t = ONE - alpha_prod_t
-    sqrt_alpha_prod_t, sqrt_beta_prod_t = np.sqrt(alpha_prod_t), np.sqrt(beta_prod_t)
-    if prediction_type == "epsilon":
-        pred_original_sample = (sample - sqrt_beta_prod_t * model_output) / sqrt_alpha_prod_t
-        pred_epsilon = model_output
-    elif prediction_type == "sample":
-        pred_original_sample = model_output
-        pred_epsilon = (sample - sqrt_alpha_prod_t * pred_original_sample) / sqrt_beta_prod_t
-    else:  # "v_prediction"
-        pred_original_sample = sqrt_alpha_prod_t * sample - sqrt_beta_prod_t * model_output
-        pred_epsilon = sqrt_alpha_prod_t * model_output + sqrt_beta_prod_t * sample
-    return pred_original_sample, pred_epsilon
+    if prediction_type == "epsilon":  # (x_t - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar)
+        x0 = np.multiply(model_output, sqrt_beta_prod_t)
+        np.subtract(sample, x0, out=x0)
+        np.divide(x0, sqrt_alpha_prod_t, out=x0)
+        return x0, model_output
+    if prediction_type == "sample":
+        x0 = model_output.copy()
+        if not with_epsilon:
+            return x0, None
+        eps = np.multiply(x0, sqrt_alpha_prod_t)  # (x_t - sqrt(alpha_bar) x0) / sqrt(1 - alpha_bar)
+        np.subtract(sample, eps, out=eps)
+        np.divide(eps, sqrt_beta_prod_t, out=eps)
+        return x0, eps
+    # "v_prediction": x0 = sqrt(alpha_bar) x_t - sqrt(1 - alpha_bar) v
+    x0 = np.multiply(sample, sqrt_alpha_prod_t)
+    x0 -= np.multiply(model_output, sqrt_beta_prod_t)
+    if not with_epsilon:
+        return x0, None
+    eps = np.multiply(model_output, sqrt_alpha_prod_t)  # sqrt(alpha_bar) v + sqrt(1 - alpha_bar) x_t
+    eps += np.multiply(sample, sqrt_beta_prod_t)
+    return x0, eps
 
 
 def dynamic_threshold(x0: np.ndarray, ratio: float, max_value: float) -> np.ndarray:
@@ -248,12 +276,13 @@ def dynamic_threshold(x0: np.ndarray, ratio: float, max_value: float) -> np.ndar
 
 
 def clip_or_threshold(x0: np.ndarray, config: Mapping[str, Any]) -> np.ndarray:
-    """DDPM/DDIM stage "clip or threshold predicted x_0": thresholding wins over ``clip_sample``."""
+    """DDPM/DDIM stage "clip or threshold predicted x_0" (clipping in place): thresholding wins over
+    ``clip_sample``."""
     if config["thresholding"]:
         return dynamic_threshold(x0, config["dynamic_thresholding_ratio"], config["sample_max_value"])
     if config["clip_sample"]:
         limit = np.float32(config["clip_sample_range"])
-        return np.clip(x0, -limit, limit)
+        return np.clip(x0, -limit, limit, out=x0)
     return x0
 
 

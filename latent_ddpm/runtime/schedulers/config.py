@@ -117,6 +117,8 @@ class SchedulerBase:
     REFUSED: ClassVar[Mapping[tuple[str, Any], str]] = MappingProxyType({})
     # beta_schedule values this scheduler implements (diffusers only reads it when trained_betas is unset)
     BETA_SCHEDULES: ClassVar[tuple[str, ...]] = BETA_SCHEDULES
+    # keyword arguments of __init__ that are not diffusers config keys (DDIM's eta): never read from a config
+    SAMPLING_OPTIONS: ClassVar[tuple[str, ...]] = ()
     order = 1  # model evaluations per step(), as diffusers' ``order`` (1 for all three)
     init_noise_sigma = 1.0  # std of the initial noise x_T ~ N(0, I)
 
@@ -151,7 +153,8 @@ class SchedulerBase:
         """Build from a diffusers scheduler config of any of the three schedulers, like diffusers' ``from_config``.
 
         Keys this scheduler does not have are ignored; ``overrides`` (which must be options of this
-        scheduler) replace config values, e.g. ``DPMSolverMultistepScheduler.from_config(cfg, solver_order=2)``.
+        scheduler, or its ``SAMPLING_OPTIONS``) replace config values, e.g.
+        ``DPMSolverMultistepScheduler.from_config(cfg, solver_order=2)``, ``DDIMScheduler.from_config(cfg, eta=1)``.
         """
         if not isinstance(config, Mapping):
             raise InputError(
@@ -164,7 +167,7 @@ class SchedulerBase:
             )
         used_defaults = set(used_defaults)
         options = {k: v for k, v in config.items() if k in cls.DEFAULTS and k not in used_defaults}
-        unknown = sorted(set(overrides) - set(cls.DEFAULTS))
+        unknown = sorted(set(overrides) - set(cls.DEFAULTS) - set(cls.SAMPLING_OPTIONS))
         if unknown:
             raise InputError(f"{cls.__name__} has no option(s) {', '.join(unknown)}")
         options.update(overrides)

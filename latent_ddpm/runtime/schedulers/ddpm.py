@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
@@ -10,30 +11,37 @@ import numpy as np
 from latent_ddpm.errors import InputError
 from latent_ddpm.runtime.schedulers.common import (
     ONE,
+    Generators,
     SchedulerOutput,
-    add_noise_vp,
     as_float32,
-    check_num_inference_steps,
     check_same_shape,
     check_timestep,
     clip_or_threshold,
-    cumprod_f32,
     draw_noise,
     predict_original_and_noise,
-    spaced_timesteps,
-    train_betas,
 )
-from latent_ddpm.runtime.schedulers.config import (
-    BETA_SCHEDULES,
-    PREDICTION_TYPES,
-    TIMESTEP_SPACINGS,
-    SchedulerBase,
-)
+from latent_ddpm.runtime.schedulers.config import BETA_SCHEDULES, PREDICTION_TYPES, TIMESTEP_SPACINGS
+from latent_ddpm.runtime.schedulers.variance_preserving import VPScheduler
 
 LEARNED = ("learned", "learned_range")
 
 
-class DDPMScheduler(SchedulerBase):
+@dataclass(frozen=True)
+class DDPMCoefficients:
+    """The float32 scalars of one DDPM step between two scheduled timesteps (Ho et al. 2020, eqs. 6-7)."""
+
+    prev_timestep: int  # -1 after the last one
+    alpha_prod_t: np.float32  # alpha_bar_t
+    alpha_prod_t_prev: np.float32  # alpha_bar_{t-1}
+    current_beta_t: np.float32  # 1 - alpha_bar_t / alpha_bar_{t-1}, the effective beta_t of the step
+    sqrt_alpha_prod_t: np.float32
+    sqrt_beta_prod_t: np.float32
+    pred_original_sample_coeff: np.float32  # of x_0 in mu_tilde, eq. 7
+    current_sample_coeff: np.float32  # of x_t in mu_tilde, eq. 7
+    std: np.float32 | None  # sigma_t of a fixed variance_type; None for a learned one (it needs the model)
+
+
+class DDPMScheduler(VPScheduler):
     """Samples x_{t-1} ~ q(x_{t-1} | x_t, x0_hat), the posterior of Ho et al. 2020 eqs. 6-7, at every step.
 
     With ``set_timesteps(n)`` for n < num_train_timesteps the posterior is taken between consecutive
@@ -78,32 +86,47 @@ class DDPMScheduler(SchedulerBase):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        self.betas = train_betas(self.config)
-        self.alphas = ONE - self.betas
-        self.alphas_cumprod = cumprod_f32(self.alphas)
         self.variance_type = self.config["variance_type"]
-        # Until set_timesteps, the full training chain T-1, ..., 0.
-        self.num_inference_steps: int | None = None
-        self.timesteps = np.arange(self.config["num_train_timesteps"], dtype=np.int64)[::-1].copy()
+        self._previous: dict[int, int] = {}
+        self._coefficients: dict[int, DDPMCoefficients] = {}
 
-    def set_timesteps(self, num_inference_steps: int) -> None:
-        """Choose the ``num_inference_steps`` timesteps to sample at (``config["timestep_spacing"]``)."""
-        c = self.config
-        n = check_num_inference_steps(num_inference_steps, c["num_train_timesteps"])
-        self.num_inference_steps = n
-        self.timesteps = spaced_timesteps(
-            c["timestep_spacing"], c["num_train_timesteps"], n, c["steps_offset"]
-        )
+    def _precompute(self) -> None:
+        self._previous = {}
+        for t, after in zip(self.timesteps.tolist(), [*self.timesteps[1:].tolist(), -1], strict=True):
+            self._previous.setdefault(t, after)  # a repeated timestep steps to what follows its first entry
+        self._coefficients = {t: self.coefficients(t) for t in self.timesteps.tolist()}
 
     def previous_timestep(self, timestep: int) -> int:
         """The timestep after ``timestep`` in the schedule, -1 after the last one."""
         if not self.num_inference_steps:
             return timestep - 1
-        matches = np.flatnonzero(self.timesteps == timestep)
-        if matches.size == 0:
+        if timestep not in self._previous:
             raise InputError(f"timestep {timestep} is not in the schedule {self.timesteps.tolist()}")
-        index = matches[0]
-        return -1 if index == len(self.timesteps) - 1 else int(self.timesteps[index + 1])
+        return self._previous[timestep]
+
+    def coefficients(self, timestep: int) -> DDPMCoefficients:
+        """Stages 1 and 4 of ``step`` (and 6's sigma for a fixed variance): what depends on the timestep alone."""
+        prev_t = self.previous_timestep(timestep)
+        # 1. alpha_bar_t, alpha_bar_{t-1} and the effective beta_t between the two scheduled timesteps
+        alpha_prod_t = self.alphas_cumprod[timestep]
+        alpha_prod_t_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else ONE
+        beta_prod_t = ONE - alpha_prod_t
+        beta_prod_t_prev = ONE - alpha_prod_t_prev
+        current_alpha_t = alpha_prod_t / alpha_prod_t_prev
+        current_beta_t = ONE - current_alpha_t
+        fixed = self.variance_type not in LEARNED
+        return DDPMCoefficients(
+            prev_timestep=prev_t,
+            alpha_prod_t=alpha_prod_t,
+            alpha_prod_t_prev=alpha_prod_t_prev,
+            current_beta_t=current_beta_t,
+            sqrt_alpha_prod_t=np.sqrt(alpha_prod_t),
+            sqrt_beta_prod_t=np.sqrt(beta_prod_t),
+            # 4. coefficients of x_0 and x_t in the posterior mean mu_tilde (Ho et al. 2020, eq. 7)
+            pred_original_sample_coeff=(np.sqrt(alpha_prod_t_prev) * current_beta_t) / beta_prod_t,
+            current_sample_coeff=np.sqrt(current_alpha_t) * beta_prod_t_prev / beta_prod_t,
+            std=self._std(current_beta_t, alpha_prod_t, alpha_prod_t_prev, None) if fixed else None,
+        )
 
     def step(
         self,
@@ -111,13 +134,13 @@ class DDPMScheduler(SchedulerBase):
         timestep: int,
         sample: np.ndarray,
         *,
-        generator: np.random.Generator | None = None,
+        generator: Generators | None = None,
         variance_noise: np.ndarray | None = None,
     ) -> SchedulerOutput:
         """One reverse step x_t -> x_{t-1}; noise comes only from ``generator`` or ``variance_noise``."""
         c = self.config
         t = check_timestep(timestep, c["num_train_timesteps"])
-        prev_t = self.previous_timestep(t)
+        k = self._coefficients.get(t) or self.coefficients(t)  # 1, 4: precomputed by set_timesteps
         model_output = as_float32(model_output, "model_output")
         sample = as_float32(sample, "sample")
 
@@ -132,36 +155,27 @@ class DDPMScheduler(SchedulerBase):
             model_output, predicted_variance = np.split(model_output, 2, axis=1)
         check_same_shape(model_output, sample)
 
-        # 1. alpha_bar_t, alpha_bar_{t-1} and the effective beta_t between the two scheduled timesteps
-        alpha_prod_t = self.alphas_cumprod[t]
-        alpha_prod_t_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else ONE
-        beta_prod_t = ONE - alpha_prod_t
-        beta_prod_t_prev = ONE - alpha_prod_t_prev
-        current_alpha_t = alpha_prod_t / alpha_prod_t_prev
-        current_beta_t = ONE - current_alpha_t
-
         # 2. predicted x_0 (Ho et al. 2020, eq. 15 for epsilon)
         pred_original_sample, _ = predict_original_and_noise(
-            model_output, sample, alpha_prod_t, c["prediction_type"]
+            model_output, sample, k.sqrt_alpha_prod_t, k.sqrt_beta_prod_t, c["prediction_type"], False
         )
 
         # 3. clip or dynamically threshold x_0
         pred_original_sample = clip_or_threshold(pred_original_sample, c)
 
-        # 4. coefficients of x_0 and x_t in the posterior mean mu_tilde (Ho et al. 2020, eq. 7)
-        pred_original_sample_coeff = (np.sqrt(alpha_prod_t_prev) * current_beta_t) / beta_prod_t
-        current_sample_coeff = np.sqrt(current_alpha_t) * beta_prod_t_prev / beta_prod_t
-
         # 5. posterior mean mu_tilde(x_t, x_0) (Ho et al. 2020, eq. 7)
-        pred_prev_sample = pred_original_sample_coeff * pred_original_sample + current_sample_coeff * sample
+        pred_prev_sample = np.multiply(pred_original_sample, k.pred_original_sample_coeff)
+        pred_prev_sample += np.multiply(sample, k.current_sample_coeff)
 
         # 6. add sigma_t z with the posterior variance beta_tilde (Ho et al. 2020, eqs. 6-7), except at t = 0
         if t > 0:
             noise = draw_noise(sample.shape, generator, variance_noise, "DDPMScheduler.step")
-            std = self._std(current_beta_t, alpha_prod_t, alpha_prod_t_prev, predicted_variance)
-            pred_prev_sample = pred_prev_sample + std * noise
+            std = k.std
+            if std is None:
+                std = self._std(k.current_beta_t, k.alpha_prod_t, k.alpha_prod_t_prev, predicted_variance)
+            pred_prev_sample += std * noise
 
-        return SchedulerOutput(pred_prev_sample.astype(np.float32), pred_original_sample.astype(np.float32))
+        return SchedulerOutput(pred_prev_sample, pred_original_sample)
 
     def _std(
         self,
@@ -169,7 +183,7 @@ class DDPMScheduler(SchedulerBase):
         alpha_prod_t: np.float32,
         alpha_prod_t_prev: np.float32,
         predicted_variance: np.ndarray | None,
-    ) -> np.float32 | np.ndarray:
+    ) -> Any:
         """Standard deviation of the step's noise for each ``variance_type`` (diffusers' ``_get_variance``)."""
         # beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t (Ho et al. 2020, eq. 7), floored for log
         variance = (ONE - alpha_prod_t_prev) / (ONE - alpha_prod_t) * current_beta_t
@@ -187,7 +201,3 @@ class DDPMScheduler(SchedulerBase):
             frac = (predicted_variance + 1) / 2
             return np.exp(0.5 * (frac * max_log + (1 - frac) * min_log))
         return np.sqrt(variance)  # "fixed_small" (and None)
-
-    def add_noise(self, original_samples: np.ndarray, noise: np.ndarray, timesteps: np.ndarray) -> np.ndarray:
-        """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) noise (Ho et al. 2020, eq. 4), per batch item."""
-        return add_noise_vp(self.alphas_cumprod, original_samples, noise, timesteps)

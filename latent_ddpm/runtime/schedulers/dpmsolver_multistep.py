@@ -1,16 +1,22 @@
-"""Multistep DPM-Solver / DPM-Solver++ (Lu et al. 2022a, 2022b) in NumPy: diffusers'
-``DPMSolverMultistepScheduler`` step for step.
+"""Multistep DPM-Solver++ (Lu et al. 2022b) in NumPy: diffusers' ``DPMSolverMultistepScheduler`` with
+``algorithm_type="dpmsolver++"``, orders 1 and 2, step for step.
 
 Notation (diffusers'): for a noise level ``sigma`` (= sqrt((1 - alpha_bar) / alpha_bar), the VE sigma),
 alpha_t = 1 / sqrt(sigma^2 + 1) and sigma_t = sigma * alpha_t are the VP signal and noise scales, so that
 x_t = alpha_t x_0 + sigma_t eps; lambda_t = log(alpha_t / sigma_t) is half the log-SNR and h = lambda_t -
-lambda_s the step size in lambda. "dpmsolver++" integrates the data prediction x_0 (Lu et al. 2022b),
-"dpmsolver" the noise prediction eps (Lu et al. 2022a); the "sde-" variants add noise at every step.
+lambda_s the step size in lambda. DPM-Solver++ integrates the data prediction x_0.
+
+diffusers' scheduler also has the noise-prediction solver ("dpmsolver", Lu et al. 2022a), stochastic
+variants ("sde-dpmsolver", "sde-dpmsolver++") and a third order. The runtime refuses them: with classifier-free
+guidance the data-prediction form is the stable one and the authors recommend its second order (Lu et al.
+2022b, Secs. 1 and 4), the SDE variants pay off only at many more steps than the few this solver is for, and
+each would be a sampler to hold to diffusers and to pass the export gate for no gain our users asked for.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
@@ -19,18 +25,18 @@ import numpy as np
 from latent_ddpm.errors import InputError
 from latent_ddpm.runtime.schedulers.common import (
     ONE,
+    Generators,
     SchedulerOutput,
     as_float32,
     check_num_inference_steps,
     check_same_shape,
-    cumprod_f32,
-    draw_noise,
     dynamic_threshold,
-    train_betas,
 )
-from latent_ddpm.runtime.schedulers.config import PREDICTION_TYPES, TIMESTEP_SPACINGS, SchedulerBase
+from latent_ddpm.runtime.schedulers.config import PREDICTION_TYPES, TIMESTEP_SPACINGS
+from latent_ddpm.runtime.schedulers.variance_preserving import VPScheduler
 
-ALGORITHM_TYPES = ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++")
+ALGORITHM_TYPES = ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++")  # diffusers' names
+_REFUSED_WHY = "the runtime samples with DPM-Solver++ of order 1 or 2 only (see the module docstring)"
 LEARNED = ("learned", "learned_range")
 # diffusers maps DEIS's and UniPC's names onto its own when loading their configs
 _ALIASES = {
@@ -63,12 +69,24 @@ def _sigma_to_t(sigma: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
     return ((1 - w) * low_idx + w * high_idx).reshape(sigma.shape)
 
 
-class DPMSolverMultistepScheduler(SchedulerBase):
-    """Multistep DPM-Solver(++) of order 1-3 reusing the last model outputs; 2M (Lu et al. 2022b, Alg. 2) default.
+@dataclass(frozen=True)
+class DPMSolverCoefficients:
+    """The float32 scalars of one step from sigma_s = ``sigmas[i]`` to sigma_t = ``sigmas[i + 1]``."""
+
+    alpha_s: np.float32  # signal scale at s: converts the model output to x_0
+    sigma_s: np.float32  # noise scale at s
+    sample_coeff: np.float32  # sigma_t / sigma_s
+    d0_coeff: np.float32  # alpha_t (e^{-h} - 1), h = lambda_t - lambda_s
+    d1_coeff: np.float32 | None  # of D1 in the second order (subtracted); None at the first step
+    inverse_r0: np.float32 | None  # 1 / r0 = h / h_{i-1}; None at the first step
+
+
+class DPMSolverMultistepScheduler(VPScheduler):
+    """Multistep DPM-Solver++ reusing the last model output: 2M (Lu et al. 2022b, Alg. 2), or order 1.
 
     Keeps diffusers' state: ``model_outputs`` (the converted outputs of the last ``solver_order`` steps),
     ``lower_order_nums`` (how many are filled) and ``step_index``; ``set_timesteps`` resets all three.
-    ``step`` must therefore see the timesteps in order, once each.
+    ``step`` must therefore see the timesteps in order, once each. Deterministic: ``step`` draws no noise.
     """
 
     DEFAULTS = MappingProxyType(
@@ -105,7 +123,7 @@ class DPMSolverMultistepScheduler(SchedulerBase):
     )
     CHOICES = MappingProxyType(
         {
-            "solver_order": (1, 2, 3),
+            "solver_order": (1, 2, 3),  # 3 is refused (REFUSED) with why, not as an unknown value
             "prediction_type": PREDICTION_TYPES,
             "algorithm_type": ALGORITHM_TYPES,
             "solver_type": ("midpoint", "heun"),
@@ -130,6 +148,10 @@ class DPMSolverMultistepScheduler(SchedulerBase):
             ("use_flow_sigmas", True): "flow-matching sigmas are for flow models, not DDPM-trained U-Nets",
             ("use_dynamic_shifting", True): "dynamic shifting is for flow models, not DDPM-trained U-Nets",
             ("prediction_type", "flow_prediction"): "flow models are not DDPM-trained U-Nets",
+            ("algorithm_type", "dpmsolver"): _REFUSED_WHY,
+            ("algorithm_type", "sde-dpmsolver"): _REFUSED_WHY,
+            ("algorithm_type", "sde-dpmsolver++"): _REFUSED_WHY,
+            ("solver_order", 3): _REFUSED_WHY,
         }
     )
 
@@ -145,22 +167,18 @@ class DPMSolverMultistepScheduler(SchedulerBase):
                 "DPMSolverMultistepScheduler: use_karras_sigmas and use_exponential_sigmas exclude each other"
             )
         # diffusers checks the name it was given, so a DEIS config ("deis") needs sigma_min too
-        if requested_algorithm not in ("dpmsolver++", "sde-dpmsolver++") and c["final_sigmas_type"] == "zero":
+        if requested_algorithm != "dpmsolver++" and c["final_sigmas_type"] == "zero":
             raise InputError(
                 f"DPMSolverMultistepScheduler: final_sigmas_type='zero' is not supported with "
                 f"algorithm_type={requested_algorithm!r}; use 'sigma_min'"
             )
-        self.betas = train_betas(c)
-        self.alphas = ONE - self.betas
-        self.alphas_cumprod = cumprod_f32(self.alphas)
         if c["rescale_betas_zero_snr"]:
             # alpha_bar_T = 0 would make sigma_T infinite; diffusers uses the smallest fp16 subnormal instead
             self.alphas_cumprod[-1] = np.float32(2**-24)
         # half log-SNR of each training timestep, lambda_t = log(alpha_t) - log(sigma_t)
         self.lambdas = np.log(np.sqrt(self.alphas_cumprod)) - np.log(np.sqrt(ONE - self.alphas_cumprod))
         self.sigmas = self._train_sigmas()
-        self.num_inference_steps: int | None = None
-        self.timesteps = np.arange(c["num_train_timesteps"], dtype=np.int64)[::-1].copy()
+        self._coefficients: list[DPMSolverCoefficients] = []
         self._reset_state()
 
     def _train_sigmas(self) -> np.ndarray:
@@ -170,25 +188,17 @@ class DPMSolverMultistepScheduler(SchedulerBase):
         self.model_outputs: list[np.ndarray | None] = [None] * self.config["solver_order"]
         self.lower_order_nums = 0
         self._step_index: int | None = None
-        self._begin_index: int | None = None
+        self._begin_index = None
 
     @property
     def step_index(self) -> int | None:
         """Index into ``timesteps`` of the next ``step`` (None until the first)."""
         return self._step_index
 
-    @property
-    def begin_index(self) -> int | None:
-        return self._begin_index
-
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        """Start at ``timesteps[begin_index]`` (img2img), as diffusers' pipelines call it after set_timesteps."""
-        self._begin_index = int(begin_index)
-
     # ------------------------------------------------------------------ the schedule
 
     def set_timesteps(self, num_inference_steps: int) -> None:
-        """Choose timesteps and their sigmas (plus a final sigma) and reset the multistep state."""
+        """Choose timesteps and their sigmas (plus a final sigma), reset the multistep state, precompute."""
         c = self.config
         n = check_num_inference_steps(num_inference_steps, c["num_train_timesteps"])
         # Clip the smallest lambda for numerical stability (critical for the cosine schedule).
@@ -215,6 +225,7 @@ class DPMSolverMultistepScheduler(SchedulerBase):
         self.timesteps = timesteps.astype(np.int64)
         self.num_inference_steps = len(timesteps)
         self._reset_state()
+        self._coefficients = [self.coefficients(i) for i in range(len(self.timesteps))]
 
     def _spaced_timesteps(self, n: int, last_timestep: int) -> np.ndarray:
         """Lin et al. 2024, Table 2 spacings over n + 1 points, dropping the last (as diffusers' DPM-Solver)."""
@@ -260,8 +271,37 @@ class DPMSolverMultistepScheduler(SchedulerBase):
 
     # ------------------------------------------------------------------ one step
 
+    def _alpha_sigma_lambda(self, index: int) -> tuple[np.float32, np.float32, np.float32]:
+        alpha, sigma = sigma_to_alpha_sigma_t(self.sigmas[index])
+        return alpha, sigma, np.log(alpha) - np.log(sigma)
+
+    def coefficients(self, i: int) -> DPMSolverCoefficients:
+        """What the step from ``sigmas[i]`` (s) to ``sigmas[i + 1]`` (t) needs besides the model outputs."""
+        # lambda = +inf at a final sigma of 0 is intended (its r0 is never used: the last step is first order)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            alpha_t, sigma_t, lambda_t = self._alpha_sigma_lambda(i + 1)
+            alpha_s0, sigma_s0, lambda_s0 = self._alpha_sigma_lambda(i)
+            h = lambda_t - lambda_s0
+            d1_coeff = inverse_r0 = None
+            if i > 0:
+                _, _, lambda_s1 = self._alpha_sigma_lambda(i - 1)
+                r0 = (lambda_s0 - lambda_s1) / h  # r0 = h_{i-1} / h_i
+                inverse_r0 = ONE / r0
+                if self.config["solver_type"] == "midpoint":
+                    d1_coeff = 0.5 * (alpha_t * (np.exp(-h) - ONE))
+                else:  # "heun": + alpha_t ((e^{-h} - 1) / h + 1) D1, written as a subtraction
+                    d1_coeff = -(alpha_t * ((np.exp(-h) - ONE) / h + ONE))
+        return DPMSolverCoefficients(
+            alpha_s=alpha_s0,
+            sigma_s=sigma_s0,
+            sample_coeff=sigma_t / sigma_s0,
+            d0_coeff=alpha_t * (np.exp(-h) - ONE),
+            d1_coeff=d1_coeff,
+            inverse_r0=inverse_r0,
+        )
+
     def convert_model_output(self, model_output: np.ndarray, sample: np.ndarray) -> np.ndarray:
-        """The model's output as what the solver integrates: x_0 for "dpmsolver++", eps for "dpmsolver".
+        """The model's output as the data prediction x_0 that DPM-Solver++ integrates (a new array).
 
         A learned-variance model's variance channels are dropped (diffusers keeps the first 3 channels, which
         is the same thing for the 3-channel samples it works with).
@@ -271,30 +311,20 @@ class DPMSolverMultistepScheduler(SchedulerBase):
         if prediction_type == "epsilon" and c["variance_type"] in LEARNED:
             model_output = model_output[:, : sample.shape[1]]
         check_same_shape(model_output, sample)
-        alpha_t, sigma_t = sigma_to_alpha_sigma_t(self.sigmas[self._step_index])
-
-        if c["algorithm_type"] in ("dpmsolver++", "sde-dpmsolver++"):
-            if prediction_type == "epsilon":
-                x0_pred = (sample - sigma_t * model_output) / alpha_t
-            elif prediction_type == "sample":
-                x0_pred = model_output
-            else:  # "v_prediction"
-                x0_pred = alpha_t * sample - sigma_t * model_output
-            if c["thresholding"]:
-                x0_pred = dynamic_threshold(x0_pred, c["dynamic_thresholding_ratio"], c["sample_max_value"])
-            return x0_pred
-
-        if prediction_type == "epsilon":
-            epsilon = model_output
+        assert self._step_index is not None
+        k = self._coefficients[self._step_index]
+        if prediction_type == "epsilon":  # (x_s - sigma_s eps) / alpha_s
+            x0_pred = np.multiply(model_output, k.sigma_s)
+            np.subtract(sample, x0_pred, out=x0_pred)
+            np.divide(x0_pred, k.alpha_s, out=x0_pred)
         elif prediction_type == "sample":
-            epsilon = (sample - alpha_t * model_output) / sigma_t
-        else:  # "v_prediction"
-            epsilon = alpha_t * model_output + sigma_t * sample
+            x0_pred = model_output.copy()
+        else:  # "v_prediction": alpha_s x_s - sigma_s v
+            x0_pred = np.multiply(sample, k.alpha_s)
+            x0_pred -= np.multiply(model_output, k.sigma_s)
         if c["thresholding"]:
-            x0_pred = (sample - sigma_t * epsilon) / alpha_t
             x0_pred = dynamic_threshold(x0_pred, c["dynamic_thresholding_ratio"], c["sample_max_value"])
-            epsilon = (sample - alpha_t * x0_pred) / sigma_t
-        return epsilon
+        return x0_pred
 
     def step(
         self,
@@ -302,12 +332,13 @@ class DPMSolverMultistepScheduler(SchedulerBase):
         timestep: int,
         sample: np.ndarray,
         *,
-        generator: np.random.Generator | None = None,
+        generator: Generators | None = None,
         variance_noise: np.ndarray | None = None,
     ) -> SchedulerOutput:
-        """One multistep update x_s -> x_t; the "sde-" algorithms need ``generator`` or ``variance_noise``.
+        """One multistep update x_s -> x_t. It draws no noise: ``generator`` and ``variance_noise`` are
+        accepted (every sampler's ``step`` takes the same arguments) and unused.
 
-        ``pred_original_sample`` is the step's x_0 estimate (for "dpmsolver", derived from its eps).
+        ``pred_original_sample`` is the step's x_0 estimate, the converted model output.
         """
         c = self.config
         if self.num_inference_steps is None:
@@ -325,175 +356,33 @@ class DPMSolverMultistepScheduler(SchedulerBase):
             )
         model_output = as_float32(model_output, "model_output")
         sample = as_float32(sample, "sample")
+        k = self._coefficients[i]
 
-        # 1. Fall back to lower orders at the end: it stabilises few-step sampling (and a final sigma of 0).
+        # 1. Fall back to the first order at the end: it stabilises few-step sampling (and a final sigma of 0).
         lower_order_final = (i == n - 1) and (
             c["euler_at_final"] or (c["lower_order_final"] and n < 15) or c["final_sigmas_type"] == "zero"
         )
-        lower_order_second = (i == n - 2) and c["lower_order_final"] and n < 15
 
-        # 2. Convert the model output and push it onto the history m_{i-2}, m_{i-1}, m_i.
-        model_output = self.convert_model_output(model_output, sample)
-        self.model_outputs = [*self.model_outputs[1:], model_output]
+        # 2. Convert the model output and push it onto the history m_{i-1}, m_i.
+        m0 = self.convert_model_output(model_output, sample)
+        self.model_outputs = [*self.model_outputs[1:], m0]
 
-        # 3. The SDE variants' noise z ~ N(0, I).
-        noise = None
-        if c["algorithm_type"] in ("sde-dpmsolver", "sde-dpmsolver++"):
-            noise = draw_noise(
-                sample.shape, generator, variance_noise, f"algorithm_type={c['algorithm_type']!r}"
-            )
-
-        # 4. The update of the highest order the history (and the end of the schedule) allows.
-        with np.errstate(divide="ignore"):  # lambda = +inf at a final sigma of 0 is intended
-            if c["solver_order"] == 1 or self.lower_order_nums < 1 or lower_order_final:
-                prev_sample = self._first_order_update(model_output, sample, noise)
-            elif c["solver_order"] == 2 or self.lower_order_nums < 2 or lower_order_second:
-                prev_sample = self._second_order_update(sample, noise)
-            else:
-                prev_sample = self._third_order_update(sample, noise)
+        # 3. x_t = (sigma_t / sigma_s) x_s - alpha_t (e^{-h} - 1) D0 [- c D1]: DPM-Solver++(1) (Lu et al. 2022b,
+        # eq. 9, DDIM in this parametrisation) while there is no history, else the multistep second order
+        # (Alg. 2) with D0 = m_i and D1 = (m_i - m_{i-1}) / r0.
+        prev_sample = np.multiply(sample, k.sample_coeff)
+        prev_sample -= np.multiply(m0, k.d0_coeff)
+        if not (c["solver_order"] == 1 or self.lower_order_nums < 1 or lower_order_final):
+            assert k.d1_coeff is not None and k.inverse_r0 is not None
+            m1 = self.model_outputs[-2]
+            d1 = np.subtract(m0, m1)
+            d1 *= k.inverse_r0
+            d1 *= k.d1_coeff
+            prev_sample -= d1
         if self.lower_order_nums < c["solver_order"]:
             self.lower_order_nums += 1
-
-        # 5. x_0 estimate for previews.
-        if c["algorithm_type"] in ("dpmsolver++", "sde-dpmsolver++"):
-            pred_original_sample = model_output
-        else:
-            alpha_s, sigma_s = sigma_to_alpha_sigma_t(self.sigmas[i])
-            pred_original_sample = (sample - sigma_s * model_output) / alpha_s
         self._step_index += 1
-        return SchedulerOutput(prev_sample.astype(np.float32), pred_original_sample.astype(np.float32))
-
-    def _alpha_sigma_lambda(self, index: int) -> tuple[np.float32, np.float32, np.float32]:
-        alpha, sigma = sigma_to_alpha_sigma_t(self.sigmas[index])
-        return alpha, sigma, np.log(alpha) - np.log(sigma)
-
-    def _first_order_update(self, m0: np.ndarray, sample: np.ndarray, noise: np.ndarray | None) -> np.ndarray:
-        """DPM-Solver-1 (Lu et al. 2022a) / DPM-Solver++(1) (Lu et al. 2022b): the exact solution for a constant
-        model output over the step; DDIM in the (alpha_t, sigma_t, lambda) parametrisation."""
-        i = self._step_index
-        alpha_t, sigma_t, lambda_t = self._alpha_sigma_lambda(i + 1)
-        alpha_s, sigma_s, lambda_s = self._alpha_sigma_lambda(i)
-        h = lambda_t - lambda_s
-        algorithm = self.config["algorithm_type"]
-        if algorithm == "dpmsolver++":
-            return (sigma_t / sigma_s) * sample - (alpha_t * (np.exp(-h) - ONE)) * m0
-        if algorithm == "dpmsolver":
-            return (alpha_t / alpha_s) * sample - (sigma_t * (np.exp(h) - ONE)) * m0
-        if algorithm == "sde-dpmsolver++":
-            return (
-                (sigma_t / sigma_s * np.exp(-h)) * sample
-                + (alpha_t * (1 - np.exp(-2.0 * h))) * m0
-                + sigma_t * np.sqrt(ONE - np.exp(-2 * h)) * noise
-            )
-        return (  # "sde-dpmsolver"
-            (alpha_t / alpha_s) * sample
-            - 2.0 * (sigma_t * (np.exp(h) - ONE)) * m0
-            + sigma_t * np.sqrt(np.exp(2 * h) - ONE) * noise
-        )
-
-    def _second_order_update(self, sample: np.ndarray, noise: np.ndarray | None) -> np.ndarray:
-        """Multistep second order: DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2) and its DPM-Solver / SDE
-        counterparts. D1 is the backward difference of the last two outputs, scaled by r0 = h_{i-1} / h_i;
-        "midpoint" and "heun" weight it differently."""
-        i = self._step_index
-        alpha_t, sigma_t, lambda_t = self._alpha_sigma_lambda(i + 1)
-        alpha_s0, sigma_s0, lambda_s0 = self._alpha_sigma_lambda(i)
-        _, _, lambda_s1 = self._alpha_sigma_lambda(i - 1)
-        m0, m1 = self.model_outputs[-1], self.model_outputs[-2]
-        h, h_0 = lambda_t - lambda_s0, lambda_s0 - lambda_s1
-        r0 = h_0 / h
-        D0, D1 = m0, (ONE / r0) * (m0 - m1)
-        algorithm, midpoint = self.config["algorithm_type"], self.config["solver_type"] == "midpoint"
-        if algorithm == "dpmsolver++":
-            if midpoint:
-                return (
-                    (sigma_t / sigma_s0) * sample
-                    - (alpha_t * (np.exp(-h) - ONE)) * D0
-                    - 0.5 * (alpha_t * (np.exp(-h) - ONE)) * D1
-                )
-            return (
-                (sigma_t / sigma_s0) * sample
-                - (alpha_t * (np.exp(-h) - ONE)) * D0
-                + (alpha_t * ((np.exp(-h) - ONE) / h + ONE)) * D1
-            )
-        if algorithm == "dpmsolver":
-            if midpoint:
-                return (
-                    (alpha_t / alpha_s0) * sample
-                    - (sigma_t * (np.exp(h) - ONE)) * D0
-                    - 0.5 * (sigma_t * (np.exp(h) - ONE)) * D1
-                )
-            return (
-                (alpha_t / alpha_s0) * sample
-                - (sigma_t * (np.exp(h) - ONE)) * D0
-                - (sigma_t * ((np.exp(h) - ONE) / h - ONE)) * D1
-            )
-        if algorithm == "sde-dpmsolver++":
-            if midpoint:
-                return (
-                    (sigma_t / sigma_s0 * np.exp(-h)) * sample
-                    + (alpha_t * (1 - np.exp(-2.0 * h))) * D0
-                    + 0.5 * (alpha_t * (1 - np.exp(-2.0 * h))) * D1
-                    + sigma_t * np.sqrt(ONE - np.exp(-2 * h)) * noise
-                )
-            return (
-                (sigma_t / sigma_s0 * np.exp(-h)) * sample
-                + (alpha_t * (1 - np.exp(-2.0 * h))) * D0
-                + (alpha_t * ((1.0 - np.exp(-2.0 * h)) / (-2.0 * h) + 1.0)) * D1
-                + sigma_t * np.sqrt(ONE - np.exp(-2 * h)) * noise
-            )
-        if midpoint:  # "sde-dpmsolver"
-            return (
-                (alpha_t / alpha_s0) * sample
-                - 2.0 * (sigma_t * (np.exp(h) - ONE)) * D0
-                - (sigma_t * (np.exp(h) - ONE)) * D1
-                + sigma_t * np.sqrt(np.exp(2 * h) - ONE) * noise
-            )
-        return (
-            (alpha_t / alpha_s0) * sample
-            - 2.0 * (sigma_t * (np.exp(h) - ONE)) * D0
-            - 2.0 * (sigma_t * ((np.exp(h) - ONE) / h - ONE)) * D1
-            + sigma_t * np.sqrt(np.exp(2 * h) - ONE) * noise
-        )
-
-    def _third_order_update(self, sample: np.ndarray, noise: np.ndarray | None) -> np.ndarray:
-        """Multistep third order (DPM-Solver++(3M), Lu et al. 2022b): D1 and D2 are first and second
-        divided differences of the last three outputs. diffusers has no "sde-dpmsolver" third order."""
-        i = self._step_index
-        alpha_t, sigma_t, lambda_t = self._alpha_sigma_lambda(i + 1)
-        alpha_s0, sigma_s0, lambda_s0 = self._alpha_sigma_lambda(i)
-        _, _, lambda_s1 = self._alpha_sigma_lambda(i - 1)
-        _, _, lambda_s2 = self._alpha_sigma_lambda(i - 2)
-        m0, m1, m2 = self.model_outputs[-1], self.model_outputs[-2], self.model_outputs[-3]
-        h, h_0, h_1 = lambda_t - lambda_s0, lambda_s0 - lambda_s1, lambda_s1 - lambda_s2
-        r0, r1 = h_0 / h, h_1 / h
-        D0 = m0
-        D1_0, D1_1 = (ONE / r0) * (m0 - m1), (ONE / r1) * (m1 - m2)
-        D1 = D1_0 + (r0 / (r0 + r1)) * (D1_0 - D1_1)
-        D2 = (ONE / (r0 + r1)) * (D1_0 - D1_1)
-        algorithm = self.config["algorithm_type"]
-        if algorithm == "dpmsolver++":
-            return (
-                (sigma_t / sigma_s0) * sample
-                - (alpha_t * (np.exp(-h) - ONE)) * D0
-                + (alpha_t * ((np.exp(-h) - ONE) / h + ONE)) * D1
-                - (alpha_t * ((np.exp(-h) - ONE + h) / (h * h) - 0.5)) * D2
-            )
-        if algorithm == "dpmsolver":
-            return (
-                (alpha_t / alpha_s0) * sample
-                - (sigma_t * (np.exp(h) - ONE)) * D0
-                - (sigma_t * ((np.exp(h) - ONE) / h - ONE)) * D1
-                - (sigma_t * ((np.exp(h) - ONE - h) / (h * h) - 0.5)) * D2
-            )
-        two_h = 2.0 * h  # "sde-dpmsolver++"
-        return (
-            (sigma_t / sigma_s0 * np.exp(-h)) * sample
-            + (alpha_t * (ONE - np.exp(-2.0 * h))) * D0
-            + (alpha_t * ((ONE - np.exp(-2.0 * h)) / (-2.0 * h) + ONE)) * D1
-            + (alpha_t * ((ONE - np.exp(-2.0 * h) - 2.0 * h) / (two_h * two_h) - 0.5)) * D2
-            + sigma_t * np.sqrt(ONE - np.exp(-2 * h)) * noise
-        )
+        return SchedulerOutput(prev_sample, m0)
 
     def add_noise(self, original_samples: np.ndarray, noise: np.ndarray, timesteps: np.ndarray) -> np.ndarray:
         """x_t = alpha_t x_0 + sigma_t noise at the scheduled sigma of each timestep (after set_timesteps)."""

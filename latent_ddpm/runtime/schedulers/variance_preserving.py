@@ -1,0 +1,75 @@
+"""The variance-preserving diffusion every sampler here integrates, set up once for all of them.
+
+Training noised x_0 as x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps (Ho et al. 2020, eq. 4) with
+alpha_bar_t = prod_{s <= t} (1 - beta_s); a sampler walks back along a subset of those timesteps. This base
+holds what DDPM, DDIM and DPM-Solver share: the training schedule (``betas``, ``alphas``,
+``alphas_cumprod``), the inference timesteps (``set_timesteps``, whose spacing DPM-Solver overrides), the
+forward process (``add_noise``) and where a run starts (``set_begin_index``, for img2img). A subclass
+precomputes its per-step coefficients in ``_precompute`` (called by ``set_timesteps``), so that ``step`` is
+a handful of array operations.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from latent_ddpm.errors import InputError
+from latent_ddpm.runtime.schedulers.common import (
+    ONE,
+    add_noise_vp,
+    check_num_inference_steps,
+    cumprod_f32,
+    spaced_timesteps,
+    train_betas,
+)
+from latent_ddpm.runtime.schedulers.config import SchedulerBase
+
+
+class VPScheduler(SchedulerBase):
+    """Training schedule, inference timesteps and the forward process of a variance-preserving model."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.betas = train_betas(self.config)
+        self.alphas = ONE - self.betas
+        self.alphas_cumprod = cumprod_f32(self.alphas)
+        # Until set_timesteps, the full training chain T-1, ..., 0.
+        self.num_inference_steps: int | None = None
+        self.timesteps = np.arange(self.config["num_train_timesteps"], dtype=np.int64)[::-1].copy()
+        self._begin_index: int | None = None
+
+    def set_timesteps(self, num_inference_steps: int) -> None:
+        """Choose the ``num_inference_steps`` timesteps to sample at (``config["timestep_spacing"]``)."""
+        c = self.config
+        n = check_num_inference_steps(num_inference_steps, c["num_train_timesteps"])
+        self.num_inference_steps = n
+        self.timesteps = spaced_timesteps(
+            c["timestep_spacing"], c["num_train_timesteps"], n, c["steps_offset"]
+        )
+        self._begin_index = None
+        self._precompute()
+
+    def _precompute(self) -> None:
+        """The per-step coefficients of ``self.timesteps``; subclasses fill them in."""
+
+    @property
+    def begin_index(self) -> int | None:
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start at ``timesteps[begin_index]`` (img2img), as diffusers' pipelines call it after set_timesteps.
+
+        Every sampler takes it, so a loop never asks which sampler it drives; only multistep samplers, which
+        count their own steps, need it.
+        """
+        if self.num_inference_steps is None:
+            raise InputError(f"{type(self).__name__}.set_begin_index: call set_timesteps first")
+        if not 0 <= begin_index <= len(self.timesteps):
+            raise InputError(f"begin_index {begin_index} is outside 0..{len(self.timesteps)}")
+        self._begin_index = int(begin_index)
+
+    def add_noise(self, original_samples: np.ndarray, noise: np.ndarray, timesteps: np.ndarray) -> np.ndarray:
+        """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) noise (Ho et al. 2020, eq. 4), per batch item."""
+        return add_noise_vp(self.alphas_cumprod, original_samples, noise, timesteps)
