@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from bundle_factory import make_bundle, rewrite_meta
 
@@ -138,6 +139,74 @@ def test_graph_input_not_declared(bundle: Path) -> None:
     (bundle / "bundle.json").write_text(json.dumps(meta))
     with pytest.raises(BundleError, match=r"graph inputs \['class_labels'\] are not declared"):
         Pipeline.from_bundle(bundle)
+
+
+def test_the_runtime_feeds_the_names_the_bundle_declares(tmp_path: Path) -> None:
+    """Tensor names come from bundle.json's specs (by their documented place), not from literals: a bundle
+    whose graphs call their inputs x / t / y and their outputs eps / pixels samples like any other."""
+    import onnx
+
+    root = make_bundle(tmp_path / "renamed")
+    meta = _meta(root)
+    renames = {"sample": "x", "timestep": "t", "class_labels": "y", "model_output": "eps", "latent": "z"}
+    for model in meta["models"].values():
+        graph_model = onnx.load(root / model["file"])
+        for node in graph_model.graph.node:
+            node.input[:] = [renames.get(n, n) for n in node.input]
+            node.output[:] = [renames.get(n, n) for n in node.output]
+        for value in [*graph_model.graph.input, *graph_model.graph.output]:
+            value.name = renames.get(value.name, value.name)
+        onnx.save(graph_model, root / model["file"])
+        for spec in model["inputs"] + model["outputs"]:
+            spec["name"] = renames.get(spec["name"], spec["name"])
+        from latent_ddpm.runtime.bundle import sha256_file
+
+        model["sha256"] = sha256_file(root / model["file"])
+    (root / "bundle.json").write_text(json.dumps(meta))
+    names = load_bundle(root).unet_inputs
+    assert (names.sample.name, names.timestep.name, names.class_labels.name) == ("x", "t", "y")
+    renamed = Pipeline.from_bundle(root)
+    original = Pipeline.from_bundle(make_bundle(tmp_path / "original"))
+    kwargs = {"num_images": 2, "steps": 3, "seed": 1, "class_labels": 3, "guidance_scale": 2.0}
+    np.testing.assert_array_equal(renamed.generate(**kwargs).images, original.generate(**kwargs).images)
+    img = np.zeros((32, 32), np.uint8)
+    np.testing.assert_array_equal(renamed.img2img(img, seed=0).images, original.img2img(img, seed=0).images)
+
+
+@pytest.mark.parametrize(
+    ("role", "change", "message"),
+    [
+        (
+            "unet",
+            lambda m: m["inputs"].__delitem__(slice(1, None)),
+            r"models\.unet: declares 1 inputs .* takes \(sample, timestep",
+        ),
+        (
+            "vae_decoder",
+            lambda m: m["inputs"].append(dict(m["inputs"][0], name="extra")),
+            "declares 2 inputs",
+        ),
+        ("vae_encoder", lambda m: m["outputs"].append(dict(m["outputs"][0], name="b")), "and 2 outputs"),
+    ],
+)
+def test_a_role_with_the_wrong_number_of_tensors_is_refused_at_load(
+    bundle: Path, role: str, change, message: str
+) -> None:
+    meta = _meta(bundle)
+    change(meta["models"][role])
+    (bundle / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match=message):
+        load_bundle(bundle)
+
+
+def test_can_guide_needs_a_null_class(tmp_path: Path) -> None:
+    assert load_bundle(make_bundle(tmp_path / "cond")).can_guide
+    assert not load_bundle(make_bundle(tmp_path / "uncond", conditional=False)).can_guide
+    root = make_bundle(tmp_path / "nonull", defaults={"sampler": "ddim", "steps": 4})
+    meta = _meta(root)
+    meta["conditioning"]["null_class"] = None
+    (root / "bundle.json").write_text(json.dumps(meta))
+    assert not load_bundle(root).can_guide
 
 
 def test_not_an_onnx_file(bundle: Path) -> None:

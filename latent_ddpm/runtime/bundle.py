@@ -16,7 +16,7 @@ from typing import Any
 
 from latent_ddpm.errors import BundleError, InputError
 from latent_ddpm.runtime.limits import check_eta, check_guidance_scale
-from latent_ddpm.runtime.schedulers import SAMPLERS, make_scheduler
+from latent_ddpm.runtime.schedulers import PREDICTION_TYPES, SAMPLERS, make_scheduler
 
 FORMAT_NAME = "latent-ddpm-bundle"
 FORMAT_VERSION = 1
@@ -31,7 +31,6 @@ PRECISIONS = ("fp32", "fp16", "int8", "mixed")
 # Reduced execution precisions a backend may run an fp32 bundle in, each only after its gate passed
 # (`latent-ddpm validate-precision`, recorded under "precision_gates").
 GATED_PRECISIONS = ("bf16",)
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 TENSOR_DTYPES = ("float32", "float16", "int64", "int32")
 # Files a bundle may hold besides its models; anything else is reported as unexpected.
 ALLOWED_EXTRA = frozenset({BUNDLE_FILE, VALIDATION_FILE, "README.md", "samples.png"})
@@ -87,6 +86,26 @@ class ModelFile:
             if spec.name == name:
                 return spec
         raise BundleError(f"{self.path.name}: bundle.json declares no input named {name!r}")
+
+    @property
+    def main_input(self) -> TensorSpec:
+        """The first input: the U-Net's noisy latents, the decoder's latents, the encoder's images."""
+        return self.inputs[0]
+
+    @property
+    def output(self) -> TensorSpec:
+        """The one output every role has (docs/bundle-format.md, "Graph contracts")."""
+        return self.outputs[0]
+
+
+@dataclass(frozen=True)
+class UNetInputs:
+    """The U-Net's inputs by the part they play, in bundle.json's documented order: the runtime feeds the
+    names the bundle declares, never literals of its own."""
+
+    sample: TensorSpec  # x_t, float [batch, C, h, w]
+    timestep: TensorSpec  # one training timestep per row, int [batch]
+    class_labels: TensorSpec | None  # one class per row, int [batch]; class-conditional U-Nets only
 
 
 @dataclass(frozen=True)
@@ -147,6 +166,17 @@ class Bundle:
     @property
     def has_encoder(self) -> bool:
         return "vae_encoder" in self.models
+
+    @property
+    def can_guide(self) -> bool:
+        """Whether classifier-free guidance (Ho & Salimans 2022) is possible: a class-conditional U-Net
+        trained with a null class, which stands for "no class" in the unconditional half of the batch."""
+        return self.conditioning is not None and self.conditioning.null_class is not None
+
+    @property
+    def unet_inputs(self) -> UNetInputs:
+        inputs = self.models["unet"].inputs
+        return UNetInputs(inputs[0], inputs[1], inputs[2] if len(inputs) > 2 else None)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -217,6 +247,7 @@ def parse_bundle(root: Path, raw: Mapping[str, Any], *, verify_hashes: bool = Tr
                 raise BundleError(f"{BUNDLE_FILE}: 'models' has no {role!r} entry")
             continue
         models[role] = _parse_model(root, role, _Reader(models_raw[role], f"{BUNDLE_FILE}: models.{role}"))
+        _check_arity(models[role], f"{BUNDLE_FILE}: models.{role}")
 
     latent = r.sub("latent")
     latent_shape = (
@@ -295,6 +326,20 @@ def _parse_model(root: Path, role: str, r: _Reader) -> ModelFile:
         external_data_sha256=external_sha,
         kept_fp32=tuple(r.get("kept_fp32", list, default=[])),
     )
+
+
+# inputs each role declares, in the order of docs/bundle-format.md ("Graph contracts")
+_INPUTS = {"unet": "sample, timestep[, class_labels]", "vae_decoder": "latent", "vae_encoder": "image"}
+
+
+def _check_arity(model: ModelFile, where: str) -> None:
+    """The runtime knows an input by its place in the list (``UNetInputs``), so the count must fit the role."""
+    counts = (2, 3) if model.role == "unet" else (1,)
+    if len(model.inputs) not in counts or len(model.outputs) != 1:
+        raise BundleError(
+            f"{where}: declares {len(model.inputs)} inputs and {len(model.outputs)} outputs; a {model.role} "
+            f"takes ({_INPUTS[model.role]}) and returns one output"
+        )
 
 
 def _parse_precision_gates(r: _Reader) -> dict[str, PrecisionGate]:

@@ -16,16 +16,16 @@ from latent_ddpm.runtime.backends import Engine
 from latent_ddpm.runtime.bundle import BUNDLE_FILE, Bundle
 
 
-def check_class_table(bundle: Bundle, unet: Engine, timestep_dtype: np.dtype) -> None:
+def check_class_table(bundle: Bundle, unet: Engine) -> None:
     """Run the U-Net once on the highest label of bundle.json; BundleError if the graph cannot take it."""
-    cond = bundle.conditioning
-    if cond is None or "class_labels" not in {spec.name for spec in unet.model.inputs}:
+    cond, names = bundle.conditioning, bundle.unet_inputs
+    if cond is None or names.class_labels is None:
         return
     highest = cond.null_class if cond.null_class is not None else cond.num_classes - 1
     feed = {
-        "sample": np.zeros((1, *bundle.latent_shape), np.float32),
-        "timestep": np.zeros((1,), timestep_dtype),
-        "class_labels": np.array([highest], np.dtype(unet.model.input("class_labels").dtype)),
+        names.sample.name: np.zeros((1, *bundle.latent_shape), np.dtype(names.sample.dtype)),
+        names.timestep.name: np.zeros((1,), np.dtype(names.timestep.dtype)),
+        names.class_labels.name: np.array([highest], np.dtype(names.class_labels.dtype)),
     }
     try:
         unet.run(feed)

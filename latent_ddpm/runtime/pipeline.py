@@ -19,7 +19,7 @@ import numpy as np
 
 from latent_ddpm.errors import InputError
 from latent_ddpm.runtime.backends import Engine, EngineOptions, open_engine
-from latent_ddpm.runtime.bundle import Bundle, load_bundle
+from latent_ddpm.runtime.bundle import Bundle, UNetInputs, load_bundle
 from latent_ddpm.runtime.finite import check_finite
 from latent_ddpm.runtime.images import from_uint8, prepare_images, to_uint8
 from latent_ddpm.runtime.limits import (
@@ -91,6 +91,12 @@ class _Request:
     guidance_scale: float
     seed: int | None
 
+    @property
+    def guided(self) -> bool:
+        """Classifier-free guidance runs (each image is two U-Net rows, [null; cond]): decided here only.
+        ``_request`` refuses a scale other than 1 for a bundle that cannot guide."""
+        return self.guidance_scale != 1.0
+
 
 class _UNetInputs:
     """The U-Net's feed for one engine batch of a sampling run, allocated once and refilled at every step.
@@ -101,24 +107,25 @@ class _UNetInputs:
     """
 
     def __init__(
-        self, latent_shape: tuple[int, ...], feed_labels: np.ndarray | None, timestep_dtype: np.dtype
+        self, names: UNetInputs, latent_shape: tuple[int, ...], feed_labels: np.ndarray | None, guided: bool
     ) -> None:
-        self.n = latent_shape[0]
-        self.guided = feed_labels is not None and feed_labels.shape[0] == 2 * self.n
-        rows = 2 * self.n if self.guided else self.n
-        self._sample = np.empty((rows, *latent_shape[1:]), dtype=np.float32) if self.guided else None
-        self.feed: dict[str, np.ndarray] = {"timestep": np.empty((rows,), dtype=timestep_dtype)}
-        if feed_labels is not None:
-            self.feed["class_labels"] = feed_labels
+        self.n, self.guided, self.names = latent_shape[0], guided, names
+        rows = 2 * self.n if guided else self.n
+        self._sample = np.empty((rows, *latent_shape[1:]), dtype=np.float32) if guided else None
+        self.feed: dict[str, np.ndarray] = {
+            names.timestep.name: np.empty((rows,), dtype=np.dtype(names.timestep.dtype))
+        }
+        if feed_labels is not None and names.class_labels is not None:
+            self.feed[names.class_labels.name] = feed_labels.astype(np.dtype(names.class_labels.dtype))
 
     def fill(self, latents: np.ndarray, t: int) -> dict[str, np.ndarray]:
         if self._sample is not None:
             self._sample[: self.n] = latents
             self._sample[self.n :] = latents
-            self.feed["sample"] = self._sample
+            self.feed[self.names.sample.name] = self._sample
         else:
-            self.feed["sample"] = latents
-        self.feed["timestep"].fill(t)
+            self.feed[self.names.sample.name] = latents
+        self.feed[self.names.timestep.name].fill(t)
         return self.feed
 
 
@@ -143,8 +150,7 @@ class Pipeline:
         self.bundle, self.unet, self.decoder, self.encoder = bundle, unet, decoder, encoder
         self.max_images = check_count(max_images, "max_images", 2**31 - 1)
         self.batch_size = check_count(batch_size, "batch_size", 2**31 - 1)
-        self._timestep_dtype = np.dtype(unet.model.input("timestep").dtype)
-        check_class_table(bundle, unet, self._timestep_dtype)
+        check_class_table(bundle, unet)
 
     @classmethod
     def from_bundle(
@@ -234,16 +240,16 @@ class Pipeline:
         images = self._decode_timed(latents, timings)
         timings.total_s = time.perf_counter() - start
         return GenerationResult(
-            images,
-            latents,
-            req.seed,
-            labels,
-            req.sampler,
-            req.steps,
-            req.guidance_scale,
-            req.eta,
-            timings,
-            previews,
+            images=images,
+            latents=latents,
+            seed=req.seed,
+            class_labels=labels,
+            sampler=req.sampler,
+            steps=req.steps,
+            guidance_scale=req.guidance_scale,
+            eta=req.eta,
+            timings=timings,
+            previews=previews,
         )
 
     def img2img(
@@ -304,16 +310,16 @@ class Pipeline:
         images_out = self._decode_timed(latents, timings)
         timings.total_s = time.perf_counter() - start
         return GenerationResult(
-            images_out,
-            latents,
-            req.seed,
-            labels,
-            req.sampler,
-            len(timesteps),
-            req.guidance_scale,
-            req.eta,
-            timings,
-            previews,
+            images=images_out,
+            latents=latents,
+            seed=req.seed,
+            class_labels=labels,
+            sampler=req.sampler,
+            steps=len(timesteps),
+            guidance_scale=req.guidance_scale,
+            eta=req.eta,
+            timings=timings,
+            previews=previews,
         )
 
     def decode(self, latents: np.ndarray, what: str = "the latents") -> np.ndarray:
@@ -324,7 +330,7 @@ class Pipeline:
         with np.errstate(over="ignore", invalid="ignore"):
             unscaled = latents / np.float32(self.bundle.scaling_factor) + np.float32(self.bundle.shift_factor)
         check_finite(unscaled, f"{what} unscaled for the decoder (/ scaling_factor + shift_factor)")
-        out = self._run_in_batches(self.decoder, "latent", unscaled.astype(np.float32), "image")
+        out = self._run_in_batches(self.decoder, unscaled.astype(np.float32))
         check_finite(out, f"the decoded images of {what} ({self.decoder.model.path.name})")
         return to_uint8(out, self.bundle.value_range)
 
@@ -342,11 +348,13 @@ class Pipeline:
     def _encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         assert self.encoder is not None
         x = from_uint8(pixels, self.bundle.value_range)
-        latents = self._run_in_batches(self.encoder, "image", x, "latent").astype(np.float32)
+        latents = self._run_in_batches(self.encoder, x).astype(np.float32)
         return check_finite(latents, f"the encoded latents ({self.encoder.model.path.name})")
 
-    def _run_in_batches(self, engine: Engine, name: str, x: np.ndarray, output: str) -> np.ndarray:
-        """``engine`` on ``x`` in batches of at most ``batch_size`` images, so memory does not grow with N."""
+    def _run_in_batches(self, engine: Engine, x: np.ndarray) -> np.ndarray:
+        """An autoencoder half on ``x`` in batches of at most ``batch_size`` images, so memory does not grow
+        with N; its one input and output are named by the bundle."""
+        name, output = engine.model.main_input.name, engine.model.output.name
         if len(x) <= self.batch_size:
             return engine.run({name: x})[output]
         return np.concatenate([engine.run({name: x[s]})[output] for s in _batches(len(x), self.batch_size)])
@@ -365,7 +373,7 @@ class Pipeline:
         preview_steps: Sequence[int],
         timings: Timings,
     ) -> tuple[np.ndarray, list[Preview]]:
-        batches = self._unet_batches(latents.shape, labels, req.guidance_scale)
+        batches = self._unet_batches(latents.shape, labels, req.guided)
         wanted_previews = set(preview_steps)
         previews: list[Preview] = []
         loop_start = time.perf_counter()
@@ -389,14 +397,15 @@ class Pipeline:
         return latents, previews
 
     def _unet_batches(
-        self, latent_shape: tuple[int, ...], labels: np.ndarray | None, guidance_scale: float
+        self, latent_shape: tuple[int, ...], labels: np.ndarray | None, guided: bool
     ) -> list[tuple[slice, _UNetInputs]]:
         """The engine batches of a run (at most ``batch_size`` images each) and their reusable feeds."""
         out = []
+        names = self.bundle.unet_inputs
         for s in _batches(latent_shape[0], self.batch_size):
-            feed_labels = self._feed_labels(None if labels is None else labels[s], guidance_scale)
+            feed_labels = self._feed_labels(None if labels is None else labels[s], guided)
             rows = (s.stop - s.start, *latent_shape[1:])
-            out.append((s, _UNetInputs(rows, feed_labels, self._timestep_dtype)))
+            out.append((s, _UNetInputs(names, rows, feed_labels, guided)))
         return out
 
     def _model_output(
@@ -430,7 +439,7 @@ class Pipeline:
         """
         feed = inputs.fill(latents, t)
         u0 = time.perf_counter()
-        out = self.unet.run(feed)["model_output"]
+        out = self.unet.run(feed)[self.unet.model.output.name]
         if timings is not None:
             timings.unet_s += time.perf_counter() - u0
         if not inputs.guided:
@@ -444,11 +453,11 @@ class Pipeline:
         guided_out += uncond
         return guided_out
 
-    def _feed_labels(self, labels: np.ndarray | None, guidance_scale: float) -> np.ndarray | None:
+    def _feed_labels(self, labels: np.ndarray | None, guided: bool) -> np.ndarray | None:
         cond = self.bundle.conditioning
         if labels is None or cond is None:
             return None
-        if guidance_scale == 1.0:
+        if not guided:
             return labels
         null = np.full_like(labels, cond.null_class)
         return np.concatenate([null, labels])
@@ -483,13 +492,16 @@ class Pipeline:
         eta = check_eta((d.eta if sampler == "ddim" else 0.0) if eta is None else eta)
         if eta != 0 and sampler != "ddim":
             raise InputError(f"eta={eta} applies to the ddim sampler only, not {sampler!r}")
-        cond = self.bundle.conditioning
-        can_guide = cond is not None and cond.null_class is not None
+        can_guide = self.bundle.can_guide
         if guidance_scale is None:
             guidance_scale = d.guidance_scale if can_guide else 1.0
         guidance_scale = check_guidance_scale(guidance_scale)
         if guidance_scale != 1.0 and not can_guide:
-            why = "an unconditional model" if cond is None else "a model trained without a null class"
+            why = (
+                "an unconditional model"
+                if self.bundle.conditioning is None
+                else "a model trained without a null class"
+            )
             raise InputError(
                 f"guidance_scale={guidance_scale} needs classifier-free guidance, but this is {why}"
             )
