@@ -29,3 +29,8 @@ class BackendUnavailableError(LatentDDPMError):
 
 class NumericalError(LatentDDPMError):
     """A model produced NaN or Inf while sampling (it overflowed): no images are returned or written."""
+
+
+class BusyError(LatentDDPMError):
+    """A SamplingEngine holds as many images as it may (queued or running): the request was refused before
+    any work; try again shortly (a server answers 503 Service Unavailable)."""

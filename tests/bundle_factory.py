@@ -63,12 +63,17 @@ def _overflow(nodes: list, inits: list, output: str, prefix: str) -> None:
 
 
 def unet_graph(
-    conditional: bool, overflow: str | None = None, class_table: int | None = None
+    conditional: bool,
+    overflow: str | None = None,
+    class_table: int | None = None,
+    overflow_class: int | None = None,
 ) -> onnx.GraphProto:
     """model_output = 0.1 * tanh(sample) + t / 1000 (+ label / 10): depends on every input.
 
     ``class_table`` looks the label term up in an embedding table of that many rows (a Gather, as diffusers'
     class embedding exports) instead of computing it, so labels beyond the table fail in ONNX Runtime.
+    ``overflow_class``: the rows of that class overflow to +-Inf (output * s * s, s = 1 + HUGE * [y == k]),
+    every other row is computed as usual: one request of a shared batch goes bad, its neighbours do not.
     """
     c, h, w = LATENT
     inputs = [
@@ -106,6 +111,23 @@ def unet_graph(
         ]
     if overflow == "unet":
         _overflow(nodes, inits, "model_output", "unet")
+    if overflow_class is not None:
+        assert conditional
+        inits += [
+            numpy_helper.from_array(np.array(overflow_class, np.int64), "bad_class"),
+            numpy_helper.from_array(np.array(HUGE, np.float32), "bad_huge"),
+            numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+        ]
+        nodes[-1].output[0] = "clean_output"
+        nodes += [
+            helper.make_node("Equal", ["class_labels", "bad_class"], ["is_bad"]),
+            helper.make_node("Cast", ["is_bad"], ["bad_f"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", ["bad_f", "bad_huge"], ["bad_big"]),
+            helper.make_node("Add", ["bad_big", "one"], ["bad_s"]),
+            helper.make_node("Reshape", ["bad_s", "col"], ["bad_col"]),
+            helper.make_node("Mul", ["clean_output", "bad_col"], ["bad_once"]),
+            helper.make_node("Mul", ["bad_once", "bad_col"], ["model_output"]),
+        ]
     out = [_value("model_output", TensorProto.FLOAT, ["batch", c, h, w])]
     return helper.make_graph(nodes, "unet", inputs, out, initializer=inits)
 
@@ -165,8 +187,10 @@ def make_bundle(
     scheduler: dict[str, Any] | None = None,
     overflow: str | None = None,
     class_table: int | None = None,
+    overflow_class: int | None = None,
 ) -> Path:
-    """Write a complete, loadable bundle into ``root`` and return it (``overflow``: one of OVERFLOWS)."""
+    """Write a complete, loadable bundle into ``root`` and return it (``overflow``: one of OVERFLOWS;
+    ``overflow_class``: a class whose U-Net rows overflow)."""
     assert overflow in (None, *OVERFLOWS), overflow
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -178,7 +202,7 @@ def make_bundle(
         unet_inputs.append(_tensor("class_labels", "int64", ["batch"]))
     graphs = {
         "unet": (
-            unet_graph(conditional, overflow, class_table),
+            unet_graph(conditional, overflow, class_table, overflow_class),
             unet_inputs,
             [_tensor("model_output", "float32", latent_t)],
         ),

@@ -24,7 +24,15 @@ def _reference(
 ):
     from conftest import torch_single_thread
 
-    from latent_ddpm.export.reference import decode, img2img, make_scheduler, numpy_step_noise, unet_model
+    from latent_ddpm.export.reference import (
+        decode,
+        img2img,
+        make_scheduler,
+        numpy_generators,
+        numpy_step_noise,
+        unet_model,
+    )
+    from latent_ddpm.runtime.seeds import normal_per_image
 
     vae = diffusers.AutoencoderKL.from_pretrained(model_dir / "vae").eval()
     unet = diffusers.UNet2DModel.from_pretrained(model_dir / "unet").eval()
@@ -33,8 +41,9 @@ def _reference(
     with torch.no_grad(), torch_single_thread():
         x = torch.from_numpy(pixels.astype(np.float32).transpose(0, 3, 1, 2) / 255.0 * 2.0 - 1.0)
         init = (vae.encode(x).latent_dist.mean - shift) * scale
-        rng = np.random.default_rng(seed)  # the runtime draws the img2img noise first from this stream
-        noise = torch.from_numpy(rng.standard_normal(tuple(init.shape), dtype=np.float32))
+        # each image's generator (seed + k) draws its img2img noise first, then its step noise
+        generators = numpy_generators(seed, init.shape[0])
+        noise = torch.from_numpy(normal_per_image(generators, tuple(init.shape)))
         latents, ran = img2img(
             unet_model(unet),
             make_scheduler(sampler, config),
@@ -45,7 +54,7 @@ def _reference(
             labels=torch.tensor(labels),
             null_class=unet.config.num_class_embeds - 1,
             guidance_scale=guidance,
-            step_noise=numpy_step_noise(rng),
+            step_noise=numpy_step_noise(generators),
         )
         image = decode(vae, latents, scale, shift)
     image = (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()

@@ -83,12 +83,22 @@ def test_guidance_is_one_batched_call_per_step(pipe: Pipeline) -> None:
 
 
 def test_guidance_formula(pipe: Pipeline) -> None:
-    """The factory U-Net adds label/10, so guided output = uncond + g * (cond - uncond) is checkable exactly."""
+    """The factory U-Net adds t/1000 + label/10, so guided output = uncond + g * (cond - uncond) is checkable
+    exactly, on the rows a run writes into a U-Net call ([null; cond], its timestep on every row)."""
+    from latent_ddpm.runtime.results import Timings
+    from latent_ddpm.runtime.sampling import SamplingRun, classifier_free_guidance
+
     x = np.zeros((1, 4, 8, 8), np.float32)
-    batches = pipe._unet_batches(x.shape, np.array([3], np.int64), 2.5)
-    out = pipe._model_output(x, 500, batches, 2.5)
-    # uncond (label 10): 0.5 + 1.0 ; cond (label 3): 0.5 + 0.3 ; guided = 1.5 + 2.5 * (0.8 - 1.5)
-    np.testing.assert_allclose(out, np.full_like(x, 1.5 + 2.5 * (0.8 - 1.5)), atol=1e-6)
+    request = pipe.requests.generate(latents=x, class_labels=3, guidance_scale=2.5, steps=4)
+    run = SamplingRun(request, slice(0, 1), pipe.bundle, Timings(), "unet.onnx")
+    sample, t, y = np.empty((2, 4, 8, 8), np.float32), np.empty(2, np.int64), np.empty(2, np.int64)
+    run.write_rows(sample, t, y)
+    assert y.tolist() == [10, 3] and t.tolist() == [run.timesteps[0]] * 2 and not sample.any()
+    out = pipe.unet.run({"sample": sample, "timestep": t, "class_labels": y})["model_output"]
+    guided = classifier_free_guidance(out, 1, np.float32(2.5))
+    # uncond (label 10): t/1000 + 1.0 ; cond (label 3): t/1000 + 0.3 ; guided = uncond + 2.5 * (cond - uncond)
+    uncond, cond = t[0] / 1000 + 1.0, t[0] / 1000 + 0.3
+    np.testing.assert_allclose(guided, np.full_like(x, uncond + 2.5 * (cond - uncond)), atol=1e-6)
 
 
 def test_latents_are_used_as_given(pipe: Pipeline) -> None:
@@ -265,19 +275,22 @@ def test_the_limit_can_be_raised_and_engines_run_in_batches(pipe: Pipeline) -> N
 
 @pytest.mark.parametrize(("sampler", "eta"), [("ddpm", 0.0), ("ddim", 0.5), ("dpmsolver++", 0.0)])
 def test_engine_batches_do_not_change_the_images(pipe: Pipeline, sampler: str, eta: float) -> None:
-    """A request sampled in engine batches equals the same request in one batch, noise and all: the random
-    numbers are drawn for the whole request, so a seed gives the same images whatever the batch size."""
+    """A request sampled in engine batches equals the same request in one batch, noise and all: every image
+    draws from its own generator, so a seed gives the same images whatever the batch size."""
     kwargs = {"num_images": 70, "steps": 6, "sampler": sampler, "eta": eta, "seed": 3, "guidance_scale": 2.0}
-    one = Pipeline(pipe.bundle, pipe.unet, pipe.decoder, pipe.encoder, batch_size=70).generate(**kwargs)
+    one = Pipeline(pipe.bundle, pipe.unet, pipe.decoder, pipe.encoder, batch_size=70, max_rows=140)
+    one = one.generate(**kwargs)
     for batch_size in (64, 8):
-        split = Pipeline(pipe.bundle, pipe.unet, pipe.decoder, pipe.encoder, batch_size=batch_size)
+        split = Pipeline(
+            pipe.bundle, pipe.unet, pipe.decoder, pipe.encoder, batch_size=batch_size, max_rows=batch_size
+        )
         r = split.generate(**kwargs)
         np.testing.assert_array_equal(r.latents, one.latents)
         np.testing.assert_array_equal(r.images, one.images)
         np.testing.assert_array_equal(r.class_labels, one.class_labels)
     img = np.zeros((32, 32), np.uint8)
-    a = Pipeline(pipe.bundle, pipe.unet, pipe.decoder, pipe.encoder, batch_size=3)
-    b = Pipeline(pipe.bundle, pipe.unet, pipe.decoder, pipe.encoder, batch_size=10)
+    a = Pipeline(pipe.bundle, pipe.unet, pipe.decoder, pipe.encoder, batch_size=3, max_rows=3)
+    b = Pipeline(pipe.bundle, pipe.unet, pipe.decoder, pipe.encoder, batch_size=10, max_rows=20)
     np.testing.assert_array_equal(
         a.img2img([img] * 10, strength=0.7, steps=5, seed=1).images,
         b.img2img([img] * 10, strength=0.7, steps=5, seed=1).images,

@@ -25,7 +25,7 @@ def _f(x, t, y):
 def _reference(
     sampler: str, latents: np.ndarray, labels: np.ndarray, steps: int, guidance: float, eta: float, seed: int
 ):
-    from latent_ddpm.export.reference import generate, make_scheduler, numpy_step_noise
+    from latent_ddpm.export.reference import generate, make_scheduler, numpy_generators, numpy_step_noise
 
     x = generate(
         _f,
@@ -36,7 +36,8 @@ def _reference(
         null_class=10,
         guidance_scale=guidance,
         eta=eta,
-        step_noise=numpy_step_noise(np.random.default_rng(seed)),  # the runtime draws from the same stream
+        # the runtime draws each image's step noise from that image's generator (seed + k)
+        step_noise=numpy_step_noise(numpy_generators(seed, len(latents))),
     )
     return x.numpy()
 

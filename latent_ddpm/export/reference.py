@@ -12,20 +12,21 @@ order, so the two can be compared from the same numbers:
 - from given latents: ``generate`` scales N(0, I) noise by ``init_noise_sigma``; ``img2img`` noises encoded
   latents to the first step it runs (SDEdit, with diffusers' img2img rule for that step);
 - with given step noise: DDPM's and stochastic DDIM's noise comes from ``step_noise``, called when the
-  runtime draws from its generator, so ``numpy_step_noise(np.random.default_rng(seed))`` replays a seeded
-  runtime run whose latents and labels were given.
+  runtime draws from its generators, so ``numpy_step_noise(numpy_generators(seed, n))`` replays a seeded run
+  whose latents and labels were given (one generator per image, ``latent_ddpm.runtime.seeds``).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from latent_ddpm.runtime.schedulers import SAMPLERS
+from latent_ddpm.runtime.seeds import image_generators, image_seeds, normal_per_image
 
 # model(sample, timestep, class_labels or None) -> the model output (epsilon, x0 or v)
 Model = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -57,9 +58,16 @@ def unet_model(unet: Any) -> Model:
     return model
 
 
-def numpy_step_noise(rng: np.random.Generator) -> StepNoise:
-    """Step noise as the runtime draws it: float32 standard normals from ``rng``, one array per noisy step."""
-    return lambda shape: torch.from_numpy(rng.standard_normal(shape, dtype=np.float32))
+def numpy_generators(seed: int | Sequence[int], num_images: int) -> list[np.random.Generator]:
+    """The runtime's per-image generators for a request's ``seed`` (an int, or one per image)."""
+    seeds = image_seeds(seed, num_images) if isinstance(seed, int) else tuple(seed)
+    return image_generators(seeds)
+
+
+def numpy_step_noise(generators: Sequence[np.random.Generator]) -> StepNoise:
+    """Step noise as the runtime draws it: image k's float32 standard normals from ``generators[k]``, one
+    array per noisy step (``numpy_generators`` makes them from a seed)."""
+    return lambda shape: torch.from_numpy(normal_per_image(generators, shape))
 
 
 def generate(

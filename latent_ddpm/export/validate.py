@@ -25,7 +25,14 @@ from typing import Any
 import numpy as np
 
 from latent_ddpm.export.modules import graph_module
-from latent_ddpm.export.reference import decode, generate, make_scheduler, numpy_step_noise, unet_model
+from latent_ddpm.export.reference import (
+    decode,
+    generate,
+    make_scheduler,
+    numpy_generators,
+    numpy_step_noise,
+    unet_model,
+)
 from latent_ddpm.export.source import Source
 from latent_ddpm.export.specs import ModelSpec, validation_feeds
 from latent_ddpm.runtime.images import to_uint8
@@ -152,7 +159,7 @@ def validate_sampling(
     """One whole run against the torch reference: (figures, the bundle's images, the reference's images).
 
     ``steps`` None: ``settings.steps`` (at most the training steps). The runtime's step noise (DDPM, DDIM with
-    eta > 0) comes from ``default_rng(settings.seed)``, and so does the reference's.
+    eta > 0) comes from the per-image generators of ``settings.seed``, and so does the reference's.
     """
     bundle = pipe.bundle
     rng = np.random.default_rng([settings.seed, 0])
@@ -236,7 +243,7 @@ def _reference_images(
         null_class=None if cond is None else cond.null_class,
         guidance_scale=guidance_scale,
         eta=eta,
-        step_noise=numpy_step_noise(np.random.default_rng(seed)),
+        step_noise=numpy_step_noise(numpy_generators(seed, len(latents))),
     )
     return decode(source.vae, latents_out, source.scaling_factor, source.shift_factor).numpy()
 

@@ -1,27 +1,44 @@
 """Stage 3 of the pipeline: the deployable, torch-free runtime.
 
-NumPy schedulers (DDPM, DDIM, DPM-Solver++) around exported graphs run by ONNX Runtime or TensorRT.
+NumPy schedulers (DDPM, DDIM, DPM-Solver++) around exported graphs run by ONNX Runtime, OpenVINO or TensorRT.
 Importing this package never imports torch, diffusers or CuPy; ``tests/test_runtime_torch_free.py`` checks it.
 
-    from latent_ddpm.runtime import Pipeline
+    from latent_ddpm.runtime import Pipeline, SamplingEngine
     pipe = Pipeline.from_bundle("my-bundle")          # or no argument: the shipped digits model
     result = pipe.generate(num_images=4, steps=50, sampler="ddim", seed=0, class_labels=7)
-    result.images  # (4, H, W, C) uint8
+    result.images  # (4, H, W, C) uint8; image k is the one-image request with seed=k
+
+    with SamplingEngine(pipe) as engine:              # many users: requests batched step by step
+        handle = engine.submit(num_images=2, seed=[5, 9], class_labels=3)
+        handle.result().images
 """
 
-from latent_ddpm.errors import BackendUnavailableError, BundleError, InputError, LatentDDPMError
+from latent_ddpm.errors import BackendUnavailableError, BundleError, BusyError, InputError, LatentDDPMError
 from latent_ddpm.runtime.bundle import Bundle, load_bundle
+from latent_ddpm.runtime.engine import EngineStats, SamplingEngine
+from latent_ddpm.runtime.handles import Cancelled, Failed, Finished, Progress, RequestHandle
 from latent_ddpm.runtime.pipeline import GenerationResult, Pipeline
+from latent_ddpm.runtime.results import Preview, Timings
 from latent_ddpm.runtime.shipped import resolve_bundle, shipped_bundle_path, shipped_models
 
 __all__ = [
     "BackendUnavailableError",
     "Bundle",
     "BundleError",
+    "BusyError",
+    "Cancelled",
+    "EngineStats",
+    "Failed",
+    "Finished",
     "GenerationResult",
     "InputError",
     "LatentDDPMError",
     "Pipeline",
+    "Preview",
+    "Progress",
+    "RequestHandle",
+    "SamplingEngine",
+    "Timings",
     "load_bundle",
     "resolve_bundle",
     "shipped_bundle_path",

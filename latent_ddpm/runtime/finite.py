@@ -7,16 +7,22 @@ decoded or encoded batch) passes through ``check_finite``; the first bad one sto
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from latent_ddpm.errors import NumericalError
 
 
-def check_finite(array: np.ndarray, what: str) -> np.ndarray:
-    """``array`` unchanged, or NumericalError naming ``what`` (e.g. "the U-Net output at step 3/10 (t=701)")."""
+def check_finite(array: np.ndarray, what: str | Callable[[], str]) -> np.ndarray:
+    """``array`` unchanged, or NumericalError naming ``what`` (e.g. "the U-Net output at step 3/10 (t=701)").
+
+    ``what`` may be a function that builds the name, so that a loop names its step only when it failed.
+    """
     if not np.isfinite(array).all():
+        name = what if isinstance(what, str) else what()
         raise NumericalError(
-            f"{what} holds NaN or Inf: the model overflowed at these settings (or its weights are broken); "
+            f"{name} holds NaN or Inf: the model overflowed at these settings (or its weights are broken); "
             "no images were returned"
         )
     return array

@@ -10,9 +10,14 @@ Each bound exists because crossing it returned blank images as a success or exha
   takes the square root of 1 - alpha_{t-1} - sigma_t^2 < 0: NaN, black images.
 - images per call: the whole batch's latents, step noise and images live in memory at once; 10^6 images
   allocated 3 GB before failing inside ONNX Runtime. The limit is an argument (``max_images`` /
-  ``--max-images``) so that a user who has the memory can raise it knowingly; engine calls are made in
-  chunks of ``DEFAULT_BATCH_SIZE`` images whatever the request, so a large request costs memory for its
-  latents and images, not for a huge engine batch.
+  ``--max-images``) so that a user who has the memory can raise it knowingly; U-Net calls take at most
+  ``DEFAULT_MAX_ROWS`` rows and decoder/encoder calls ``DEFAULT_BATCH_SIZE`` images whatever the request,
+  so a large request costs memory for its latents and images, not for a huge engine batch.
+- rows per U-Net call (the row budget of a SamplingEngine tick): a guided image is two rows, [null; cond].
+  Beyond the batch where images/s stops growing a bigger call only adds latency for everyone in it.
+- images held by a SamplingEngine (queued or running): each holds its arguments (img2img: its pictures)
+  and, once admitted, its latents; past the bound a submission is refused as busy, so that a burst of
+  requests cannot exhaust memory.
 - threads: more intra-op threads than usable cores do not run faster, they contend; 1000 threads kept ONNX
   Runtime busy creating and spinning threads for over 90 s.
 """
@@ -32,9 +37,13 @@ MAX_ETA = 1.0
 # Images per generate/img2img call unless the caller raises it. 1024 digits are 1 MB of images; 1024 images of
 # a 256x256 RGB model are 200 MB of images plus ~50 MB per copy of their 3x64x64 latents.
 DEFAULT_MAX_IMAGES = 1024
-# Images per engine call. The digits U-Net reaches its best throughput by batch 32 (docs/benchmarks), and 64 is
-# the demo's largest request, so requests the demo and the benchmarks make run in one call as before.
+# Images per decoder/encoder call: 64 is the demo's largest request, decoded in one call.
 DEFAULT_BATCH_SIZE = 64
+# U-Net rows per call: 64 guided images, the batch the digits U-Net's throughput has levelled off by
+# (docs/benchmarks: batch 32 guided images = 64 rows gives 1.27x batch 8, and no more at larger batches).
+DEFAULT_MAX_ROWS = 128
+# Images a SamplingEngine holds at once (queued and running) by default: one request at the max_images limit.
+DEFAULT_MAX_PENDING_IMAGES = DEFAULT_MAX_IMAGES
 
 
 def _real(value: Any) -> bool:
@@ -68,6 +77,16 @@ def check_count(value: Any, name: str, limit: int, how_to_raise: str = "") -> in
         hint = f"; {how_to_raise}" if how_to_raise else ""
         raise InputError(f"{name}={value} is more than the limit of {limit} per call{hint}")
     return int(value)
+
+
+def check_max_rows(value: Any, can_guide: bool) -> int:
+    """The row budget of a U-Net call: at least 2 when a guided image (two rows) must fit one call."""
+    rows = check_count(value, "max_rows", 2**31 - 1)
+    if can_guide and rows < 2:
+        raise InputError(
+            "max_rows must be at least 2 for a model with guidance: a guided image is two U-Net rows"
+        )
+    return rows
 
 
 def check_num_images(value: Any, limit: int) -> int:

@@ -2,139 +2,52 @@
 
 This is the NumPy twin of diffusers' ``LDMPipeline`` (plus classifier-free guidance over class labels and
 SDEdit img2img). Given the same initial latents it produces the same images as the diffusers loop; the
-parity tests in ``tests/`` hold it to that.
+parity tests in ``tests/`` hold it to that. ``generate`` and ``img2img`` run one request in the caller's
+thread through the same per-request state machine (``sampling.py``) and tick (``batching.py``) that a
+``SamplingEngine`` uses to batch many requests, so a request gives the same images either way.
 """
 
 from __future__ import annotations
 
-import numbers
-import secrets
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from latent_ddpm.errors import InputError
+from latent_ddpm.runtime.autoencoder import Autoencoder
 from latent_ddpm.runtime.backends import Engine, EngineOptions, open_engine
-from latent_ddpm.runtime.bundle import Bundle, UNetInputs, load_bundle
-from latent_ddpm.runtime.finite import check_finite
-from latent_ddpm.runtime.images import from_uint8, prepare_images, to_uint8
+from latent_ddpm.runtime.batching import Batcher
+from latent_ddpm.runtime.bundle import Bundle, load_bundle
 from latent_ddpm.runtime.limits import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_IMAGES,
+    DEFAULT_MAX_ROWS,
     check_count,
-    check_eta,
-    check_guidance_scale,
-    check_num_images,
+    check_max_rows,
     check_threads,
 )
 from latent_ddpm.runtime.load_checks import check_class_table
-from latent_ddpm.runtime.schedulers import SAMPLERS, make_scheduler
+from latent_ddpm.runtime.requests import Labels, RequestChecker, SamplingRequest, Seed
+from latent_ddpm.runtime.results import GenerationResult, Preview, Timings
+from latent_ddpm.runtime.sampling import SamplingRun, joined
 from latent_ddpm.runtime.shipped import resolve_bundle
 
 # callback(step_index, timestep, latents) after every denoising step; for progress bars and previews.
 StepCallback = Callable[[int, int, np.ndarray], None]
 
-
-@dataclass
-class Preview:
-    """The decoded prediction of the clean image (``pred_original_sample``) at one step."""
-
-    step_index: int
-    timestep: int
-    images: np.ndarray
-
-
-@dataclass
-class Timings:
-    total_s: float = 0.0
-    denoise_s: float = 0.0
-    unet_s: float = 0.0
-    decode_s: float = 0.0
-    encode_s: float = 0.0
-    steps: int = 0
-
-    @property
-    def per_step_ms(self) -> float:
-        return 1000.0 * self.denoise_s / max(self.steps, 1)
-
-    @property
-    def loop_overhead(self) -> float:
-        """Share of the denoising loop spent outside the U-Net (scheduler math, copies, guidance)."""
-        return 1.0 - self.unet_s / self.denoise_s if self.denoise_s > 0 else 0.0
-
-
-@dataclass
-class GenerationResult:
-    images: np.ndarray  # (N, H, W, C) uint8
-    latents: np.ndarray  # (N, C, h, w) float32, the final latents before decoding
-    seed: int | None
-    class_labels: np.ndarray | None
-    sampler: str
-    steps: int
-    guidance_scale: float
-    eta: float
-    timings: Timings
-    previews: list[Preview] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class _Request:
-    """Arguments after validation and after the bundle's defaults are filled in."""
-
-    sampler: str
-    steps: int
-    eta: float
-    guidance_scale: float
-    seed: int | None
-
-    @property
-    def guided(self) -> bool:
-        """Classifier-free guidance runs (each image is two U-Net rows, [null; cond]): decided here only.
-        ``_request`` refuses a scale other than 1 for a bundle that cannot guide."""
-        return self.guidance_scale != 1.0
-
-
-class _UNetInputs:
-    """The U-Net's feed for one engine batch of a sampling run, allocated once and refilled at every step.
-
-    Reusing the same input arrays (instead of a fresh concatenation and timestep array per step) cut the
-    loop's overhead in a batch-1 run of the digits model from about 2.5% to 2.0% (docs/benchmarks/NOTES.md).
-    One instance per engine batch per run, so concurrent ``generate`` calls never share buffers.
-    """
-
-    def __init__(
-        self, names: UNetInputs, latent_shape: tuple[int, ...], feed_labels: np.ndarray | None, guided: bool
-    ) -> None:
-        self.n, self.guided, self.names = latent_shape[0], guided, names
-        rows = 2 * self.n if guided else self.n
-        self._sample = np.empty((rows, *latent_shape[1:]), dtype=np.float32) if guided else None
-        self.feed: dict[str, np.ndarray] = {
-            names.timestep.name: np.empty((rows,), dtype=np.dtype(names.timestep.dtype))
-        }
-        if feed_labels is not None and names.class_labels is not None:
-            self.feed[names.class_labels.name] = feed_labels.astype(np.dtype(names.class_labels.dtype))
-
-    def fill(self, latents: np.ndarray, t: int) -> dict[str, np.ndarray]:
-        if self._sample is not None:
-            self._sample[: self.n] = latents
-            self._sample[self.n :] = latents
-            self.feed[self.names.sample.name] = self._sample
-        else:
-            self.feed[self.names.sample.name] = latents
-        self.feed[self.names.timestep.name].fill(t)
-        return self.feed
+__all__ = ["GenerationResult", "Pipeline", "Preview", "StepCallback", "Timings"]
 
 
 class Pipeline:
     """Loads a bundle's engines once; ``generate`` and ``img2img`` are safe to call from several threads.
 
-    ``max_images`` bounds the images of one call (the whole batch lives in memory: raise it knowingly);
-    ``batch_size`` is how many images go through an engine in one call. Engine batches never change the
-    images: the random numbers are drawn for the whole request and every image is computed independently.
+    ``max_images`` bounds the images of one call (the whole batch lives in memory: raise it knowingly).
+    ``max_rows`` bounds the rows of one U-Net call (a guided image is two rows): larger requests are split
+    into runs of at most that many rows, each image computed on its own, so the split never changes an
+    image. ``batch_size`` is how many images go through the decoder or encoder in one call.
     """
 
     def __init__(
@@ -146,10 +59,14 @@ class Pipeline:
         *,
         max_images: int = DEFAULT_MAX_IMAGES,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        max_rows: int = DEFAULT_MAX_ROWS,
     ) -> None:
         self.bundle, self.unet, self.decoder, self.encoder = bundle, unet, decoder, encoder
         self.max_images = check_count(max_images, "max_images", 2**31 - 1)
         self.batch_size = check_count(batch_size, "batch_size", 2**31 - 1)
+        self.max_rows = check_max_rows(max_rows, bundle.can_guide)
+        self.requests = RequestChecker(bundle, self.max_images)
+        self.autoencoder = Autoencoder(bundle, decoder, encoder, self.batch_size)
         check_class_table(bundle, unet)
 
     @classmethod
@@ -165,6 +82,7 @@ class Pipeline:
         engine_options: EngineOptions | None = None,
         max_images: int = DEFAULT_MAX_IMAGES,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        max_rows: int = DEFAULT_MAX_ROWS,
     ) -> Pipeline:
         """``backend`` None: ``backends.DEFAULT_BACKEND``. ``precision="bf16"`` (openvino) needs the bundle's
         passed bf16 gate; ``engine_options`` are the backend's opt-in settings (``EngineOptions``)."""
@@ -183,6 +101,7 @@ class Pipeline:
             engines.get("vae_encoder"),
             max_images=max_images,
             batch_size=batch_size,
+            max_rows=max_rows,
         )
 
     @property
@@ -201,8 +120,8 @@ class Pipeline:
         steps: int | None = None,
         sampler: str | None = None,
         eta: float | None = None,
-        seed: int | None = None,
-        class_labels: int | str | Sequence[int | str] | None = None,
+        seed: Seed = None,
+        class_labels: Labels = None,
         guidance_scale: float | None = None,
         latents: np.ndarray | None = None,
         callback: StepCallback | None = None,
@@ -210,47 +129,19 @@ class Pipeline:
     ) -> GenerationResult:
         """Sample images from noise. Arguments left as None take the bundle's recommended defaults.
 
-        ``seed`` alone fixes everything (initial latents, random class labels, DDPM noise) on any machine
-        and backend; ``latents`` overrides the initial noise (how parity with diffusers is tested).
-        ``preview_steps`` lists step indices whose predicted clean image is decoded into ``previews``.
-        Every argument is checked before any work; a model that overflows raises NumericalError.
+        ``seed`` fixes everything an image draws (its initial latents, its random class, DDPM's noise) on any
+        machine and backend; it is an int (image k gets ``seed + k``) or a list with one seed per image, so
+        that any image of a batch can be regenerated alone (``latent_ddpm/runtime/seeds.py``). ``latents``
+        overrides the initial noise (how parity with diffusers is tested). ``preview_steps`` lists step
+        indices whose predicted clean image is decoded into ``previews``. Every argument is checked before
+        any work; a model that overflows raises NumericalError.
         """
         start = time.perf_counter()
-        req = self._request(steps, sampler, eta, guidance_scale, seed, callback)
-        c, h, w = self.bundle.latent_shape
-        if latents is not None:
-            latents = self._check_latents(latents)
-            if num_images is not None and num_images != latents.shape[0]:
-                raise InputError(f"num_images={num_images} but latents hold {latents.shape[0]} images")
-            num_images = latents.shape[0]
-        num_images = check_num_images(1 if num_images is None else num_images, self.max_images)
-        labels = self._check_labels(class_labels, num_images)
-        rng = np.random.default_rng(req.seed)
-        if latents is None:
-            latents = rng.standard_normal((num_images, c, h, w), dtype=np.float32)
-        labels = self._random_labels(labels, num_images, rng)
-
-        scheduler = make_scheduler(req.sampler, self.bundle.scheduler_config, eta=req.eta)
-        scheduler.set_timesteps(req.steps)
-        latents = (latents * np.float32(scheduler.init_noise_sigma)).astype(np.float32)
-        timings = Timings()
-        latents, previews = self._denoise(
-            latents, scheduler, scheduler.timesteps, labels, req, rng, callback, preview_steps, timings
+        _check_callback(callback)
+        request = self.requests.generate(
+            num_images, steps, sampler, eta, seed, class_labels, guidance_scale, latents, preview_steps
         )
-        images = self._decode_timed(latents, timings)
-        timings.total_s = time.perf_counter() - start
-        return GenerationResult(
-            images=images,
-            latents=latents,
-            seed=req.seed,
-            class_labels=labels,
-            sampler=req.sampler,
-            steps=req.steps,
-            guidance_scale=req.guidance_scale,
-            eta=req.eta,
-            timings=timings,
-            previews=previews,
-        )
+        return self._sample(request, callback, start)
 
     def img2img(
         self,
@@ -259,8 +150,8 @@ class Pipeline:
         steps: int | None = None,
         sampler: str | None = None,
         eta: float | None = None,
-        seed: int | None = None,
-        class_labels: int | str | Sequence[int | str] | None = None,
+        seed: Seed = None,
+        class_labels: Labels = None,
         guidance_scale: float | None = None,
         callback: StepCallback | None = None,
         preview_steps: Sequence[int] = (),
@@ -272,309 +163,82 @@ class Pipeline:
         autoencoder's reconstruction; ``strength=1`` starts from (almost) pure noise.
         """
         start = time.perf_counter()
-        if self.encoder is None:
-            raise InputError(
-                f"bundle {self.bundle.root} has no vae_encoder.onnx, so img2img is not available"
-            )
-        if (
-            isinstance(strength, bool)
-            or not isinstance(strength, numbers.Real)
-            or not 0.0 <= float(strength) <= 1.0
-        ):
-            raise InputError(f"strength must be in [0, 1], got {strength!r}")
-        req = self._request(steps, sampler, eta, guidance_scale, seed, callback)
-        pixels = self._pixels(images)
-        num_images = pixels.shape[0]
-        labels = self._check_labels(class_labels, num_images)
-        timings = Timings()
-        t0 = time.perf_counter()
-        init_latents = self._encode_pixels(pixels)
-        timings.encode_s = time.perf_counter() - t0
-        rng = np.random.default_rng(req.seed)
-        noise = rng.standard_normal(init_latents.shape, dtype=np.float32)
-        labels = self._random_labels(labels, num_images, rng)
-
-        scheduler = make_scheduler(req.sampler, self.bundle.scheduler_config, eta=req.eta)
-        scheduler.set_timesteps(req.steps)
-        init_steps = min(int(req.steps * float(strength)), req.steps)
-        t_start = max(req.steps - init_steps, 0)
-        timesteps = scheduler.timesteps[t_start * scheduler.order :]
-        if len(timesteps) == 0:
-            latents, previews = init_latents, []
-        else:
-            start_t = np.full((num_images,), timesteps[0], dtype=np.int64)
-            latents = scheduler.add_noise(init_latents, noise, start_t).astype(np.float32)
-            latents, previews = self._denoise(
-                latents, scheduler, timesteps, labels, req, rng, callback, preview_steps, timings
-            )
-        images_out = self._decode_timed(latents, timings)
-        timings.total_s = time.perf_counter() - start
-        return GenerationResult(
-            images=images_out,
-            latents=latents,
-            seed=req.seed,
-            class_labels=labels,
-            sampler=req.sampler,
-            steps=len(timesteps),
-            guidance_scale=req.guidance_scale,
-            eta=req.eta,
-            timings=timings,
-            previews=previews,
+        _check_callback(callback)
+        request = self.requests.img2img(
+            images, strength, steps, sampler, eta, seed, class_labels, guidance_scale, preview_steps
         )
+        return self._sample(request, callback, start)
 
     def decode(self, latents: np.ndarray, what: str = "the latents") -> np.ndarray:
         """Scaled latents -> NHWC uint8 images (undoing the latent scaling as diffusers' LDMPipeline does).
 
         Raises NumericalError if the decoder's output holds NaN or Inf (``what`` names the latents in it).
         """
-        with np.errstate(over="ignore", invalid="ignore"):
-            unscaled = latents / np.float32(self.bundle.scaling_factor) + np.float32(self.bundle.shift_factor)
-        check_finite(unscaled, f"{what} unscaled for the decoder (/ scaling_factor + shift_factor)")
-        out = self._run_in_batches(self.decoder, unscaled.astype(np.float32))
-        check_finite(out, f"the decoded images of {what} ({self.decoder.model.path.name})")
-        return to_uint8(out, self.bundle.value_range)
+        return self.autoencoder.decode(latents, what)
 
     def encode(self, images: Any) -> np.ndarray:
         """Images (PIL or uint8, any size) -> scaled latent means, the starting point of img2img."""
-        return self._encode_pixels(self._pixels(images))
+        return self.autoencoder.encode(self.requests.pixels(images))
 
-    def _pixels(self, images: Any) -> np.ndarray:
-        """Images -> NHWC uint8 at model size, refusing ambiguous shapes and more than ``max_images``."""
-        if self.encoder is None:
-            raise InputError(f"bundle {self.bundle.root} has no vae_encoder.onnx")
-        c, h, w = self.bundle.image_shape
-        return prepare_images(images, c, h, w, max_images=self.max_images)
-
-    def _encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        assert self.encoder is not None
-        x = from_uint8(pixels, self.bundle.value_range)
-        latents = self._run_in_batches(self.encoder, x).astype(np.float32)
-        return check_finite(latents, f"the encoded latents ({self.encoder.model.path.name})")
-
-    def _run_in_batches(self, engine: Engine, x: np.ndarray) -> np.ndarray:
-        """An autoencoder half on ``x`` in batches of at most ``batch_size`` images, so memory does not grow
-        with N; its one input and output are named by the bundle."""
-        name, output = engine.model.main_input.name, engine.model.output.name
-        if len(x) <= self.batch_size:
-            return engine.run({name: x})[output]
-        return np.concatenate([engine.run({name: x[s]})[output] for s in _batches(len(x), self.batch_size)])
+    def batcher(self, max_rows: int | None = None) -> Batcher:
+        """A fresh tick driver over this pipeline's engines (``SamplingEngine`` holds one)."""
+        rows = self.max_rows if max_rows is None else check_max_rows(max_rows, self.bundle.can_guide)
+        return Batcher(self.bundle, self.unet, self.autoencoder, rows)
 
     # ------------------------------------------------------------------ the loop
 
-    def _denoise(
-        self,
-        latents: np.ndarray,
-        scheduler: Any,
-        timesteps: np.ndarray,
-        labels: np.ndarray | None,
-        req: _Request,
-        rng: np.random.Generator,
-        callback: StepCallback | None,
-        preview_steps: Sequence[int],
-        timings: Timings,
-    ) -> tuple[np.ndarray, list[Preview]]:
-        batches = self._unet_batches(latents.shape, labels, req.guided)
-        wanted_previews = set(preview_steps)
+    def _sample(
+        self, request: SamplingRequest, callback: StepCallback | None, start: float
+    ) -> GenerationResult:
+        """Tick the runs of one request in this thread until they finish: the engine's loop with one client."""
+        batcher = self.batcher()
+        timings = Timings()
+        runs = [batcher.start(request, chunk, timings) for chunk in request.chunks(self.max_rows)]
         previews: list[Preview] = []
-        loop_start = time.perf_counter()
-        for i, t in enumerate(timesteps):
-            step = f"step {i + 1}/{len(timesteps)} (t={int(t)})"
-            # An overflow is reported by check_finite, naming the step, instead of NumPy's RuntimeWarnings.
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                model_input = scheduler.scale_model_input(latents, t)
-                model_output = self._model_output(model_input, int(t), batches, req.guidance_scale, timings)
-                check_finite(model_output, f"the U-Net output ({self.unet.model.path.name}) at {step}")
-                out = scheduler.step(model_output, int(t), latents, generator=rng)
-                latents = check_finite(out.prev_sample, f"the latents after {step}")
-            if i in wanted_previews:
-                previews.append(
-                    Preview(i, int(t), self.decode(out.pred_original_sample, f"the preview at {step}"))
-                )
-            if callback is not None:
-                callback(i, int(t), latents)
-        timings.denoise_s += time.perf_counter() - loop_start
-        timings.steps = len(timesteps)
-        return latents, previews
-
-    def _unet_batches(
-        self, latent_shape: tuple[int, ...], labels: np.ndarray | None, guided: bool
-    ) -> list[tuple[slice, _UNetInputs]]:
-        """The engine batches of a run (at most ``batch_size`` images each) and their reusable feeds."""
-        out = []
-        names = self.bundle.unet_inputs
-        for s in _batches(latent_shape[0], self.batch_size):
-            feed_labels = self._feed_labels(None if labels is None else labels[s], guided)
-            rows = (s.stop - s.start, *latent_shape[1:])
-            out.append((s, _UNetInputs(names, rows, feed_labels, guided)))
-        return out
-
-    def _model_output(
-        self,
-        latents: np.ndarray,
-        t: int,
-        batches: list[tuple[slice, _UNetInputs]],
-        guidance_scale: float,
-        timings: Timings | None = None,
-    ) -> np.ndarray:
-        """The guided model output for every image, one U-Net call per engine batch."""
-        if len(batches) == 1:
-            return self._unet_call(latents, t, batches[0][1], guidance_scale, timings)
-        out = np.empty_like(latents)
-        for s, inputs in batches:
-            out[s] = self._unet_call(latents[s], t, inputs, guidance_scale, timings)
-        return out
-
-    def _unet_call(
-        self,
-        latents: np.ndarray,
-        t: int,
-        inputs: _UNetInputs,
-        guidance_scale: float,
-        timings: Timings | None = None,
-    ) -> np.ndarray:
-        """One U-Net call; with guidance the unconditional and conditional halves share one batch.
-
-        ``timings.unet_s`` counts the engine call alone, so that ``loop_overhead`` includes the guidance
-        arithmetic and the feed assembly. ``inputs`` carries buffers reused across the steps of a run.
-        """
-        feed = inputs.fill(latents, t)
-        u0 = time.perf_counter()
-        out = self.unet.run(feed)[self.unet.model.output.name]
-        if timings is not None:
-            timings.unet_s += time.perf_counter() - u0
-        if not inputs.guided:
-            return out
-        # Classifier-free guidance (Ho & Salimans 2022, eq. 6): eps_uncond + w * (eps_cond - eps_uncond),
-        # computed in place in the conditional half of the engine's output (same operations, no temporaries).
-        n = inputs.n
-        uncond, guided_out = out[:n], out[n:]
-        guided_out -= uncond
-        guided_out *= np.float32(guidance_scale)
-        guided_out += uncond
-        return guided_out
-
-    def _feed_labels(self, labels: np.ndarray | None, guided: bool) -> np.ndarray | None:
-        cond = self.bundle.conditioning
-        if labels is None or cond is None:
-            return None
-        if not guided:
-            return labels
-        null = np.full_like(labels, cond.null_class)
-        return np.concatenate([null, labels])
-
-    def _decode_timed(self, latents: np.ndarray, timings: Timings) -> np.ndarray:
-        t0 = time.perf_counter()
-        images = self.decode(latents, "the final latents")
-        timings.decode_s = time.perf_counter() - t0
-        return images
-
-    # ------------------------------------------------------------------ argument checks
-
-    def _request(
-        self,
-        steps: int | None,
-        sampler: str | None,
-        eta: float | None,
-        guidance_scale: float | None,
-        seed: int | None,
-        callback: StepCallback | None = None,
-    ) -> _Request:
-        d = self.bundle.defaults
-        sampler = d.sampler if sampler is None else sampler
-        if sampler not in SAMPLERS:
-            raise InputError(f"sampler {sampler!r} is not one of {', '.join(SAMPLERS)}")
-        steps = d.steps if steps is None else steps
-        max_steps = self.bundle.num_train_timesteps
-        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or not 1 <= steps <= max_steps:
-            raise InputError(
-                f"steps must be an integer in 1..{max_steps} (the model's training steps), got {steps!r}"
-            )
-        eta = check_eta((d.eta if sampler == "ddim" else 0.0) if eta is None else eta)
-        if eta != 0 and sampler != "ddim":
-            raise InputError(f"eta={eta} applies to the ddim sampler only, not {sampler!r}")
-        can_guide = self.bundle.can_guide
-        if guidance_scale is None:
-            guidance_scale = d.guidance_scale if can_guide else 1.0
-        guidance_scale = check_guidance_scale(guidance_scale)
-        if guidance_scale != 1.0 and not can_guide:
-            why = (
-                "an unconditional model"
-                if self.bundle.conditioning is None
-                else "a model trained without a null class"
-            )
-            raise InputError(
-                f"guidance_scale={guidance_scale} needs classifier-free guidance, but this is {why}"
-            )
-        if seed is None:
-            seed = secrets.randbelow(2**31)
-        elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-            raise InputError(f"seed must be a non-negative integer, got {seed!r}")
-        if callback is not None and not callable(callback):
-            raise InputError(f"callback must be callable(step_index, timestep, latents), got {callback!r}")
-        return _Request(sampler, int(steps), eta, guidance_scale, int(seed))
-
-    def _check_latents(self, latents: Any) -> np.ndarray:
-        expected = self.bundle.latent_shape
-        if not isinstance(latents, np.ndarray):
-            raise InputError(f"latents must be a numpy array, got {type(latents).__name__}")
-        if latents.dtype != np.float32:
-            raise InputError(f"latents must be float32, got {latents.dtype}")
-        if latents.ndim != 4 or latents.shape[1:] != expected or latents.shape[0] < 1:
-            raise InputError(
-                f"latents must have shape (N, {', '.join(map(str, expected))}), got {latents.shape}"
-            )
-        if not np.isfinite(latents).all():
-            raise InputError("latents contain NaN or Inf")
-        return latents
-
-    def _random_labels(
-        self, labels: np.ndarray | None, num_images: int, rng: np.random.Generator
-    ) -> np.ndarray | None:
-        """``labels``, or for a conditional model given none, a random class per image from the seeded stream."""
-        cond = self.bundle.conditioning
-        if labels is not None or cond is None:
-            return labels
-        return rng.integers(0, cond.num_classes, size=num_images).astype(np.int64)
-
-    def _check_labels(
-        self, class_labels: int | str | Sequence[int | str] | None, num_images: int
-    ) -> np.ndarray | None:
-        """The caller's class labels as indices, or None (unconditional, or random classes to draw)."""
-        cond = self.bundle.conditioning
-        if cond is None:
-            if class_labels is not None:
-                raise InputError(f"class_labels={class_labels!r} given, but this model is unconditional")
-            return None
-        if class_labels is None:
-            return None
-        if isinstance(class_labels, (str, numbers.Integral)) and not isinstance(class_labels, bool):
-            items = [class_labels]
-        elif isinstance(class_labels, (list, tuple)) or (
-            isinstance(class_labels, np.ndarray) and class_labels.ndim == 1
-        ):
-            items = list(class_labels)
-        else:
-            raise InputError(
-                f"class_labels must be a class index, a class name or a list of them, got {class_labels!r}"
-            )
-        if len(items) == 1:
-            items = items * num_images
-        if len(items) != num_images:
-            raise InputError(f"got {len(items)} class labels for {num_images} images")
-        out = []
-        for item in items:
-            if isinstance(item, str):
-                if item not in cond.class_names:
-                    raise InputError(f"class {item!r} is not one of {', '.join(cond.class_names)}")
-                out.append(cond.class_names.index(item))
-            elif not isinstance(item, numbers.Integral) or isinstance(item, bool):
-                raise InputError(f"class label {item!r} must be an integer index or a class name")
-            elif 0 <= item < cond.num_classes:
-                out.append(int(item))
-            else:
-                raise InputError(f"class label {item!r} is outside 0..{cond.num_classes - 1}")
-        return np.asarray(out, dtype=np.int64)
+        images: dict[int, np.ndarray] = {}
+        pending: dict[int, list[np.ndarray]] = {}
+        while batcher.active:
+            report = batcher.tick()
+            if report.failed:
+                raise report.failed[0][1]
+            for _run, i, t, part in report.previews:  # the runs are in lockstep: same step, same timestep
+                pending.setdefault(i, []).append(part)
+                if len(pending[i]) == len(runs):
+                    previews.append(Preview(i, t, joined(pending.pop(i))))
+            if callback is not None and report.stepped:
+                lead = runs[0]
+                i = lead.step_index - 1
+                callback(i, int(lead.timesteps[i]), joined([run.latents for run in runs]))
+            for run, part in report.finished:
+                images[id(run)] = part
+        timings.total_s = time.perf_counter() - start
+        return result_of(request, runs, [images[id(run)] for run in runs], timings, previews)
 
 
-def _batches(n: int, size: int) -> list[slice]:
-    return [slice(a, min(a + size, n)) for a in range(0, n, size)]
+def result_of(
+    request: SamplingRequest,
+    runs: list[SamplingRun],
+    images: list[np.ndarray],
+    timings: Timings,
+    previews: list[Preview],
+) -> GenerationResult:
+    """A request's result from its finished runs, in image order."""
+    labels = [run.labels for run in runs]
+    return GenerationResult(
+        images=joined(images),
+        latents=joined([run.latents for run in runs]),
+        seed=request.seed,
+        seeds=request.seeds,
+        class_labels=None if labels[0] is None else joined([lab for lab in labels if lab is not None]),
+        sampler=request.sampler,
+        steps=len(runs[0].timesteps),
+        guidance_scale=request.guidance_scale,
+        eta=request.eta,
+        timings=timings,
+        previews=previews,
+    )
+
+
+def _check_callback(callback: Any) -> None:
+    if callback is not None and not callable(callback):
+        raise InputError(f"callback must be callable(step_index, timestep, latents), got {callback!r}")

@@ -190,6 +190,15 @@ def check_same_shape(model_output: np.ndarray, sample: np.ndarray) -> None:
         raise InputError(f"model_output has shape {model_output.shape} but sample has shape {sample.shape}")
 
 
+def normal_per_image(generators: Sequence[np.random.Generator], shape: tuple[int, ...]) -> np.ndarray:
+    """float32 N(0, I) of ``shape``, row k drawn by ``generators[k]``: the same numbers as that generator's
+    ``standard_normal(shape[1:])``, so an image's draws never depend on the rest of its batch."""
+    out = np.empty(shape, dtype=np.float32)
+    for g, row in zip(generators, out, strict=True):
+        g.standard_normal(dtype=np.float32, out=row)
+    return out
+
+
 def draw_noise(
     shape: tuple[int, ...], generator: Generators | None, variance_noise: Any, who: str
 ) -> np.ndarray:
@@ -212,10 +221,7 @@ def draw_noise(
     if isinstance(generator, Sequence) and all(isinstance(g, np.random.Generator) for g in generator):
         if len(generator) != shape[0]:
             raise InputError(f"{who}: {len(generator)} generators for a batch of {shape[0]}")
-        noise = np.empty(shape, dtype=np.float32)
-        for g, row in zip(generator, noise, strict=True):
-            g.standard_normal(dtype=np.float32, out=row)
-        return noise
+        return normal_per_image(generator, shape)
     raise InputError(
         f"{who} adds noise at this step: pass generator=np.random.Generator (or one per image) or "
         f"variance_noise=array, got generator={generator!r}"
