@@ -31,7 +31,7 @@ from latent_ddpm.runtime.results import Timings
 from latent_ddpm.runtime.sampling import SamplingRun
 
 
-@dataclass
+@dataclass(slots=True)
 class TickReport:
     """What one tick did, for the driver to hand to its callers."""
 
@@ -89,15 +89,30 @@ class Batcher:
         report = TickReport()
         t0 = time.perf_counter()
         stepping = [run for run in self.active if not run.done]
+        if stepping:
+            self._step(stepping, report)
+        report.step_s = time.perf_counter() - t0
+        for timings in _requests(stepping):
+            timings.denoise_s += report.step_s
+        if report.failed:
+            failed = {id(run) for run, _ in report.failed}
+            self.active = [run for run in self.active if id(run) not in failed]
+        if any(run.done for run in self.active):
+            self._finish([run for run in self.active if run.done], report)
+            self.active = [run for run in self.active if not run.done]
+        return report
+
+    def _step(self, runs: list[SamplingRun], report: TickReport) -> None:
+        """The step phase: U-Net calls, each run's step, and the previews asked for at this step."""
         previews: list[tuple[SamplingRun, int, int, np.ndarray]] = []
         # An overflow is reported by check_finite, naming the step, instead of NumPy's RuntimeWarnings.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            for group in self._pack(stepping):
+            for group in self._pack(runs):
                 for run, output in self._call(group, report):
                     if isinstance(output, BaseException):
                         report.failed.append((run, output))
                         continue
-                    i, t = run.step_index, int(run.timesteps[run.step_index])
+                    i = run.step_index
                     try:
                         x0 = run.advance(output)
                     except Exception as exc:  # NaN (NumericalError) or a bug: this run alone fails
@@ -105,7 +120,7 @@ class Batcher:
                         continue
                     report.stepped.append(run)
                     if x0 is not None:
-                        previews.append((run, i, t, x0))
+                        previews.append((run, i, int(run.timesteps[i]), x0))
         if previews:
             decoded = self.autoencoder.decode_each(
                 [x0 for _, _, _, x0 in previews],
@@ -116,33 +131,28 @@ class Batcher:
                     report.failed.append((run, images))
                 else:
                     report.previews.append((run, i, t, images))
-        report.step_s = time.perf_counter() - t0
-        for timings in _distinct(run.timings for run in stepping):
-            timings.denoise_s += report.step_s
 
-        failed = {id(run) for run, _ in report.failed}
-        self.active = [run for run in self.active if id(run) not in failed]
-        finished = [run for run in self.active if run.done]
-        if finished:
-            t1 = time.perf_counter()
-            decoded = self.autoencoder.decode_each(
-                [run.latents for run in finished], ["the final latents"] * len(finished)
-            )
-            decode_s = time.perf_counter() - t1
-            for run, images in zip(finished, decoded, strict=True):
-                if isinstance(images, BaseException):
-                    report.failed.append((run, images))
-                else:
-                    report.finished.append((run, images))
-            for timings in _distinct(run.timings for run in finished):
-                timings.decode_s += decode_s
-            self.active = [run for run in self.active if not run.done]
-        return report
+    def _finish(self, runs: list[SamplingRun], report: TickReport) -> None:
+        """Decode every run that is done, together."""
+        t0 = time.perf_counter()
+        decoded = self.autoencoder.decode_each(
+            [run.latents for run in runs], ["the final latents"] * len(runs)
+        )
+        decode_s = time.perf_counter() - t0
+        for run, images in zip(runs, decoded, strict=True):
+            if isinstance(images, BaseException):
+                report.failed.append((run, images))
+            else:
+                report.finished.append((run, images))
+        for timings in _requests(runs):
+            timings.decode_s += decode_s
 
     # ------------------------------------------------------------------ U-Net calls
 
     def _pack(self, runs: list[SamplingRun]) -> list[list[SamplingRun]]:
         """Runs in order, into calls of at most ``max_rows`` rows (each run fits one call by construction)."""
+        if sum(run.rows for run in runs) <= self.max_rows:  # what the engine's admission guarantees
+            return [runs]
         groups: list[list[SamplingRun]] = []
         rows = self.max_rows
         for run in runs:
@@ -190,7 +200,7 @@ class Batcher:
         unet_s = time.perf_counter() - u0
         report.unet_s += unet_s
         report.call_rows.append(rows)
-        for timings in _distinct(run.timings for run in group):
+        for timings in _requests(group):
             timings.unet_s += unet_s
         return output
 
@@ -208,9 +218,8 @@ class Batcher:
         return self._buffers
 
 
-def _distinct(items) -> list[Timings]:  # type: ignore[no-untyped-def]
+def _requests(runs: list[SamplingRun]) -> list[Timings]:
     """Each request's Timings once, although several of its runs may take part in the same call or tick."""
-    seen: dict[int, Timings] = {}
-    for timings in items:
-        seen.setdefault(id(timings), timings)
-    return list(seen.values())
+    if len(runs) == 1:
+        return [runs[0].timings]
+    return list({id(run.timings): run.timings for run in runs}.values())

@@ -174,6 +174,7 @@ class DPMSolverMultistepScheduler(VPScheduler):
             )
         if c["rescale_betas_zero_snr"]:
             # alpha_bar_T = 0 would make sigma_T infinite; diffusers uses the smallest fp16 subnormal instead
+            self.alphas_cumprod = self.alphas_cumprod.copy()  # the shared schedule is read-only
             self.alphas_cumprod[-1] = np.float32(2**-24)
         # half log-SNR of each training timestep, lambda_t = log(alpha_t) - log(sigma_t)
         self.lambdas = np.log(np.sqrt(self.alphas_cumprod)) - np.log(np.sqrt(ONE - self.alphas_cumprod))

@@ -11,6 +11,8 @@ a handful of array operations.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -32,9 +34,7 @@ class VPScheduler(SchedulerBase):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        self.betas = train_betas(self.config)
-        self.alphas = ONE - self.betas
-        self.alphas_cumprod = cumprod_f32(self.alphas)
+        self.betas, self.alphas, self.alphas_cumprod = training_schedule(self.config)
         # Until set_timesteps, the full training chain T-1, ..., 0.
         self.num_inference_steps: int | None = None
         self.timesteps = np.arange(self.config["num_train_timesteps"], dtype=np.int64)[::-1].copy()
@@ -73,3 +73,30 @@ class VPScheduler(SchedulerBase):
     def add_noise(self, original_samples: np.ndarray, noise: np.ndarray, timesteps: np.ndarray) -> np.ndarray:
         """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) noise (Ho et al. 2020, eq. 4), per batch item."""
         return add_noise_vp(self.alphas_cumprod, original_samples, noise, timesteps)
+
+
+# The config keys the training schedule depends on.
+_SCHEDULE_KEYS = (
+    "num_train_timesteps",
+    "beta_start",
+    "beta_end",
+    "beta_schedule",
+    "trained_betas",
+    "rescale_betas_zero_snr",
+)
+
+
+def training_schedule(config: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(betas, alphas, alphas_cumprod) of a checked config, read-only and computed once per config: every
+    request builds its own scheduler, and the cosine schedule alone costs milliseconds to compute."""
+    return _training_schedule(tuple((key, config[key]) for key in _SCHEDULE_KEYS))
+
+
+@functools.lru_cache(maxsize=16)
+def _training_schedule(key: tuple[tuple[str, Any], ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    betas = train_betas(dict(key))
+    alphas = ONE - betas
+    alphas_cumprod = cumprod_f32(alphas)
+    for array in (betas, alphas, alphas_cumprod):
+        array.setflags(write=False)
+    return betas, alphas, alphas_cumprod
