@@ -7,7 +7,7 @@ that finished in a tick together) and reports NaN or Inf per request, so one ove
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -33,7 +33,7 @@ class Autoencoder:
         return out
 
     def decode_each(
-        self, parts: Sequence[np.ndarray], whats: Sequence[str | Callable[[], str]]
+        self, parts: Sequence[np.ndarray], whats: Sequence[str]
     ) -> list[np.ndarray | NumericalError]:
         """Each part's images, decoded in shared calls; a part whose latents or images hold NaN or Inf gets
         its NumericalError instead (the others are unaffected: the decoder works image by image)."""
@@ -44,9 +44,7 @@ class Autoencoder:
             with np.errstate(over="ignore", invalid="ignore"):
                 x = (latents / scale + shift).astype(np.float32)
             try:
-                check_finite(
-                    x, lambda w=what: f"{_name(w)} unscaled for the decoder (/ scaling_factor + shift_factor)"
-                )
+                check_finite(x, f"{what} unscaled for the decoder (/ scaling_factor + shift_factor)")
             except NumericalError as exc:
                 results[k] = exc
                 continue
@@ -59,12 +57,7 @@ class Autoencoder:
                 part = images[start : start + len(x)]
                 start += len(x)
                 try:
-                    check_finite(
-                        part,
-                        lambda w=whats[k]: (
-                            f"the decoded images of {_name(w)} ({self.decoder.model.path.name})"
-                        ),
-                    )
+                    check_finite(part, f"the decoded images of {whats[k]} ({self.decoder.model.path.name})")
                 except NumericalError as exc:
                     results[k] = exc
                     continue
@@ -90,7 +83,3 @@ class Autoencoder:
                 for a in range(0, len(x), self.batch_size)
             ]
         )
-
-
-def _name(what: str | Callable[[], str]) -> str:
-    return what if isinstance(what, str) else what()

@@ -124,7 +124,7 @@ class Batcher:
         if previews:
             decoded = self.autoencoder.decode_each(
                 [x0 for _, _, _, x0 in previews],
-                [lambda r=r, i=i: f"the preview at {r.step_name(i)}" for r, i, _, _ in previews],
+                [f"the preview at {r.step_name(i)}" for r, i, _, _ in previews],
             )
             for (run, i, t, _), images in zip(previews, decoded, strict=True):
                 if isinstance(images, BaseException):

@@ -285,7 +285,7 @@ def parse_bundle(root: Path, raw: Mapping[str, Any], *, verify_hashes: bool = Tr
         name=r.get("name", str, default=root.name),
         models=models,
         latent_shape=latent_shape,
-        scaling_factor=scaling_factor,
+        scaling_factor=float(scaling_factor or 0.0),  # never None: not nullable, checked in range
         shift_factor=shift_factor or 0.0,
         image_shape=image_shape,
         value_range=(value_range[0], value_range[1]),
@@ -458,7 +458,7 @@ def _check_files(bundle: Bundle, verify_hashes: bool) -> None:
                 (model.path, model.sha256),
                 (model.external_data, model.external_data_sha256),
             ):
-                if path is None:
+                if path is None or expected_sha is None:  # no external data file
                     continue
                 actual = sha256_file(path)
                 if actual != expected_sha:

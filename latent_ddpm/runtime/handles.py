@@ -82,8 +82,9 @@ class RequestHandle:
         i = 0
         while True:
             with self._cond:
-                if not self._cond.wait_for(lambda i=i: len(self._events) > i, timeout):
-                    raise TimeoutError(f"no event from request {self.id} within {timeout} s")
+                while len(self._events) <= i:
+                    if not self._cond.wait(timeout):
+                        raise TimeoutError(f"no event from request {self.id} within {timeout} s")
                 batch = self._events[i:]
             for event in batch:
                 yield event

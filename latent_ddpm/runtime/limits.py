@@ -71,9 +71,9 @@ def check_eta(value: Any, name: str = "eta") -> float:
 
 def check_count(value: Any, name: str, limit: int, how_to_raise: str = "") -> int:
     """An integer in 1..limit (images per call, engine batch size); ``how_to_raise`` says how to allow more."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 1:
         raise InputError(f"{name} must be an integer >= 1, got {value!r}")
-    if value > limit:
+    if int(value) > limit:
         hint = f"; {how_to_raise}" if how_to_raise else ""
         raise InputError(f"{name}={value} is more than the limit of {limit} per call{hint}")
     return int(value)
@@ -102,10 +102,10 @@ def check_threads(threads: Any, name: str = "threads") -> int | None:
     """None (the backend's default: all cores) or 1..usable_cores(); anything else is refused with why."""
     if threads is None:
         return None
-    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
+    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or int(threads) < 1:
         raise InputError(f"{name} must be a positive integer, got {threads!r}")
     cores = usable_cores()
-    if threads > cores:
+    if int(threads) > cores:
         raise InputError(
             f"{name} {threads} is more than the {cores} usable cores of this machine; more threads only "
             f"contend (use at most {cores}, or leave it unset for all cores)"

@@ -71,7 +71,8 @@ class SamplingRun:
                 self.latents = scheduler.add_noise(init_latents, noise, start_t).astype(np.float32)
         else:
             self.timesteps = scheduler.timesteps
-            x_T = noise if request.latents is None else request.latents[images]
+            x_T = request.latents[images] if request.latents is not None else noise
+            assert x_T is not None
             self.latents = (x_T * np.float32(scheduler.init_noise_sigma)).astype(np.float32)
         self.step_index = 0
         self.timings.steps = len(self.timesteps)

@@ -30,7 +30,7 @@ __all__ = ["MAX_SEED", "check_seeds", "image_generators", "image_seeds", "normal
 
 
 def _check_one(seed: Any, what: str) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= int(seed) <= MAX_SEED:
         raise InputError(f"{what} must be a non-negative integer (at most 2**63 - 1), got {seed!r}")
     return int(seed)
 

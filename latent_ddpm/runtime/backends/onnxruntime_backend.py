@@ -27,7 +27,7 @@ _ORT_TYPES = {
 ENGINE_OPTIONS = ("static_shapes", "allow_spinning", "max_shapes")
 
 
-def _import_ort():
+def _import_ort() -> Any:
     try:
         import onnxruntime as ort
     except ImportError:
@@ -35,10 +35,6 @@ def _import_ort():
             "the onnxruntime backend needs ONNX Runtime: pip install 'latent-ddpm[cpu]' (or '[gpu]' for CUDA)"
         ) from None
     return ort
-
-
-def available_providers() -> list[str]:
-    return list(_import_ort().get_available_providers())
 
 
 class OnnxRuntimeEngine:
@@ -74,7 +70,7 @@ class OnnxRuntimeEngine:
         self._output_names = [o.name for o in model.outputs]
         # Static mode keeps only the specialised sessions: the dynamic one served to check the graph.
         self._session = None if options.static_shapes else session
-        self._static: ShapeCache[Any] = ShapeCache(options.max_shapes)
+        self._static: ShapeCache[tuple[tuple[str, int], ...], Any] = ShapeCache(options.max_shapes)
 
     def _open(self, dims: Sequence[tuple[str, int]] = ()) -> Any:
         ort = self._ort

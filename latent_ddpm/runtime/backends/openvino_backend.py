@@ -131,7 +131,7 @@ class OpenVinoEngine:
             )
         check_graph_matches_spec(model, inputs, {n for port in self._graph.outputs for n in port.get_names()})
         self._output_names = [o.name for o in model.outputs]
-        self._compiled: ShapeCache[_Compiled] = ShapeCache(options.max_shapes)
+        self._compiled: ShapeCache[tuple[tuple[str, int], ...], _Compiled] = ShapeCache(options.max_shapes)
 
     @property
     def providers(self) -> list[str]:

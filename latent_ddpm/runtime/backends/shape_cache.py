@@ -14,24 +14,25 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
+K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
 
 
-class ShapeCache(Generic[T]):
+class ShapeCache(Generic[K, T]):
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity = capacity
-        self._items: OrderedDict[Hashable, T] = OrderedDict()
+        self._items: OrderedDict[K, T] = OrderedDict()
         self._lock = threading.Lock()
-        self._building: dict[Hashable, threading.Lock] = {}
+        self._building: dict[K, threading.Lock] = {}
 
-    def keys(self) -> list[Hashable]:
+    def keys(self) -> list[K]:
         """Cached keys, least recently used first."""
         with self._lock:
             return list(self._items)
 
-    def get(self, key: Hashable, build: Callable[[], T]) -> T:
+    def get(self, key: K, build: Callable[[], T]) -> T:
         """The object for ``key``, built by ``build()`` on a miss; the least recently used beyond the bound
         is dropped (a caller still holding it keeps it alive until its call ends)."""
         with self._lock:

@@ -50,7 +50,7 @@ def trt_logger(trt: ModuleType) -> Any:
     last errors, so they can go into our exception message instead of only onto stderr."""
     if id(trt) not in _LOGGERS:
 
-        class _Logger(trt.ILogger):
+        class _Logger(trt.ILogger):  # type: ignore[name-defined]  # TensorRT's own base class
             def __init__(self) -> None:
                 trt.ILogger.__init__(self)
                 self.errors: list[str] = []

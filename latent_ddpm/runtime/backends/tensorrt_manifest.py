@@ -160,7 +160,7 @@ def parse_manifest(raw: Any, where: str = MANIFEST_FILE) -> Manifest:
 
 def _record(raw: Any, where: str) -> EngineRecord:
     obj = _obj(raw, where)
-    types = {
+    types: dict[str, type | tuple[type, ...]] = {
         "file": str,
         "key": str,
         "fields": dict,

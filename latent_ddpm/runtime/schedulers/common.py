@@ -56,7 +56,9 @@ def cumprod_f32(values: np.ndarray) -> np.ndarray:
     return np.cumprod(values, dtype=np.float64).astype(np.float32)
 
 
-def betas_for_alpha_bar(num_diffusion_timesteps: int, alpha_transform_type: str, max_beta: float = 0.999):
+def betas_for_alpha_bar(
+    num_diffusion_timesteps: int, alpha_transform_type: str, max_beta: float = 0.999
+) -> np.ndarray:
     """Betas that discretise a continuous alpha_bar(t), t in [0, 1], capped at ``max_beta``.
 
     "cosine" is Nichol & Dhariwal 2021, eq. 17 (diffusers' ``squaredcos_cap_v2``); "laplace" is the
@@ -145,14 +147,15 @@ def spaced_timesteps(
     spacing: str, num_train_timesteps: int, num_inference_steps: int, steps_offset: int
 ) -> np.ndarray:
     """DDPM/DDIM inference timesteps, descending; spacings of Lin et al. 2024, Table 2 (as diffusers)."""
+    timesteps: np.ndarray
     if spacing == "linspace":
         timesteps = np.linspace(0, num_train_timesteps - 1, num_inference_steps).round()[::-1]
     elif spacing == "leading":
         step_ratio = num_train_timesteps // num_inference_steps
         timesteps = (np.arange(0, num_inference_steps) * step_ratio).round()[::-1] + steps_offset
     else:  # "trailing"
-        step_ratio = num_train_timesteps / num_inference_steps
-        timesteps = np.round(np.arange(num_train_timesteps, 0, -step_ratio)) - 1
+        trailing_ratio = num_train_timesteps / num_inference_steps
+        timesteps = np.round(np.arange(num_train_timesteps, 0, -trailing_ratio)) - 1
     return timesteps.astype(np.int64)
 
 

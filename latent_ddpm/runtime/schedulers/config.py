@@ -62,15 +62,19 @@ def _check(scheduler: str, key: str, value: Any, choices: Mapping[str, tuple]) -
         return bool(value)
     if key in _INT_RANGES:
         low, high = _INT_RANGES[key]
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, numbers.Integral)
+            or not low <= int(value) <= high
+        ):
             raise bad(f"an integer in {low}..{high}")
         return int(value)
     if key in _POSITIVE_FLOATS:
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < float(value) < math.inf:
             raise bad("a finite number > 0")
         return float(value)
     if key in _NONNEGATIVE_FLOATS:
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < math.inf:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= float(value) < math.inf:
             raise bad("a finite number >= 0")
         return float(value)
     if key == "beta_schedule":  # checked against the scheduler's schedules when trained_betas is unset
@@ -78,14 +82,14 @@ def _check(scheduler: str, key: str, value: Any, choices: Mapping[str, tuple]) -
             raise bad("a string")
         return value
     if key == "dynamic_thresholding_ratio":
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= float(value) <= 1:
             raise bad("a number in [0, 1]")
         return float(value)
     if key == "lambda_min_clipped":
         if (
             isinstance(value, bool)
             or not isinstance(value, numbers.Real)
-            or not -math.inf <= value < math.inf
+            or not -math.inf <= float(value) < math.inf
         ):
             raise bad("a number (or -inf)")
         return float(value)
@@ -93,7 +97,7 @@ def _check(scheduler: str, key: str, value: Any, choices: Mapping[str, tuple]) -
         if value is None:
             return None
         betas = np.asarray(value, dtype=object)
-        if betas.ndim != 1 or not all(isinstance(b, numbers.Real) and 0 <= b <= 1 for b in betas):
+        if betas.ndim != 1 or not all(isinstance(b, numbers.Real) and 0 <= float(b) <= 1 for b in betas):
             raise InputError(f"{scheduler}: trained_betas must be a flat list of numbers in [0, 1]")
         return tuple(float(b) for b in betas)
     raise AssertionError(f"no check for option {key}")  # every key in DEFAULTS has one above

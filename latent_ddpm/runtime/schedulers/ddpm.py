@@ -193,8 +193,10 @@ class DDPMScheduler(VPScheduler):
         if self.variance_type == "fixed_large":  # sigma_t^2 = beta_t, the other choice of Ho et al. Sec. 3.2
             return np.sqrt(current_beta_t)
         if self.variance_type == "learned":
+            assert predicted_variance is not None  # step() splits it off a learned-variance output
             return np.sqrt(predicted_variance)
         if self.variance_type == "learned_range":
+            assert predicted_variance is not None
             # Nichol & Dhariwal 2021, eq. 15: interpolate log-variance between beta_tilde_t and beta_t
             min_log = np.log(variance)
             max_log = np.log(current_beta_t)

@@ -376,6 +376,7 @@ class DPMSolverMultistepScheduler(VPScheduler):
         if not (c["solver_order"] == 1 or self.lower_order_nums < 1 or lower_order_final):
             assert k.d1_coeff is not None and k.inverse_r0 is not None
             m1 = self.model_outputs[-2]
+            assert m1 is not None  # lower_order_nums >= 1: the previous step's output is there
             d1 = np.subtract(m0, m1)
             d1 *= k.inverse_r0
             d1 *= k.d1_coeff
