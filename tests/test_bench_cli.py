@@ -32,7 +32,20 @@ from latent_ddpm.cli import main  # noqa: E402
 def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("bench")
     src = build_tiny_model("kl_cond", root / "src")
-    argv = ["bench", "--models", "digits", "--source", str(src), "--batches", "1", "2", "--steps", "2"]
+    argv = [
+        "bench",
+        "--models",
+        "digits",
+        "serving",
+        "--source",
+        str(src),
+        "--batches",
+        "1",
+        "2",
+        "--steps",
+        "2",
+    ]
+    argv += ["--clients", "1", "3", "--serving-requests", "2", "--max-rows", "4"]
     argv += ["--warmup", "1", "--runs", "1", "--no-compile", "--no-validate", "--threads", "1"]
     argv += ["--runtimes", *RUNTIMES] if OPENVINO else ["--runtimes", "onnxruntime", "onnxruntime-static"]
     argv += ["--work", str(root / "work"), "--out", str(root / "out"), "--name", "tiny"]
@@ -67,6 +80,27 @@ def test_json_has_every_figure(report: Path) -> None:
     }
     for c in cold:
         assert 0 < c["import_s"] <= c["load_s"] <= c["first_step_s"] and c["peak_rss_mb"] > 0
+
+
+def test_serving_scenario(report: Path) -> None:
+    """Every (setting, clients, server) measured, each request answered, the engine's calls within its row
+    budget and batching when several clients wait (3 clients of one guided image = 6 rows > 4: calls of 4)."""
+    serving = json.loads((report / "tiny.json").read_text())["serving"]
+    assert serving["max_rows"] == 4 and len(serving["settings"]) == 2
+    runs = {(r["setting"], r["clients"], r["mode"]): r for r in serving["rows"]}
+    assert set(runs) == {
+        (s, c, m) for s in serving["settings"] for c in (1, 3) for m in ("engine", "one-at-a-time")
+    }
+    for (_, clients, mode), r in runs.items():
+        assert r["requests"] == 2 * clients and r["images_per_s"] > 0
+        assert 0 < r["latency_s"]["p50"] <= r["latency_s"]["p95"] <= r["latency_s"]["max"]
+        assert 0 <= r["loop_overhead"] < 1
+        assert 0 < r["unet_rows_per_call"] <= (4 if mode == "engine" else 2)
+    assert any(r["unet_rows_per_call"] > 2 for k, r in runs.items() if k[1:] == (3, "engine"))
+    assert [u["rows"] for u in serving["unet_scaling"]] == [2**k for k in range(9)]
+    assert all(u["rows_per_s"] > 0 for u in serving["unet_scaling"])
+    text = (report / "tiny.md").read_text()
+    assert "## Serving" in text and text.count("| engine |") == 4 and "| rows per call |" in text
 
 
 def test_markdown_and_png(report: Path) -> None:

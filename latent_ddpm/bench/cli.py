@@ -7,6 +7,10 @@ memory (fresh processes). Writes NAME.json, NAME.md and NAME.png into --out.
 Models: `digits` (the shipped bundle, against PyTorch on the weights it was exported from; or --bundle /
 --source; failing those, runs/digits or the digits architecture with random weights), `ldm-celebahq-256` (CompVis's LDM scale, random weights, batch 1 and fewer steps by
 default: a U-Net call takes seconds on CPU) and `pixel-256` (that U-Net in pixel space: a few single calls).
+`serving`: the digits bundle served to --clients concurrent clients by the SamplingEngine and by a server
+that runs one request at a time (images/s, latency p50/p95, U-Net rows per call, loop overhead), at the
+bundle's defaults and at DDIM --steps, plus the U-Net's rows/s by call size (where the engine's --max-rows
+is read from).
 This is a benchmark, not a test: run it on a quiet machine (it prints the load average) and compare
 numbers within one run only.
 """
@@ -34,9 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--models",
         nargs="+",
-        default=["digits", "ldm-celebahq-256", "pixel-256"],
-        choices=["digits", "ldm-celebahq-256", "pixel-256"],
-        help="which models to measure",
+        default=["digits", "ldm-celebahq-256", "pixel-256", "serving"],
+        choices=["digits", "ldm-celebahq-256", "pixel-256", "serving"],
+        help="which models (and the serving scenario) to measure",
     )
     p.add_argument(
         "--source",
@@ -68,6 +72,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32], help="digits batch sizes (images)")
     p.add_argument("--steps", type=int, default=50, help="digits denoising steps")
     p.add_argument("--sampler", choices=["ddim", "dpmsolver++"], default="ddim", help="sampling loop")
+    p.add_argument(
+        "--clients", type=int, nargs="+", default=[1, 4, 16, 64], help="serving: concurrent clients"
+    )
+    p.add_argument(
+        "--serving-requests", type=int, default=4, help="serving: one-image requests per client, back to back"
+    )
+    p.add_argument(
+        "--max-rows", type=int, default=None, help="serving: the engine's row budget (default: the runtime's)"
+    )
     p.add_argument("--ldm-batches", type=int, nargs="+", default=[1], help="ldm-celebahq-256 batch sizes")
     p.add_argument("--ldm-steps", type=int, default=10, help="ldm-celebahq-256 denoising steps")
     p.add_argument("--pixel-calls", type=int, default=2, help="timed pixel-space U-Net calls (minutes each)")
@@ -96,13 +109,13 @@ def run(args: argparse.Namespace) -> int:
     from latent_ddpm.errors import CLIError
     from latent_ddpm.provenance import load_average, machine_info, usable_cores
 
-    for flag in ("runs", "warmup", "steps", "ldm_steps", "pixel_calls"):
+    for flag in ("runs", "warmup", "steps", "ldm_steps", "pixel_calls", "serving_requests"):
         value = getattr(args, flag)
         if value < (0 if flag == "warmup" else 1):
             raise CLIError(
                 f"--{flag.replace('_', '-')} must be at least {0 if flag == 'warmup' else 1}, got {value}"
             )
-    for flag in ("batches", "ldm_batches"):
+    for flag in ("batches", "ldm_batches", "clients"):
         if min(getattr(args, flag)) < 1:
             raise CLIError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
     threads = args.threads or usable_cores()
@@ -124,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     )
     result["models"] = []
     for name in args.models:
-        if name == "pixel-256":
+        if name in ("pixel-256", "serving"):
             continue
         log(f"== {name}")
         result["models"].append(_latent_model(name, args, threads, peak["gflops"], log))
@@ -136,6 +149,14 @@ def run(args: argparse.Namespace) -> int:
         log("== pixel-256 vs latent (eager PyTorch, batch 1)")
         result["pixel"] = pixel_case.measure(
             ldm.UNET, pixel_unet_config(), threads, 1, args.pixel_calls, args.runs, log
+        )
+    if "serving" in args.models:
+        from latent_ddpm.bench import serving
+
+        bundle = _prepare("digits", args, log)[1]
+        log(f"== serving {bundle}: {args.clients} clients, engine vs one request at a time")
+        result["serving"] = serving.measure(
+            bundle, threads, args.clients, args.serving_requests, args.steps, args.max_rows, log
         )
     result["load_average_after"] = load_average()
     result["matmul_peak_after"] = matmul_peak(threads)
