@@ -263,7 +263,7 @@ class _BatchRecorder(_CountingEngine):
 
 def test_the_limit_can_be_raised_and_engines_run_in_batches(pipe: Pipeline) -> None:
     unet, decoder = _BatchRecorder(pipe.unet), _BatchRecorder(pipe.decoder)
-    big = Pipeline(pipe.bundle, unet, decoder, pipe.encoder, max_images=1100, batch_size=64)
+    big = Pipeline(pipe.bundle, unet, decoder, pipe.encoder, max_images=1100, batch_size=64, max_rows=128)
     unet.batches.clear()
     r = big.generate(num_images=1100, steps=2, seed=0, class_labels=1, guidance_scale=2.0)
     assert r.images.shape == (1100, 32, 32, 1)

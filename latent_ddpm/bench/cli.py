@@ -152,8 +152,12 @@ def run(args: argparse.Namespace) -> int:
         )
     if "serving" in args.models:
         from latent_ddpm.bench import serving
+        from latent_ddpm.runtime.shipped import shipped_models
 
-        bundle = _prepare("digits", args, log)[1]
+        # --bundle, else the shipped model as users get it (unless --source names another), else the digits
+        # model the latency benchmark uses
+        shipped = shipped_models().get("digits") if args.source is None else None
+        bundle = args.bundle or shipped or _prepare("digits", args, log)[1]
         log(f"== serving {bundle}: {args.clients} clients, engine vs one request at a time")
         result["serving"] = serving.measure(
             bundle, threads, args.clients, args.serving_requests, args.steps, args.max_rows, log

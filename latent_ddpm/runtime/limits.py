@@ -39,9 +39,11 @@ MAX_ETA = 1.0
 DEFAULT_MAX_IMAGES = 1024
 # Images per decoder/encoder call: 64 is the demo's largest request, decoded in one call.
 DEFAULT_BATCH_SIZE = 64
-# U-Net rows per call: 64 guided images, the batch the digits U-Net's throughput has levelled off by
-# (docs/benchmarks: batch 32 guided images = 64 rows gives 1.27x batch 8, and no more at larger batches).
-DEFAULT_MAX_ROWS = 128
+# U-Net rows per call (a SamplingEngine's row budget): where the digits U-Net's rows/s stops growing. Idle,
+# 16 -> 64 rows gave +27% (docs/benchmarks: guided batch 8 -> 32, 12.4 -> 15.8 images/s, "best throughput by
+# batch 32"); on the loaded machine rows/s was flat from 64 to 512 rows (`bench --models serving`, the U-Net
+# by call size). Past it a bigger call only makes every request in it wait longer for each step.
+DEFAULT_MAX_ROWS = 64
 # Images a SamplingEngine holds at once (queued and running) by default: one request at the max_images limit.
 DEFAULT_MAX_PENDING_IMAGES = DEFAULT_MAX_IMAGES
 
