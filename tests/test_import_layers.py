@@ -20,6 +20,7 @@ BELOW = {
     "export": {"runtime"},
     "train": {"export", "runtime"},
     "demo": {"runtime"},
+    "serve": {"runtime"},
     "evaluate": {"runtime"},
     "bench": {"train", "export", "runtime"},
 }
