@@ -22,7 +22,7 @@ BELOW = {
     "demo": {"runtime"},
     "serve": {"runtime"},
     "evaluate": {"runtime"},
-    "bench": {"train", "export", "runtime"},
+    "bench": {"train", "export", "runtime", "serve"},
 }
 
 
