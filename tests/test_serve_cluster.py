@@ -64,11 +64,13 @@ def cluster(tmpdir: Path) -> Iterator[Cluster]:
 
 @pytest.fixture(scope="module")
 def served(cluster: Cluster, tmpdir: Path) -> Iterator[ServeProcess]:
-    """Two replicas deployed from another process, as a user would; one HTTP proxy (all nodes share an IP)."""
-    args = ["--address", cluster.address, "--replicas", "2", "--proxy-location", "HeadOnly"]
+    """Two replicas deployed by `latent-ddpm serve --detach` from another process, as a user would, and left
+    running on the cluster after it returns; one HTTP proxy (the nodes share this machine's address)."""
+    args = ["--address", cluster.address, "--replicas", "2", "--proxy-location", "HeadOnly", "--detach"]
     with serve_process(args, tmpdir, free_port()) as process:
+        assert process.process.wait(REQUEST_TIMEOUT_S) == 0, "\n".join(process.output[-30:])
         yield process
-    assert process.returncode == 0, "\n".join(process.output[-30:])
+    serve.delete(APP_NAME)
 
 
 @pytest.fixture(scope="module")

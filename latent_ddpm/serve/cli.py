@@ -129,6 +129,8 @@ def _check_flags(args: argparse.Namespace) -> None:
         _check_free(args.host, args.port, "--port")
         if args.metrics_port is not None:
             _check_free("127.0.0.1", args.metrics_port, "--metrics-port")
+    elif args.address != "auto" and "://" not in args.address:
+        _check_reachable(args.address)
 
 
 def _check_free(host: str, port: int, flag: str) -> None:
@@ -139,6 +141,21 @@ def _check_free(host: str, port: int, flag: str) -> None:
             s.bind((host, port))
         except OSError as exc:
             raise CLIError(f"{flag} {port}: cannot listen on {host}:{port} ({exc.strerror})") from None
+
+
+def _check_reachable(address: str) -> None:
+    """A HOST:PORT where nothing listens fails now, not after Ray's minutes of retries."""
+    from latent_ddpm.errors import CLIError
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise CLIError(
+            f"--address must be 'auto' or HOST:PORT (the head's GCS port, 6379 by default), got {address!r}"
+        )
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as exc:
+        raise CLIError(f"--address {address}: no Ray cluster answers there ({exc.strerror or exc})") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -163,7 +180,10 @@ def run(args: argparse.Namespace) -> int:
     )
     if local and args.metrics_port is not None:
         init["_metrics_export_port"] = args.metrics_port
-    ray.init(**init)
+    try:
+        ray.init(**init)
+    except ConnectionError as exc:
+        raise CLIError(f"--address {args.address}: {_first_line(exc)}") from None
     detached = False
     try:
         serve.start(proxy_location=args.proxy_location, http_options={"host": args.host, "port": args.port})
