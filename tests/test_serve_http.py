@@ -1,9 +1,10 @@
 """`latent-ddpm serve` on one machine, driven over real HTTP by the official OpenAI client and our own client.
 
-One server (its own local Ray) serves the whole module on the shipped digits bundle, with a replica that
-holds one request and a queue of two, so that a burst overflows into 503s. Its images are compared with
-``Pipeline.generate`` in this process: PNG is lossless and both run ONNX Runtime with one thread, so they
-must be equal. Stopping it with Ctrl-C must leave no Ray process behind.
+One server (its own local Ray) serves the whole module: two models, the shipped digits bundle and an
+unconditional factory bundle (tests/bundle_factory.py), each with a replica that holds one request and a
+queue of two, so that a burst overflows into 503s. Its images are compared with ``Pipeline.generate`` in
+this process: PNG is lossless and both run ONNX Runtime with one thread, so they must be equal. Stopping it
+with Ctrl-C must leave no Ray process behind.
 """
 
 from __future__ import annotations
@@ -15,15 +16,17 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
+from bundle_factory import make_bundle
 from demo_server import free_port
 from PIL import Image
 from serve_harness import REQUEST_TIMEOUT_S, ServeProcess, ray_tmpdir, serve_process
 
 from latent_ddpm.errors import InputError
-from latent_ddpm.runtime.pipeline import Pipeline
+from latent_ddpm.runtime.pipeline import Pipeline, shipped_bundle_path
 
 pytest.importorskip("ray.serve")
 openai = pytest.importorskip("openai")
@@ -37,10 +40,16 @@ STEPS = 4
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[tuple[ServeProcess, int]]:
+def factory(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_bundle(tmp_path_factory.mktemp("serve") / "factory", conditional=False)
+
+
+@pytest.fixture(scope="module")
+def server(factory: Path) -> Iterator[tuple[ServeProcess, int]]:
     metrics_port = free_port()
     with ray_tmpdir() as tmpdir:
-        args = ["--max-ongoing", "1", "--max-queued", "2", "--metrics-port", str(metrics_port)]
+        args = ["--bundle", str(shipped_bundle_path()), "--bundle", str(factory)]
+        args += ["--max-ongoing", "1", "--max-queued", "2", "--metrics-port", str(metrics_port)]
         with serve_process(args, tmpdir, free_port()) as served:
             yield served, metrics_port
         assert served.returncode == 0, "\n".join(served.output[-30:])
@@ -70,12 +79,14 @@ def _pngs(response) -> np.ndarray:
     return np.stack(out)
 
 
-def test_models_lists_the_shipped_bundle(client: openai.OpenAI, pipe: Pipeline) -> None:
+def test_models_lists_both_bundles(client: openai.OpenAI, pipe: Pipeline) -> None:
     models = client.models.list().data
-    assert [m.id for m in models] == [pipe.bundle.name]
+    assert [m.id for m in models] == [pipe.bundle.name, "factory"]
     c, h, w = pipe.bundle.image_shape
     assert models[0].model_extra["size"] == f"{w}x{h}"
     assert models[0].model_extra["classes"] == list(pipe.bundle.conditioning.class_names)
+    assert models[1].model_extra["classes"] is None  # unconditional
+    assert client.models.retrieve("factory").id == "factory"
 
 
 def test_openai_client_gets_four_pngs_equal_to_the_pipeline(client: openai.OpenAI, pipe: Pipeline) -> None:
@@ -120,17 +131,26 @@ def test_bad_requests_get_400_naming_the_field(
     assert words in error.body["message"], error.body
 
 
-def test_unknown_model_is_404_and_the_server_keeps_serving(client: openai.OpenAI) -> None:
+def test_unknown_or_missing_model_is_refused_and_the_server_keeps_serving(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as info:
         client.images.generate(model="no-such-model", prompt="7")
-    assert info.value.code == "model_not_found" and "digits" in info.value.body["message"]
+    assert info.value.code == "model_not_found" and "digits, factory" in info.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as info:
+        client.images.generate(prompt="7")  # two models served: which one?
+    assert info.value.param == "model" and "digits, factory" in info.value.body["message"]
     response = client.images.generate(model="digits", prompt="", n=1, extra_body={"steps": STEPS})
     assert len(response.data) == 1
 
 
+def test_the_unconditional_model_ignores_the_prompt(client: openai.OpenAI, factory: Path) -> None:
+    response = client.images.generate(model="factory", prompt="a seven", n=2, extra_body={"seed": 5})
+    expected = Pipeline.from_bundle(factory, threads=1).generate(num_images=2, seed=5)
+    np.testing.assert_array_equal(_pngs(response), expected.images)
+
+
 def test_native_client_matches_the_pipeline(url: str, pipe: Pipeline) -> None:
     result = ServeClient(url, timeout=REQUEST_TIMEOUT_S).generate(
-        num_images=2, class_labels=[3, "5"], seed=99, steps=STEPS, sampler="ddim", eta=0.5
+        num_images=2, class_labels=[3, "5"], seed=99, steps=STEPS, sampler="ddim", eta=0.5, model="digits"
     )
     expected = pipe.generate(
         num_images=2, class_labels=[3, "5"], seed=99, steps=STEPS, sampler="ddim", eta=0.5
@@ -143,7 +163,7 @@ def test_native_client_matches_the_pipeline(url: str, pipe: Pipeline) -> None:
 
 
 def test_native_client_draws_and_returns_a_seed(url: str, pipe: Pipeline) -> None:
-    result = ServeClient(url, timeout=REQUEST_TIMEOUT_S).generate(steps=STEPS)
+    result = ServeClient(url, timeout=REQUEST_TIMEOUT_S).generate(steps=STEPS, model="digits")
     again = pipe.generate(seed=result.seed, steps=STEPS)
     np.testing.assert_array_equal(result.images, again.images)
     np.testing.assert_array_equal(result.class_labels, again.class_labels)
@@ -152,7 +172,9 @@ def test_native_client_draws_and_returns_a_seed(url: str, pipe: Pipeline) -> Non
 def test_native_client_raises_the_servers_message(url: str) -> None:
     client = ServeClient(url, timeout=REQUEST_TIMEOUT_S)
     with pytest.raises(InputError, match="steps must be"):
-        client.generate(steps=0)
+        client.generate(steps=0, model="digits")
+    with pytest.raises(InputError, match="unconditional"):
+        client.generate(class_labels=3, model="factory")
     with pytest.raises(InputError, match="model 'nope' does not exist"):
         client.generate(model="nope")
     with pytest.raises(ServerError, match="cannot reach"):
@@ -165,7 +187,7 @@ def test_a_burst_beyond_the_queue_gets_503_then_serving_resumes(url: str, client
 
     def one(i: int) -> str:
         try:
-            native.generate(num_images=8, steps=50, seed=i)
+            native.generate(num_images=8, steps=50, seed=i, model="digits")
             return "ok"
         except ServerBusyError as exc:
             assert "queue is full" in str(exc)
@@ -177,17 +199,18 @@ def test_a_burst_beyond_the_queue_gets_503_then_serving_resumes(url: str, client
     # The OpenAI client sees the same 503 as an InternalServerError with OpenAI's error body.
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         futures = [
-            pool.submit(client.images.generate, prompt="1", n=8, extra_body={"steps": 50}) for _ in range(8)
+            pool.submit(client.images.generate, model="digits", prompt="1", n=8, extra_body={"steps": 50})
+            for _ in range(8)
         ]
         errors = [f.exception() for f in futures if f.exception() is not None]
     assert errors and all(isinstance(e, openai.InternalServerError) for e in errors), errors
     assert {(e.status_code, e.code) for e in errors} == {(503, "queue_full")}
-    assert len(client.images.generate(prompt="2", extra_body={"steps": STEPS}).data) == 1
+    assert len(client.images.generate(model="digits", prompt="2", extra_body={"steps": STEPS}).data) == 1
 
 
 def test_healthz_and_openai_error_shape_for_unknown_paths(url: str) -> None:
     with urllib.request.urlopen(url + "/healthz", timeout=REQUEST_TIMEOUT_S) as response:
-        assert b'"models":["digits"]' in response.read()
+        assert b'"models":["digits","factory"]' in response.read()
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(url + "/v2/nothing", timeout=REQUEST_TIMEOUT_S)
     assert info.value.code == 404 and b'"error"' in info.value.read()
