@@ -82,8 +82,11 @@ def _pump(stream, lines: list[str], ready: threading.Event) -> None:
 
 
 @contextlib.contextmanager
-def serve_process(args: list[str], tmpdir: Path, port: int) -> Iterator[ServeProcess]:
-    """``latent-ddpm serve --port PORT ARGS`` until ready; stopped with SIGINT (as Ctrl-C) on exit."""
+def serve_process(
+    args: list[str], tmpdir: Path, port: int, stop_with: int = signal.SIGINT
+) -> Iterator[ServeProcess]:
+    """``latent-ddpm serve --port PORT ARGS`` until ready; on exit stopped with ``stop_with`` (Ctrl-C's SIGINT,
+    or SIGTERM as `docker stop` sends), or killed if it does not stop in time."""
     process = subprocess.Popen(
         [sys.executable, "-m", "latent_ddpm", "serve", "--port", str(port), *args],
         stdout=subprocess.PIPE,
@@ -104,13 +107,12 @@ def serve_process(args: list[str], tmpdir: Path, port: int) -> Iterator[ServePro
             assert response.status == 200
         yield served
     finally:
-        served.returncode = stop(process)
+        served.returncode = stop(process, stop_with)
 
 
-def stop(process: subprocess.Popen) -> int:
-    """SIGINT and wait, as a user's Ctrl-C; SIGKILL only if it does not stop in time."""
+def stop(process: subprocess.Popen, sig: int = signal.SIGINT) -> int:
     if process.poll() is None:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(sig)
         try:
             return process.wait(STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:

@@ -4,7 +4,7 @@ One server (its own local Ray) serves the whole module: two models, the shipped 
 unconditional factory bundle (tests/bundle_factory.py), each with a replica that holds one request and a
 queue of two, so that a burst overflows into 503s. Its images are compared with ``Pipeline.generate`` in
 this process: PNG is lossless and both run ONNX Runtime with one thread, so they must be equal. Stopping it
-with Ctrl-C must leave no Ray process behind.
+with SIGTERM (`docker stop`) must leave no Ray process behind.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import io
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -50,7 +51,7 @@ def server(factory: Path) -> Iterator[tuple[ServeProcess, int]]:
     with ray_tmpdir() as tmpdir:
         args = ["--bundle", str(shipped_bundle_path()), "--bundle", str(factory)]
         args += ["--max-ongoing", "1", "--max-queued", "2", "--metrics-port", str(metrics_port)]
-        with serve_process(args, tmpdir, free_port()) as served:
+        with serve_process(args, tmpdir, free_port(), stop_with=signal.SIGTERM) as served:
             yield served, metrics_port
         assert served.returncode == 0, "\n".join(served.output[-30:])
 

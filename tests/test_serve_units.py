@@ -239,3 +239,20 @@ def test_runner_refuses_beyond_capacity_and_passes_runtime_errors_through() -> N
             asyncio.run(runner.generate(ImageRequest(steps=0)))
     finally:
         runner.close()
+
+
+def test_serving_imports_no_torch() -> None:
+    """A replica, the ingress and the client run where torch cannot be imported (the serve image has none)."""
+    from test_runtime_torch_free import _run
+
+    proc = _run(
+        """
+        import sys
+        import latent_ddpm.serve.app, latent_ddpm.serve.cli, latent_ddpm.serve.client
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "diffusers", "cupy"))
+        assert not loaded, loaded
+        print("ok")
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"

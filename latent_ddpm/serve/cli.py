@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import socket
-import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -184,26 +185,55 @@ def run(args: argparse.Namespace) -> int:
         ray.init(**init)
     except ConnectionError as exc:
         raise CLIError(f"--address {args.address}: {_first_line(exc)}") from None
-    detached = False
+    # `docker stop` (SIGTERM) shuts down as Ctrl-C does; set after ray.init, which installs a handler of its own.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    deployed = False
     try:
         serve.start(proxy_location=args.proxy_location, http_options={"host": args.host, "port": args.port})
         try:
             serve.run(build_app(config, cards), name=APP_NAME, route_prefix="/", blocking=False)
         except RuntimeError as exc:
-            raise CLIError(f"the application failed to deploy: {_first_line(exc)}") from None
+            why = _why_failed(serve, APP_NAME, exc)
+            raise CLIError(f"the application failed to deploy: {why}") from None
+        deployed = True
         _print_ready(args, cards, config, ray)
-        if args.detach:
-            detached = True
-            return 0
-        _wait_for_signal()
+        if not args.detach:
+            _wait_until_stopped()
         return 0
     finally:
-        if not detached:
-            if local:
-                serve.shutdown()
-            else:
-                serve.delete(APP_NAME)
+        if local:
+            serve.shutdown()
+        elif not (args.detach and deployed):
+            serve.delete(APP_NAME)
         ray.shutdown()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _wait_until_stopped() -> None:
+    """Serve until Ctrl-C or SIGTERM; then the caller shuts Ray down cleanly."""
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+
+
+def _why_failed(serve: Any, app: str, exc: RuntimeError) -> str:
+    """The exception a replica raised while starting, from Ray Serve's status (its RuntimeError omits it)."""
+    try:
+        deployments = serve.status().applications[app].deployments
+    except Exception:  # the status itself is unavailable: keep Ray's own message
+        return _first_line(exc)
+    reasons = []
+    for name, deployment in deployments.items():
+        errors = re.findall(r"^\s*([\w.]+(?:Error|Exception)\b.*)$", deployment.message or "", re.MULTILINE)
+        if errors:
+            reasons.append(f"{name}: {errors[-1]}")
+    return "; ".join(reasons) or _first_line(exc)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -231,15 +261,3 @@ def _print_ready(args: argparse.Namespace, cards: list, config: ServeConfig, ray
         lines.append(f"  Prometheus metrics: port {', '.join(map(str, ports))} of every node, /metrics")
     lines.append("  detached: stop it with `serve shutdown`" if args.detach else "  press Ctrl-C to stop")
     print("\n".join(lines), flush=True)
-
-
-def _wait_for_signal() -> None:
-    """Block until SIGINT or SIGTERM (Ctrl-C, docker stop), then return so that Ray is shut down cleanly."""
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        while not stop.wait(1.0):
-            pass
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
