@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "train": "latent_ddpm.train.cli",
     "export": "latent_ddpm.export.cli",
     "build-engines": "latent_ddpm.export.build_engines_cli",
+    "validate-precision": "latent_ddpm.export.validate_precision_cli",
     "sample": "latent_ddpm.runtime.sample_cli",
     "eval": "latent_ddpm.evaluate.cli",
     "demo": "latent_ddpm.demo.cli",

@@ -16,7 +16,17 @@ from collections.abc import Iterable
 from typing import Any
 
 # The distributions a benchmark's figures depend on.
-LIBRARIES = ("latent-ddpm", "numpy", "onnxruntime", "onnx", "torch", "diffusers", "psutil", "matplotlib")
+LIBRARIES = (
+    "latent-ddpm",
+    "numpy",
+    "onnxruntime",
+    "openvino",
+    "onnx",
+    "torch",
+    "diffusers",
+    "psutil",
+    "matplotlib",
+)
 # The GPU wheel of ONNX Runtime is another distribution of the same module.
 _ALTERNATIVES = {"onnxruntime": ("onnxruntime-gpu",)}
 

@@ -7,6 +7,7 @@ latents, which is what makes their timings comparable.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -16,12 +17,14 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 pytest.importorskip("matplotlib")
+OPENVINO = importlib.util.find_spec("openvino") is not None
 
 from tiny_models import build_tiny_model  # noqa: E402
 
 from latent_ddpm.bench.configs import ldm_celebahq_256 as ldm  # noqa: E402
 from latent_ddpm.bench.machine import matmul_peak  # noqa: E402
 from latent_ddpm.bench.pixel_case import attention_scores_bytes  # noqa: E402
+from latent_ddpm.bench.runtimes import RUNTIMES  # noqa: E402
 from latent_ddpm.cli import main  # noqa: E402
 
 
@@ -31,6 +34,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     src = build_tiny_model("kl_cond", root / "src")
     argv = ["bench", "--models", "digits", "--source", str(src), "--batches", "1", "2", "--steps", "2"]
     argv += ["--warmup", "1", "--runs", "1", "--no-compile", "--no-validate", "--threads", "1"]
+    argv += ["--runtimes", *RUNTIMES] if OPENVINO else ["--runtimes", "onnxruntime", "onnxruntime-static"]
     argv += ["--work", str(root / "work"), "--out", str(root / "out"), "--name", "tiny"]
     assert main(argv) == 0
     return root / "out"
@@ -43,9 +47,10 @@ def test_json_has_every_figure(report: Path) -> None:
     assert result["matmul_peak"]["gflops"] > 0 and result["threads"] == 1
     (model,) = result["models"]
     rows = model["latency"]["rows"]
-    assert {(r["backend"], r["batch"]) for r in rows} == {
-        (b, n) for b in ("runtime", "torch-eager") for n in (1, 2)
-    }
+    timed = ("onnxruntime", "onnxruntime-static", "torch-eager") + (("openvino",) if OPENVINO else ())
+    assert {(r["backend"], r["batch"]) for r in rows} == {(b, n) for b in timed for n in (1, 2)}
+    if OPENVINO:  # bf16 needs a passed gate in the bundle, which the tiny export does not have
+        assert "latent-ddpm validate-precision" in model["latency"]["dropped_backends"]["openvino-bf16"]
     for r in rows:
         assert r["unet_batch"] == 2 * r["batch"]  # the tiny model is guided: both halves in one call
         assert r["unet_call_s"]["median"] > 0 and r["unet_call_s"]["runs"] == 1
@@ -67,7 +72,8 @@ def test_json_has_every_figure(report: Path) -> None:
 def test_markdown_and_png(report: Path) -> None:
     text = (report / "tiny.md").read_text()
     assert "| batch | backend |" in text and "fp32 matmul peak" in text and "Cold start" in text
-    assert text.count("| runtime (") == 2 and text.count("| torch-eager (") == 2
+    assert text.count("| onnxruntime (") == 2 and text.count("| onnxruntime-static (") == 2
+    assert text.count("| torch-eager (") == 2
     from PIL import Image
 
     with Image.open(report / "tiny.png") as png:

@@ -96,3 +96,26 @@ def test_a_stale_plan_in_a_read_only_bundle_is_refused_and_nothing_is_written(
     ):
         Pipeline.from_bundle(read_only_bundle, backend="tensorrt")
     assert _listing(read_only_bundle) == before
+
+
+def test_bf16_loading_and_sampling_writes_nothing(tmp_path: Path) -> None:
+    """The bf16 gate writes its record (export stage); loading the recorded bundle in bf16 writes nothing."""
+    pytest.importorskip("openvino")
+    from latent_ddpm.export.precision_gate import GateSettings, validate_precision
+    from latent_ddpm.runtime.backends.openvino_backend import native_bf16
+
+    if not native_bf16():
+        pytest.skip("this CPU has no native bf16")
+    source = make_bundle(tmp_path / "source")
+    validate_precision(source, settings=GateSettings(images=4, batch=2, threads=1), log=lambda _: None)
+    root = tmp_path / "read-only"
+    shutil.copytree(source, root)
+    _chmod_tree(root, read_only=True)
+    try:
+        before = _listing(root)
+        pipe = Pipeline.from_bundle(root, backend="openvino", precision="bf16", threads=1)
+        out = pipe.generate(num_images=2, steps=3, seed=0, class_labels=[1, 2], guidance_scale=2.0)
+        pipe.img2img(out.images, strength=0.5, steps=4, seed=1, class_labels=1)
+        assert _listing(root) == before
+    finally:
+        _chmod_tree(root, read_only=False)

@@ -6,10 +6,12 @@ here; what is fixed is that bundle.json says int8 or says why the component stay
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("torch")
@@ -21,6 +23,7 @@ from latent_ddpm.cli import main  # noqa: E402
 from latent_ddpm.export.errors import ExportError  # noqa: E402
 from latent_ddpm.export.exporter import export_bundle  # noqa: E402
 from latent_ddpm.export.quantize import QuantizeOptions, quantize_bundle  # noqa: E402
+from latent_ddpm.files import OutputError  # noqa: E402
 from latent_ddpm.runtime import Pipeline, load_bundle  # noqa: E402
 
 FAST = QuantizeOptions(calibration_runs=1, calibration_batch=2, max_unet_feeds=8, validation_images=2)
@@ -72,15 +75,15 @@ def test_validation_figures_are_recorded(int8_bundle: Path) -> None:
 
 def test_refuses_existing_out_and_force_replaces(fp32_bundle: Path, tmp_path: Path) -> None:
     out = tmp_path / "taken"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
-    with pytest.raises(ExportError, match="already exists"):
+    shutil.copytree(fp32_bundle, out)  # an older bundle: --force may replace it (and only a bundle)
+    (out / "README.md").write_text("the old one")
+    with pytest.raises(OutputError, match="already exists"):
         quantize_bundle(fp32_bundle, out, options=FAST, log=lambda _: None)
-    assert (out / "keep.txt").read_text() == "mine"
+    assert (out / "README.md").read_text() == "the old one"
     assert main(["quantize", str(fp32_bundle), str(out)]) == 2
-    assert (out / "keep.txt").read_text() == "mine"
+    assert (out / "README.md").read_text() == "the old one"
     quantize_bundle(fp32_bundle, out, force=True, options=FAST, log=lambda _: None)
-    assert not (out / "keep.txt").exists() and load_bundle(out).name.endswith("-int8")
+    assert not (out / "README.md").exists() and load_bundle(out).name.endswith("-int8")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"], "temporary folders left behind"
 
 
@@ -93,3 +96,62 @@ def test_refuses_a_bundle_that_is_not_fp32(fp32_bundle: Path, tmp_path: Path) ->
     with pytest.raises(ExportError, match="starts from an fp32 bundle"):
         quantize_bundle(fp16, tmp_path / "out", options=FAST, log=lambda _: None)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_bundle_that_samples_nan_fails_the_gate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """NaN images all cast to the same black uint8 pixels: compared as images they looked identical
+    ("inf dB", passed). The gate now looks at the graphs' float outputs."""
+    from safetensors.torch import load_file, save_file
+
+    src = build_tiny_model("kl_cond", tmp_path / "src")
+    weights_file = src / "unet" / "diffusion_pytorch_model.safetensors"
+    weights = load_file(weights_file)
+    weights["conv_out.bias"][:] = float("nan")
+    save_file(weights, weights_file)
+    fp32 = export_bundle(src, tmp_path / "fp32", validate=False, progress=False).path
+    out = tmp_path / "int8"
+    assert main(["quantize", str(fp32), str(out), "--calibration-runs", "1", "--validation-images", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"{fp32}: the fp32 bundle itself samples NaN/Inf (unet output 'model_output'" in err
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fp32", "src"]
+
+
+@pytest.fixture(scope="module")
+def all_int8_bundle(fp32_bundle: Path) -> Path:
+    """Both components int8 whatever they cost (a tiny random model quantizes poorly: ~20 dB)."""
+    options = dataclasses.replace(FAST, min_psnr_db=0.0)
+    return quantize_bundle(fp32_bundle, fp32_bundle.parent / "all-int8", options=options, log=lambda _: None)
+
+
+def test_openvino_runs_the_int8_bundle_in_int8_as_closely_as_onnxruntime(
+    fp32_bundle: Path, all_int8_bundle: Path
+) -> None:
+    pytest.importorskip("openvino")
+    from latent_ddpm.export.validate import image_metrics
+
+    bundle = load_bundle(all_int8_bundle)
+    assert {bundle.models[r].precision for r in ("unet", "vae_decoder")} == {"int8"}
+    ov = Pipeline.from_bundle(all_int8_bundle, backend="openvino", threads=1)
+    feed = {
+        "sample": np.zeros((2, *bundle.latent_shape), np.float32),
+        "timestep": np.array([1, 999]),
+        "class_labels": np.array([0, 1]),
+    }
+    runtime = ov.unet.compiled_model(feed).get_runtime_model()
+    convolutions = {
+        op.get_rt_info()["runtimePrecision"].astype(str)
+        for op in runtime.get_ordered_ops()
+        if op.get_rt_info()["layerType"].astype(str) == "Convolution"
+    }
+    assert convolutions == {"u8"}, f"OpenVINO did not run the QDQ convolutions in int8: {convolutions}"
+
+    args = {"num_images": 4, "steps": 5, "seed": 0, "class_labels": [0, 1, 2, 0]}
+    fp32 = Pipeline.from_bundle(fp32_bundle, threads=1).generate(**args).images
+    on_ov = ov.generate(**args).images
+    on_ort = Pipeline.from_bundle(all_int8_bundle, threads=1).generate(**args).images
+    assert on_ov.shape == fp32.shape
+    # OpenVINO and ONNX Runtime round int8 differently; neither may stray further from fp32 than the other.
+    ov_db, ort_db = image_metrics(on_ov, fp32)["psnr_db"], image_metrics(on_ort, fp32)["psnr_db"]
+    assert ov_db >= ort_db - 3.0, (ov_db, ort_db)

@@ -7,6 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from bundle_factory import make_bundle
 
 BLOCKER = textwrap.dedent(
@@ -67,3 +68,19 @@ def test_sample_cli_without_torch(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert out.is_file()
+
+
+def test_openvino_backend_without_torch(tmp_path: Path) -> None:
+    pytest.importorskip("openvino")
+    bundle = make_bundle(tmp_path / "b")
+    proc = _run(
+        f"""
+        from latent_ddpm.runtime import Pipeline
+        pipe = Pipeline.from_bundle({str(bundle)!r}, backend="openvino", threads=1)
+        r = pipe.generate(num_images=2, steps=3, seed=0, class_labels=3, guidance_scale=2.0)
+        assert r.images.shape == (2, 32, 32, 1), r.images.shape
+        print("ok")
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"

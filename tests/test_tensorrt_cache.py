@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from latent_ddpm.export.tensorrt_write import atomic_write, write_manifest
+from latent_ddpm.export.tensorrt_write import write_manifest
+from latent_ddpm.files import atomic_write
 from latent_ddpm.runtime import BundleError
 from latent_ddpm.runtime.backends.tensorrt_cache import (
     KEY_FIELDS,

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from latent_ddpm.cli import main
+from latent_ddpm.files import _TEMP, _host_tag
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,6 +92,14 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(path)
 
 
+def stale_temp_name(name: str) -> str:
+    """The name of a temporary of `name` whose writer (this host, a process that has exited) is gone."""
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    name = f".{name}.tmp-{_host_tag()}-{int(child.stdout)}-0123abcd"
+    assert _TEMP.match(name)
+    return name
+
+
 @pytest.mark.parametrize("stage", ["vae", "unet"])
 def test_resume_ends_where_the_uninterrupted_run_ends(run_dir: Path, tmp_path: Path, stage: str):
     """6 steps in one go vs. 3 steps (--max-steps), then --resume: same weights, optimizer, EMA and log.
@@ -112,9 +121,10 @@ def test_resume_ends_where_the_uninterrupted_run_ends(run_dir: Path, tmp_path: P
     # What a kill during step 5's checkpoint would leave: a logged step past the checkpoint, a partial save.
     with (split / "logs" / f"{stage}_loss.csv").open("a") as f:
         f.write("4,0.5,0.001,1.0\n")
-    (split / "checkpoints" / stage / ".tmp-step_0000005").mkdir()
+    (split / "checkpoints" / stage / stale_temp_name("step_0000005")).mkdir()
     assert train("--stage", stage, "--out", str(split), "--resume") == 0
-    assert [p.name for p in (split / "checkpoints" / stage).iterdir()] == ["step_0000006"]
+    kept = sorted(p.name for p in (split / "checkpoints" / stage).iterdir())
+    assert kept == ["step_0000003", "step_0000006"]  # the newest two; the dead writer's temporary is gone
 
     tight = {"rtol": 1e-6, "atol": 1e-7}
     ckpt = Path("checkpoints") / stage / "step_0000006"
@@ -128,10 +138,14 @@ def test_resume_ends_where_the_uninterrupted_run_ends(run_dir: Path, tmp_path: P
         torch.testing.assert_close(
             _weights(split / stage / "diffusion_pytorch_model.safetensors")[k], v, **tight
         )
-    opt_a = torch.load(full / ckpt / "optimizer.bin", weights_only=False)["state"]
-    opt_b = torch.load(split / ckpt / "optimizer.bin", weights_only=False)["state"]
-    for i in opt_a:
-        torch.testing.assert_close(opt_b[i]["exp_avg_sq"], opt_a[i]["exp_avg_sq"], **tight)
+    state_a, state_b = (
+        _weights(full / ckpt / "state.safetensors"),
+        _weights(split / ckpt / "state.safetensors"),
+    )
+    moments = [k for k in state_a if k.startswith("optimizer.state.") and k.endswith(".exp_avg_sq")]
+    assert len(moments) == len(a)  # one per parameter
+    for k in state_a:
+        torch.testing.assert_close(state_b[k], state_a[k], **tight)
     log_a = (full / "logs" / f"{stage}_loss.csv").read_text()
     assert (split / "logs" / f"{stage}_loss.csv").read_text() == log_a
 
@@ -183,3 +197,129 @@ def test_other_parameterisations_reach_the_shipped_scheduler(
     assert config["timestep_spacing"] == "leading" and config["clip_sample"] is False
     recipe = json.loads((out / "latent_ddpm.json").read_text())["recipe"]
     assert recipe["unet"]["prediction_type"] == prediction
+
+
+def _close(a: Path, b: Path) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-6, atol=1e-7)
+
+
+def test_max_steps_applies_to_each_stage_of_all(run_dir: Path, tmp_path: Path, capsys):
+    """--stage all --max-steps 3: the autoencoder stops at 3 and is written as it is, the U-Net then trains
+    its 3 steps on it; --resume finishes both, and ends exactly where the uninterrupted run ends."""
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "With --stage all it applies to each stage" in " ".join(capsys.readouterr().out.split())
+    out = tmp_path / "run"
+    assert train("--out", str(out), "--max-steps", "3") == 0
+    printed = capsys.readouterr().out
+    assert "stopped vae + unet at --max-steps 3" in printed
+    assert (out / "vae" / "config.json").is_file()  # the step-3 autoencoder, for the U-Net
+    assert (out / "checkpoints" / "unet" / "step_0000003").is_dir()
+    assert not (out / "unet").exists() and not (out / "latent_ddpm.json").exists()
+    assert len((out / "logs" / "unet_loss.csv").read_text().splitlines()) == 1 + 3
+
+    assert train("--out", str(out), "--resume") == 0
+    assert "trained on another autoencoder" in capsys.readouterr().out  # so the U-Net started again
+    for part in ("vae", "unet"):
+        _close(
+            run_dir / part / "diffusion_pytorch_model.safetensors",
+            out / part / "diffusion_pytorch_model.safetensors",
+        )
+    assert (
+        json.loads((out / "latent_ddpm.json").read_text())["recipe"]
+        == json.loads((run_dir / "latent_ddpm.json").read_text())["recipe"]
+    )
+
+
+@pytest.fixture
+def paused_vae(tmp_path: Path) -> Path:
+    """A vae run stopped at step 5: checkpoints at steps 3 and 5 (checkpoint_every = 3, and the last step)."""
+    out = tmp_path / "run"
+    assert train("--stage", "vae", "--out", str(out), "--max-steps", "5", "--set", "vae.sample_every=0") == 0
+    ckpts = sorted(p.name for p in (out / "checkpoints" / "vae").iterdir())
+    assert ckpts == ["step_0000003", "step_0000005"]
+    return out
+
+
+@pytest.mark.parametrize("damaged", ["model.safetensors", "state.safetensors", "trainer_state.json"])
+def test_a_corrupted_newest_checkpoint_falls_back_to_the_one_before(
+    paused_vae: Path, run_dir: Path, damaged: str, capsys
+):
+    path = paused_vae / "checkpoints" / "vae" / "step_0000005" / damaged
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # a truncated write
+    assert train("--stage", "vae", "--out", str(paused_vae), "--resume", "--set", "vae.sample_every=0") == 0
+    printed = capsys.readouterr().out
+    assert f"cannot resume from step_0000005: {path}: cannot be read as" in printed
+    assert "resuming from step_0000003" in printed and "resumed from" in printed
+    _close(
+        run_dir / "vae" / "diffusion_pytorch_model.safetensors",
+        paused_vae / "vae" / "diffusion_pytorch_model.safetensors",
+    )
+
+
+def test_no_loadable_checkpoint_is_one_line_naming_the_file(paused_vae: Path, capsys):
+    for step in ("step_0000003", "step_0000005"):
+        path = paused_vae / "checkpoints" / "vae" / step / "trainer_state.json"
+        path.write_text('{"format": "latent-ddpm-checkpoint", "st')
+    assert train("--stage", "vae", "--out", str(paused_vae), "--resume") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert (
+        f"{paused_vae / 'checkpoints' / 'vae' / 'step_0000005' / 'trainer_state.json'}: cannot be read as JSON"
+        in err
+    )
+    assert "1 older checkpoint(s) failed too" in err
+
+
+class _CreatesAFile:
+    """Unpickling this runs open(path, "w"): what a hostile run folder would do with any code."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_resume_never_unpickles_a_checkpoint(paused_vae: Path, tmp_path: Path, capsys):
+    """A run folder handed over with a pickle in its checkpoints (where Accelerate's `save_state` kept the
+    LR schedule) is refused, naming the file, and the pickle never runs."""
+    marker = tmp_path / "pwned"
+    for step in ("step_0000003", "step_0000005"):
+        torch.save(
+            _CreatesAFile(marker), paused_vae / "checkpoints" / "vae" / step / "custom_checkpoint_0.pkl"
+        )
+    assert train("--stage", "vae", "--out", str(paused_vae), "--resume") == 2
+    assert not marker.exists(), "resume ran code from a checkpoint"
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert (
+        f"{paused_vae / 'checkpoints' / 'vae' / 'step_0000005' / 'custom_checkpoint_0.pkl'}: not part of"
+        in err
+    )
+    assert "never unpickles" in err
+
+
+def test_refuses_to_replace_a_folder_training_did_not_write(tmp_path: Path, capsys):
+    out = tmp_path / "run"
+    (out / "vae").mkdir(parents=True)
+    (out / "vae" / "notes.txt").write_text("mine")
+    assert train("--stage", "vae", "--out", str(out), "--resume") == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'vae'} is not empty and is not a diffusers AutoencoderKL folder" in err
+    assert sorted(p.name for p in out.iterdir()) == ["vae"]  # refused before any work
+    assert (out / "vae" / "notes.txt").read_text() == "mine"
+
+
+def test_a_corrupted_autoencoder_is_one_line_naming_it(run_dir: Path, tmp_path: Path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(run_dir / "vae", out / "vae")
+    weights = out / "vae" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:3000])
+    assert train("--stage", "unet", "--out", str(out)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{out / 'vae'}: cannot load the trained autoencoder" in err
+    assert sorted(p.name for p in out.iterdir()) == ["vae"]

@@ -1,8 +1,9 @@
 """The contenders, behind one interface: a U-Net call and a whole sampling run from given latents.
 
-``runtime`` is the product (NumPy loop + ONNX Runtime, any bundle precision); ``torch-eager`` and
-``torch-compile`` are the PyTorch reference. Every backend gets the same latents, labels, steps and
-guidance, and returns uint8 images so their outputs can be compared.
+The runtime (NumPy loop + an engine backend, any bundle precision) runs as each of ``RUNTIMES``:
+ONNX Runtime as it ships, ONNX Runtime with shape-specialised sessions, OpenVINO in f32 and in bf16;
+``torch-eager`` and ``torch-compile`` are the PyTorch reference. Every backend gets the same latents,
+labels, steps and guidance, and returns uint8 images so their outputs can be compared.
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ class _TimedEngine:
             self.seconds += time.perf_counter() - t0
 
 
-def runtime_backend(pipe: Pipeline, sampler: str, name: str = "runtime") -> Backend:
+def runtime_backend(
+    pipe: Pipeline, sampler: str, name: str = "onnxruntime", execution: str = "fp32"
+) -> Backend:
     unet = _TimedEngine(pipe.unet)
     timed = Pipeline(pipe.bundle, unet, pipe.decoder, pipe.encoder)
     timestep_dtype = np.dtype(unet.model.input("timestep").dtype)
@@ -81,6 +84,8 @@ def runtime_backend(pipe: Pipeline, sampler: str, name: str = "runtime") -> Back
     precision = ", ".join(
         f"{role} {m.precision}" for role, m in pipe.bundle.models.items() if role != "vae_encoder"
     )
+    if execution != "fp32":
+        precision += f", run in {execution}"
     return Backend(name, unet_call, generate, precision=precision)
 
 

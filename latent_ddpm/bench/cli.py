@@ -30,6 +30,8 @@ def _default_work() -> Path:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from latent_ddpm.bench.runtimes import RUNTIMES
+
     p.add_argument(
         "--models",
         nargs="+",
@@ -56,6 +58,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=[],
         help="another bundle of the same model to time beside it (e.g. an int8 one); repeatable",
     )
+    p.add_argument(
+        "--runtimes",
+        nargs="+",
+        choices=list(RUNTIMES),
+        default=list(RUNTIMES),
+        help="runtime contenders (each --also-bundle runs on every one that keeps the bundle's precision); "
+        "one that cannot run here (OpenVINO not installed, no passed bf16 gate) is reported as dropped",
+    )
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32], help="digits batch sizes (images)")
     p.add_argument("--steps", type=int, default=50, help="digits denoising steps")
     p.add_argument("--sampler", choices=["ddim", "dpmsolver++"], default="ddim", help="sampling loop")
@@ -76,6 +86,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from latent_ddpm.extras import require_extra
+
+    require_extra("bench", "bench")
     from latent_ddpm.bench.machine import matmul_peak, torch_matmul_gflops
     from latent_ddpm.bench.report import write_all
     from latent_ddpm.errors import CLIError
@@ -135,21 +148,21 @@ def _log(message: str) -> None:
 
 def _latent_model(name: str, args: argparse.Namespace, threads: int, peak: float, log) -> dict:
     from latent_ddpm.bench import coldstart, latent_case
-    from latent_ddpm.bench.backends import runtime_backend, torch_backend
+    from latent_ddpm.bench.backends import torch_backend
     from latent_ddpm.bench.reference import TorchReference
-    from latent_ddpm.runtime.pipeline import Pipeline
+    from latent_ddpm.bench.runtimes import RUNTIMES
+    from latent_ddpm.runtime.bundle import load_bundle
 
     source, bundle_path, description = _prepare(name, args, log)
-    pipe = Pipeline.from_bundle(bundle_path, threads=threads)
-    bundle = pipe.bundle
+    bundle = load_bundle(bundle_path)
     ref = TorchReference(source, bundle, threads)
-    backends = [runtime_backend(pipe, args.sampler)]
+    dropped: dict[str, str] = {}
+    backends = _runtimes(bundle_path, args.runtimes, "", args.sampler, threads, dropped, log)
     for extra in args.also_bundle if name == "digits" else []:
-        other = Pipeline.from_bundle(extra, threads=threads)
-        precisions = "+".join(
-            dict.fromkeys(m.precision for r, m in other.bundle.models.items() if r != "vae_encoder")
-        )
-        backends.append(runtime_backend(other, args.sampler, name=f"runtime-{precisions}"))
+        models = load_bundle(extra, verify_hashes=False).models
+        precisions = "+".join(dict.fromkeys(m.precision for r, m in models.items() if r != "vae_encoder"))
+        same_precision = [r for r in args.runtimes if "precision" not in RUNTIMES[r]]
+        backends += _runtimes(extra, same_precision, f"-{precisions}", args.sampler, threads, dropped, log)
     backends.append(torch_backend(ref, args.sampler, "torch-eager"))
     if not args.no_compile:
         backends.append(torch_backend(ref.compiled(), args.sampler, "torch-compile"))
@@ -161,7 +174,7 @@ def _latent_model(name: str, args: argparse.Namespace, threads: int, peak: float
         warmup=args.warmup,
         runs=args.runs,
     )
-    latency = latent_case.measure(bundle, dict(ref.unet.config), backends, plan, peak, log)
+    latency = latent_case.measure(bundle, dict(ref.unet.config), backends, plan, peak, log, dropped)
     model = {
         "name": name,
         "description": description,
@@ -176,6 +189,27 @@ def _latent_model(name: str, args: argparse.Namespace, threads: int, peak: float
         guidance = latent_case.guidance_of(bundle)
         model["cold_start"] = coldstart.measure(bundle_path, source, plan.batches, guidance, threads, log)
     return model
+
+
+def _runtimes(
+    bundle: Path, names: list[str], suffix: str, sampler: str, threads: int, dropped: dict[str, str], log
+) -> list:
+    """The runtime contenders on ``bundle`` that can run here; the others go into ``dropped`` with why."""
+    from latent_ddpm.bench.backends import runtime_backend
+    from latent_ddpm.bench.runtimes import RUNTIMES, open_runtime
+    from latent_ddpm.errors import LatentDDPMError
+
+    out = []
+    for name in names:
+        try:
+            pipe = open_runtime(name, bundle, threads)
+        except LatentDDPMError as exc:
+            log(f"  {name}{suffix} dropped: {exc}")
+            dropped[name + suffix] = str(exc)
+            continue
+        execution = RUNTIMES[name].get("precision", "fp32")
+        out.append(runtime_backend(pipe, sampler, name + suffix, execution))
+    return out
 
 
 def _prepare(name: str, args: argparse.Namespace, log) -> tuple[Path, Path, str]:

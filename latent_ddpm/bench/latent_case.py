@@ -1,8 +1,9 @@
 """One latent model, every backend, every batch size: U-Net call latency, images/s, loop overhead, GFLOP/s.
 
-Backends are interleaved run by run (runtime, eager, compiled, runtime, ...) so that a change in the
-machine's load hits all of them alike; each gets its own warm-up first. A backend that fails to warm up
-(typically ``torch.compile`` without a working compiler) is dropped with the reason recorded.
+Backends are interleaved run by run (onnxruntime, openvino, ..., eager, compiled, onnxruntime, ...) so that
+a change in the machine's load hits all of them alike; each gets its own warm-up first (which also compiles
+the shape-specialised ones). A backend that fails to warm up (typically ``torch.compile`` without a working
+compiler) is dropped with the reason recorded.
 """
 
 from __future__ import annotations
@@ -88,11 +89,13 @@ def measure(
     plan: Plan,
     peak_gflops: float,
     log: Log,
+    dropped: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Measure every backend on ``bundle``'s model at each batch size; speed-ups are against torch-eager."""
+    """Measure every backend on ``bundle``'s model at each batch size; speed-ups are against torch-eager.
+    ``dropped``: contenders that could not even be opened, and why (reported with those that fail here)."""
     guidance = guidance_of(bundle)
     conditional = bundle.conditioning is not None
-    failed: dict[str, str] = {}
+    failed: dict[str, str] = dict(dropped or {})
     active = list(backends)
     rows = []
     for batch in plan.batches:

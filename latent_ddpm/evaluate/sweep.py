@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from latent_ddpm.evaluate.classifier import DigitClassifier
 from latent_ddpm.evaluate.measure import RealReference, Settings, check_settings, evaluate
 from latent_ddpm.evaluate.recommend import ACCURACY_GOAL, CFID_TOLERANCE, pick_guidance, pick_steps
 from latent_ddpm.evaluate.report import write_report
+from latent_ddpm.files import atomic_write
 from latent_ddpm.provenance import environment
 from latent_ddpm.runtime.pipeline import Pipeline
 
@@ -88,10 +88,7 @@ class Sweep:
             **extra,
             "rows": list((self.rows if final else self.cache).values()),
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, self.path)
+        atomic_write(self.path, json.dumps(doc, indent=2) + "\n")
 
 
 def bundle_identity(pipe: Any) -> str:

@@ -35,7 +35,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--name", default=None, help="bundle name shown by the runtime and demo (default: OUT's name)"
     )
     p.add_argument(
-        "--force", action="store_true", help="replace OUT if it exists (only once the new bundle passed)"
+        "--force",
+        action="store_true",
+        help="replace OUT if it is a bundle (only once the new bundle passed); any other non-empty folder, "
+        "the current or home folder, or one holding SRC is refused",
     )
     p.add_argument(
         "--no-validate",
@@ -50,6 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from latent_ddpm.extras import require_extra
+
+    require_extra("export", "export")
     from latent_ddpm.export.exporter import export_bundle
 
     result = export_bundle(

@@ -2,14 +2,13 @@
 
 Everything is written into a temporary folder beside OUT and renamed into place only after the bundle has
 loaded through the runtime and passed the validation gate; a failure at any point removes the temporary
-folder and leaves an existing OUT untouched.
+folder and leaves an existing OUT untouched. OUT is checked before the source is even read: ``force``
+replaces only an existing bundle (export/output.py, latent_ddpm/files.py).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import shutil
 import time
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from latent_ddpm.export.errors import ExportError, GateFailedError
 from latent_ddpm.export.fp16 import Fp16Result, convert_fp16
 from latent_ddpm.export.modules import graph_module
 from latent_ddpm.export.onnx_export import EXTERNAL_DATA_THRESHOLD, MIN_OPSET, export_graph
+from latent_ddpm.export.output import check_bundle_output, publish_bundle
 from latent_ddpm.export.source import Source, load_source
 from latent_ddpm.export.specs import ModelSpec, build_specs, validation_feeds
 from latent_ddpm.export.validate import (
@@ -100,8 +100,8 @@ def export_bundle(
         raise ExportError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     if opset < MIN_OPSET:
         raise ExportError(f"opset {opset} is too old; latent-ddpm exports opset {MIN_OPSET} or newer")
-    src_path, out_path = Path(src).expanduser().resolve(), Path(out).expanduser().resolve()
-    _check_out(src_path, out_path, force)
+    src_path = Path(src).expanduser().resolve()
+    out_path = check_bundle_output(out, force=force, sources=[src_path])
     options = _Options(
         precision,
         opset,
@@ -119,7 +119,7 @@ def export_bundle(
             _check_sampler(source)
             specs = _specs(source)
             stages.add(len(specs) * (2 if precision == "fp16" else 1))
-            meta, report = _write_bundle(source, specs, out_path, options, stages)
+            meta, report = _write_bundle(source, specs, out_path, force, options, stages)
     except LatentDDPMError:
         raise
     except (OSError, RuntimeError, ValueError) as exc:  # torch/onnx failures on a model we could read
@@ -145,12 +145,10 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
 
 
 def _write_bundle(
-    source: Source, specs: dict[str, ModelSpec], out: Path, options: _Options, stages: _Stages
+    source: Source, specs: dict[str, ModelSpec], out: Path, force: bool, options: _Options, stages: _Stages
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Build the bundle in a hidden folder beside OUT and swap it in; on any failure, remove it."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _sibling(out, "tmp")
-    try:
+    with publish_bundle(out, force=force, sources=[source.path]) as tmp:
         graphs = _export_graphs(source, specs, tmp, options, stages)
         if options.precision == "fp16":
             for role, graph in graphs.items():
@@ -171,20 +169,7 @@ def _write_bundle(
         (tmp / "README.md").write_text(_readme(meta, report), encoding="utf-8")
         shutil.rmtree(tmp / ".work", ignore_errors=True)
         stages.next(f"publishing {out}")
-        _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return meta, report
-
-
-def _check_out(src: Path, out: Path, force: bool) -> None:
-    if out == src or src.is_relative_to(out):
-        raise ExportError(f"output {out} would replace the source directory {src}; choose another OUT")
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"output {out} exists and is not a directory")
-    if out.exists() and not force:
-        raise ExportError(f"output {out} already exists; pass --force to replace it")
 
 
 def _specs(source: Source) -> dict[str, ModelSpec]:
@@ -434,29 +419,6 @@ def _bundle_json(
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-
-
-def _sibling(out: Path, kind: str) -> Path:
-    """A new hidden folder beside OUT (same filesystem, so renames are atomic; default permissions)."""
-    path = out.with_name(f".{out.name}.{kind}-{secrets.token_hex(4)}")
-    path.mkdir()
-    return path
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Swap the finished bundle in; an existing OUT is only removed once the new one is in place."""
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    old = _sibling(out, "old")
-    os.replace(out, old / out.name)
-    try:
-        os.replace(tmp, out)
-    except OSError:
-        os.replace(old / out.name, out)
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _readme(meta: dict[str, Any], report: dict[str, Any] | None) -> str:

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from latent_ddpm.export.errors import ExportError
+from latent_ddpm.export.output import check_bundle_output, publish_bundle
 from latent_ddpm.runtime.bundle import (
     BUNDLE_FILE,
     VALIDATION_FILE,
@@ -61,20 +62,35 @@ class QuantizeOptions:
     seed: int = 0
 
 
-class _Recorder:
-    """An Engine that runs another and keeps a copy of every feed (the calibration data)."""
+class _NonFinite(Exception):
+    """A graph returned NaN or Inf: its images cannot be compared (they would cast to identical black)."""
 
-    def __init__(self, engine: Any) -> None:
-        self.engine, self.model, self.backend = engine, engine.model, engine.backend
-        self.feeds: list[dict[str, np.ndarray]] = []
+
+class _Watched:
+    """An Engine that runs another, refuses NaN/Inf in its outputs and, while ``feeds`` is a list, keeps a
+    copy of every feed (the calibration data)."""
+
+    def __init__(self, engine: Any, role: str) -> None:
+        self.engine, self.model, self.backend, self.role = engine, engine.model, engine.backend, role
+        self.feeds: list[dict[str, np.ndarray]] | None = None
+        self.calls = 0
 
     @property
     def providers(self) -> list[str]:
         return self.engine.providers
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self.feeds.append({k: np.array(v, copy=True) for k, v in feed.items()})
-        return self.engine.run(feed)
+        if self.feeds is not None:
+            self.feeds.append({k: np.array(v, copy=True) for k, v in feed.items()})
+        out = self.engine.run(feed)
+        self.calls += 1
+        for name, value in out.items():
+            bad = int(value.size - np.count_nonzero(np.isfinite(value)))
+            if bad:
+                raise _NonFinite(
+                    f"{self.role} output {name!r} held {bad} NaN/Inf values at call {self.calls}"
+                )
+        return out
 
 
 class _Feeds:
@@ -108,40 +124,20 @@ def quantize_bundle(
 ) -> Path:
     """Write an int8 copy of the fp32 bundle ``src`` to ``out`` (atomically); returns ``out``."""
     options = options or QuantizeOptions()
+    out = check_bundle_output(out, force=force, sources=[src])
     bundle = load_bundle(src)
-    src_root, out = bundle.root, Path(out).expanduser()
     not_fp32 = {role: m.precision for role, m in bundle.models.items() if m.precision != "fp32"}
     if not_fp32:
-        raise ExportError(f"{src_root}: quantize starts from an fp32 bundle; this one has {not_fp32}")
+        raise ExportError(f"{bundle.root}: quantize starts from an fp32 bundle; this one has {not_fp32}")
     unknown = sorted(set(options.roles) - set(QUANTIZABLE_ROLES))
     if unknown:
         raise ExportError(
             f"cannot quantize {unknown}; quantizable components: {', '.join(QUANTIZABLE_ROLES)}"
         )
-    if out.exists() and not force:
-        raise ExportError(f"{out} already exists; pass --force to replace it")
-    if out.resolve() == src_root:
-        raise ExportError(f"{out} is the source bundle itself; choose another output folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with publish_bundle(out, force=force, sources=[bundle.root]) as tmp:
         _build(bundle, tmp, options, log)
         load_bundle(tmp)  # the runtime's own checks, before anything replaces `out`
-        _swap_in(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
-
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _build(bundle: Bundle, tmp: Path, options: QuantizeOptions, log: Log) -> None:
@@ -149,10 +145,17 @@ def _build(bundle: Bundle, tmp: Path, options: QuantizeOptions, log: Log) -> Non
 
     started = time.perf_counter()
     fp32 = Pipeline.from_bundle(bundle.root, threads=options.threads, verify_hashes=False)
+    engines = {"unet": _Watched(fp32.unet, "unet"), "vae_decoder": _Watched(fp32.decoder, "vae_decoder")}
     log(f"calibrating on {options.calibration_runs} sampling runs of {bundle.name} (fp32)")
-    calibration = _calibrate(fp32, options)
     val_latents, val_labels = _validation_inputs(bundle, options)
-    reference = _sample(fp32, val_latents, val_labels)
+    try:
+        calibration = _calibrate(bundle, engines, options)
+        reference = _sample(bundle, engines, val_latents, val_labels)
+    except _NonFinite as exc:
+        raise ExportError(
+            f"{bundle.root}: the fp32 bundle itself samples NaN/Inf ({exc}); there is nothing to calibrate or "
+            "compare the int8 graphs with, and nothing was written"
+        ) from None
 
     candidates: dict[str, ModelFile] = {}
     methods: dict[str, str] = {}
@@ -167,25 +170,25 @@ def _build(bundle: Bundle, tmp: Path, options: QuantizeOptions, log: Log) -> Non
             model, path=path, precision="int8", external_data=None, external_data_sha256=None
         )
 
-    engines = {"unet": fp32.unet, "vae_decoder": fp32.decoder}
-    trials, decisions = [], {}
+    trials, decisions, failures = [], {}, {}
     for role, candidate in candidates.items():
-        trial = {**engines, role: _open(candidate, options.threads)}
-        images = _sample(Pipeline(bundle, trial["unet"], trial["vae_decoder"]), val_latents, val_labels)
-        agreement = image_agreement(reference, images)
-        decisions[role] = ok = agreement["psnr_db"] >= options.min_psnr_db
+        trial = {**engines, role: _Watched(_open(candidate, options.threads), role)}
+        agreement, failure = _trial(bundle, trial, reference, val_latents, val_labels, options.min_psnr_db)
+        decisions[role] = failure is None
+        if failure is not None:
+            failures[role] = failure
         int8_now = sorted(r for r in candidates if decisions.get(r) or r == role)
-        trials.append({"int8_components": int8_now, "images_vs_fp32": agreement, "passed": ok})
-        log(
-            f"  {role} int8: images {agreement['psnr_db']:.1f} dB PSNR vs fp32, max abs {agreement['max_abs']:.0f}"
-            f" -> {'int8' if ok else f'kept fp32 (below {options.min_psnr_db} dB)'}"
+        trials.append(
+            {"int8_components": int8_now, "images_vs_fp32": agreement, "passed": failure is None}
+            | ({"failure": failure} if failure else {})
         )
-        if ok:
+        log(f"  {role} int8: {failure or _figures(agreement)} -> {'kept fp32' if failure else 'int8'}")
+        if failure is None:
             engines[role] = trial[role]
 
-    final = _sample(Pipeline(bundle, engines["unet"], engines["vae_decoder"]), val_latents, val_labels)
+    final = _sample(bundle, engines, val_latents, val_labels)  # the last passing trial's graphs: finite
     summary = image_agreement(reference, final)
-    meta, models_report = _write_models(bundle, tmp, candidates, decisions, methods, options)
+    meta, models_report = _write_models(bundle, tmp, candidates, decisions, failures, methods, options)
     report = {
         "kind": "int8 quantization",
         "reference": f"fp32 bundle {bundle.name} ({bundle.root})",
@@ -231,6 +234,28 @@ def _build(bundle: Bundle, tmp: Path, options: QuantizeOptions, log: Log) -> Non
     _write_samples(tmp, reference, final)
 
 
+def _trial(
+    bundle: Bundle,
+    engines: dict[str, _Watched],
+    reference: np.ndarray,
+    latents: np.ndarray,
+    labels: np.ndarray | None,
+    min_psnr_db: float,
+) -> tuple[dict[str, float] | None, str | None]:
+    """The gate for one combination of graphs: (figures, why it failed or None)."""
+    try:
+        agreement = image_agreement(reference, _sample(bundle, engines, latents, labels))
+    except _NonFinite as exc:
+        return None, f"sampling returned NaN/Inf ({exc})"
+    if not agreement["psnr_db"] >= min_psnr_db:  # written so that a NaN figure fails too
+        return agreement, f"{_figures(agreement)}, below the gate's {min_psnr_db} dB"
+    return agreement, None
+
+
+def _figures(agreement: dict[str, float]) -> str:
+    return f"images {agreement['psnr_db']:.1f} dB PSNR vs fp32, max abs {agreement['max_abs']:.0f}"
+
+
 def _guidance(bundle: Bundle) -> float:
     cond = bundle.conditioning
     return bundle.defaults.guidance_scale if cond is not None and cond.null_class is not None else 1.0
@@ -241,8 +266,12 @@ def _labels(bundle: Bundle, n: int, rng: np.random.Generator) -> np.ndarray | No
     return None if cond is None else rng.integers(0, cond.num_classes, size=n).astype(np.int64)
 
 
-def _sample(pipe: Any, latents: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
-    bundle = pipe.bundle
+def _sample(
+    bundle: Bundle, engines: dict[str, _Watched], latents: np.ndarray, labels: np.ndarray | None
+) -> np.ndarray:
+    from latent_ddpm.runtime.pipeline import Pipeline
+
+    pipe = Pipeline(bundle, engines["unet"], engines["vae_decoder"])
     return pipe.generate(
         latents=latents,
         class_labels=None if labels is None else labels.tolist(),
@@ -251,22 +280,25 @@ def _sample(pipe: Any, latents: np.ndarray, labels: np.ndarray | None) -> np.nda
     ).images
 
 
-def _calibrate(pipe: Any, options: QuantizeOptions) -> dict[str, list[dict[str, np.ndarray]]]:
+def _calibrate(
+    bundle: Bundle, engines: dict[str, _Watched], options: QuantizeOptions
+) -> dict[str, list[dict[str, np.ndarray]]]:
     """Record the U-Net's and decoder's feeds over sampling runs with the bundle's defaults."""
-    from latent_ddpm.runtime.pipeline import Pipeline
-
-    bundle = pipe.bundle
-    unet, decoder = _Recorder(pipe.unet), _Recorder(pipe.decoder)
-    recording = Pipeline(bundle, unet, decoder)
+    unet, decoder = engines["unet"], engines["vae_decoder"]
+    unet.feeds, decoder.feeds = [], []
     rng = np.random.default_rng(options.seed)
-    for _ in range(options.calibration_runs):
-        n = options.calibration_batch
-        latents = rng.standard_normal((n, *bundle.latent_shape), dtype=np.float32)
-        _sample(recording, latents, _labels(bundle, n, rng))
+    try:
+        for _ in range(options.calibration_runs):
+            n = options.calibration_batch
+            latents = rng.standard_normal((n, *bundle.latent_shape), dtype=np.float32)
+            _sample(bundle, engines, latents, _labels(bundle, n, rng))
+        unet_feeds, decoder_feeds = unet.feeds, decoder.feeds
+    finally:
+        unet.feeds = decoder.feeds = None
     keep = np.unique(
-        np.linspace(0, len(unet.feeds) - 1, min(options.max_unet_feeds, len(unet.feeds))).round()
+        np.linspace(0, len(unet_feeds) - 1, min(options.max_unet_feeds, len(unet_feeds))).round()
     )
-    return {"unet": [unet.feeds[int(i)] for i in keep], "vae_decoder": decoder.feeds}
+    return {"unet": [unet_feeds[int(i)] for i in keep], "vae_decoder": decoder_feeds}
 
 
 def _validation_inputs(bundle: Bundle, options: QuantizeOptions) -> tuple[np.ndarray, np.ndarray | None]:
@@ -334,6 +366,7 @@ def _write_models(
     tmp: Path,
     candidates: dict[str, ModelFile],
     decisions: dict[str, bool],
+    failures: dict[str, str],
     methods: dict[str, str],
     options: QuantizeOptions,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -363,15 +396,13 @@ def _write_models(
             if role == "vae_encoder":
                 why = f"{role}: not quantized; it runs once per img2img call, outside the denoising loop"
         else:
-            why = (
-                f"{role}: int8 cost more than the gate allows (images below {options.min_psnr_db} dB PSNR vs "
-                "fp32; see validation.json), so it stays float32"
-            )
+            why = f"{role}: int8 failed the gate ({failures[role]}; see validation.json), so it stays float32"
         entry.update(precision="fp32", kept_fp32=[why])
         report[role] = {"precision": "fp32", "reason": why, "method": methods.get(role)}
     for leftover in tmp.glob(".*.int8.onnx*"):
         leftover.unlink()
     meta["name"] = f"{bundle.name}-int8"
+    meta.pop("precision_gates", None)  # they vouch for the fp32 graphs only
     meta["source"] = {**meta.get("source", {}), "quantized_from": str(bundle.root)}
     from latent_ddpm import __version__
 

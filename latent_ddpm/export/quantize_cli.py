@@ -20,7 +20,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d = QuantizeOptions()
     p.add_argument("bundle", type=Path, help="an fp32 bundle (from `latent-ddpm export`)")
     p.add_argument("out", type=Path, help="folder for the int8 bundle")
-    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace OUT if it is a bundle; any other non-empty folder, the current or home folder, or one "
+        "holding BUNDLE is refused",
+    )
     p.add_argument(
         "--components",
         nargs="+",
@@ -51,6 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from latent_ddpm.errors import CLIError
     from latent_ddpm.export.quantize import QuantizeOptions, quantize_bundle
+    from latent_ddpm.extras import require_extra
+
+    require_extra("quantize", "export", modules=("onnx", "onnxruntime"))
 
     for flag in ("calibration_runs", "calibration_batch", "validation_images"):
         if getattr(args, flag) < 1:

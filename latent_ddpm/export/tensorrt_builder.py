@@ -23,7 +23,8 @@ from latent_ddpm import __version__
 from latent_ddpm.errors import BackendUnavailableError, BundleError, InputError
 from latent_ddpm.export.tensorrt_options import BuilderOptions, builder_options
 from latent_ddpm.export.tensorrt_profiles import Profile, model_profile, profile_to_json
-from latent_ddpm.export.tensorrt_write import atomic_write, write_manifest
+from latent_ddpm.export.tensorrt_write import write_manifest
+from latent_ddpm.files import atomic_write
 from latent_ddpm.runtime.backends.tensorrt_cache import Environment, engine_fields, engine_key
 from latent_ddpm.runtime.backends.tensorrt_cuda import environment, import_cudart, import_tensorrt, trt_logger
 from latent_ddpm.runtime.backends.tensorrt_manifest import (

@@ -27,6 +27,9 @@ ENGINES_DIR = "engines"
 REQUIRED_ROLES = ("unet", "vae_decoder")
 OPTIONAL_ROLES = ("vae_encoder",)
 PRECISIONS = ("fp32", "fp16", "int8", "mixed")
+# Reduced execution precisions a backend may run an fp32 bundle in, each only after its gate passed
+# (`latent-ddpm validate-precision`, recorded under "precision_gates").
+GATED_PRECISIONS = ("bf16",)
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 TENSOR_DTYPES = ("float32", "float16", "int64", "int32")
 # Files a bundle may hold besides its models; anything else is reported as unexpected.
@@ -83,6 +86,22 @@ class SamplingDefaults:
 
 
 @dataclass(frozen=True)
+class PrecisionGate:
+    """The result of ``latent-ddpm validate-precision`` for one execution precision on one backend.
+
+    ``models`` holds the sha256 of each graph the gate sampled: the record vouches for those graphs only.
+    """
+
+    precision: str
+    backend: str
+    passed: bool
+    date: str
+    models: Mapping[str, str]
+    why: str | None  # the failed criteria, in words; None when passed
+    summary: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
 class Bundle:
     root: Path
     name: str
@@ -98,6 +117,7 @@ class Bundle:
     defaults: SamplingDefaults
     validation: Mapping[str, Any]
     raw: Mapping[str, Any] = field(repr=False)
+    precision_gates: Mapping[str, PrecisionGate] = field(default_factory=dict)
 
     @property
     def num_train_timesteps(self) -> int:
@@ -200,6 +220,7 @@ def parse_bundle(root: Path, raw: Mapping[str, Any], *, verify_hashes: bool = Tr
         defaults=defaults,
         validation=r.get("validation", dict, default={"validated": False}),
         raw=raw,
+        precision_gates=_parse_precision_gates(r.sub("precision_gates", default={})),
     )
     _check_files(bundle, verify_hashes)
     return bundle
@@ -216,7 +237,7 @@ def _parse_model(root: Path, role: str, r: _Reader) -> ModelFile:
         raise BundleError(f"{r.where}.precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
     sha = r.get("sha256", str)
     for key, digest in (("sha256", sha), ("external_data_sha256", external_sha)):
-        if digest is not None and (len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest)):
+        if digest is not None and not _is_sha256(digest):
             raise BundleError(f"{r.where}.{key}: not a lowercase hex sha256 digest: {digest!r}")
     return ModelFile(
         role=role,
@@ -230,6 +251,34 @@ def _parse_model(root: Path, role: str, r: _Reader) -> ModelFile:
         external_data_sha256=external_sha,
         kept_fp32=tuple(r.get("kept_fp32", list, default=[])),
     )
+
+
+def _parse_precision_gates(r: _Reader) -> dict[str, PrecisionGate]:
+    gates = {}
+    for precision in r.raw:
+        if precision not in GATED_PRECISIONS:
+            raise BundleError(
+                f"{r.where}: unknown precision {precision!r}; gated precisions: {', '.join(GATED_PRECISIONS)}"
+            )
+        g = r.sub(precision)
+        models = g.get("models", dict)
+        for role, digest in models.items():
+            if not _is_sha256(digest):
+                raise BundleError(f"{g.where}.models.{role}: not a lowercase hex sha256 digest: {digest!r}")
+        gates[precision] = PrecisionGate(
+            precision=precision,
+            backend=g.get("backend", str),
+            passed=g.get("passed", bool),
+            date=g.get("date", str),
+            models=dict(models),
+            why=g.get("why", (str, type(None)), default=None),
+            summary=g.get("summary", dict, default={}),
+        )
+    return gates
+
+
+def _is_sha256(digest: Any) -> bool:
+    return isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)
 
 
 def _parse_tensor(raw: Any, where: str) -> TensorSpec:

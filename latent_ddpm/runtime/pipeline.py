@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from latent_ddpm.errors import BundleError, InputError
-from latent_ddpm.runtime.backends import Engine, open_engine
+from latent_ddpm.runtime.backends import Engine, EngineOptions, open_engine
 from latent_ddpm.runtime.bundle import Bundle, load_bundle
 from latent_ddpm.runtime.images import from_uint8, prepare_images, to_uint8
 from latent_ddpm.runtime.schedulers import SAMPLERS, make_scheduler
@@ -133,15 +133,21 @@ class Pipeline:
     def from_bundle(
         cls,
         path: str | Path | None = None,
-        backend: str = "onnxruntime",
+        backend: str | None = None,
         providers: Sequence[str] | None = None,
         threads: int | None = None,
         *,
         verify_hashes: bool = True,
+        precision: str = "fp32",
+        engine_options: EngineOptions | None = None,
     ) -> Pipeline:
+        """``backend`` None: ``backends.DEFAULT_BACKEND``. ``precision="bf16"`` (openvino) needs the bundle's
+        passed bf16 gate; ``engine_options`` are the backend's opt-in settings (``EngineOptions``)."""
         bundle = load_bundle(path if path is not None else shipped_bundle_path(), verify_hashes=verify_hashes)
         engines = {
-            role: open_engine(bundle, role, backend=backend, providers=providers, threads=threads)
+            role: open_engine(
+                bundle, role, backend, providers, threads, precision=precision, options=engine_options
+            )
             for role in bundle.models
         }
         return cls(bundle, engines["unet"], engines["vae_decoder"], engines.get("vae_encoder"))

@@ -41,7 +41,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="classifier-free guidance scale (1 = none; default: bundle's)",
     )
-    p.add_argument("--backend", default="onnxruntime", help="inference backend: onnxruntime or tensorrt")
+    from latent_ddpm.runtime.backends import BACKENDS, DEFAULT_BACKEND, EXECUTION_PRECISIONS
+
+    p.add_argument("--backend", default=DEFAULT_BACKEND, help=f"inference backend: {', '.join(BACKENDS)}")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=EXECUTION_PRECISIONS,
+        help="bf16: openvino only, for a bundle whose bf16 gate passed (latent-ddpm validate-precision)",
+    )
     p.add_argument(
         "--providers",
         default=None,
@@ -74,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--out must name a .png file, got {args.out}")
     t0 = time.perf_counter()
     providers = [p.strip() for p in args.providers.split(",")] if args.providers else None
-    pipe = Pipeline.from_bundle(args.bundle, backend=args.backend, providers=providers, threads=args.threads)
+    pipe = Pipeline.from_bundle(args.bundle, args.backend, providers, args.threads, precision=args.precision)
     load_s = time.perf_counter() - t0
     cond = pipe.bundle.conditioning
     steps = args.steps if args.steps is not None else pipe.bundle.defaults.steps

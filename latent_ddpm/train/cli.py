@@ -16,7 +16,9 @@ The run directory (--out) ends up in diffusers format, ready for `latent-ddpm ex
   vae/, unet/ (EMA weights), scheduler/, latent_ddpm.json (class names, sampling defaults, recipe),
 plus checkpoints/, logs/ (loss CSV and curve) and samples/ (preview grids) for people to look at.
 
-Checkpoints are atomic and --resume continues a killed run exactly where the uninterrupted run would be.
+Checkpoints are atomic, hold tensors and JSON only (--resume never unpickles, so a run folder from
+someone else cannot run code), and --resume continues a killed run exactly where the uninterrupted run
+would be.
 The same command runs on one CPU, one GPU, or several processes:
   accelerate launch --multi_gpu --num_processes 4 -m latent_ddpm train --config digits
   python -m torch.distributed.run --nproc_per_node 2 -m latent_ddpm train --config digits --cpu
@@ -58,8 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="stop each stage after optimizer step N, save a checkpoint and exit, without changing the LR "
-        "schedule; finish later with --resume",
+        help="stop each stage after its optimizer step N and save a checkpoint, without changing the LR "
+        "schedule; finish later with --resume. With --stage all it applies to each stage: an autoencoder "
+        "stopped early is written to OUT/vae as it is, so the U-Net trains its N steps on it (--resume then "
+        "finishes the autoencoder and trains the U-Net again on the finished one)",
     )
     parser.add_argument(
         "--mixed-precision",
@@ -80,6 +84,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from latent_ddpm.errors import CLIError
+    from latent_ddpm.extras import require_extra
+
+    require_extra("train", "train")
     from latent_ddpm.train.config import load_recipe
 
     if args.max_steps is not None and args.max_steps <= 0:
@@ -102,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     data = load_images(recipe.data, recipe.seed)
-    t0, accelerator = time.perf_counter(), None
+    t0, accelerator, stopped = time.perf_counter(), None, []
     for stage in stages:
         if args.resume and _kept_without_checkpoints(run_dir, stage):
             print(f"{stage}: keeping the finished {run_dir / stage} (no checkpoints to resume from)")
@@ -120,21 +127,29 @@ def run(args: argparse.Namespace) -> int:
             spec = vae_stage.build_stage(recipe, data, accelerator.device)
         else:
             spec = unet_stage.build_stage(recipe, data, accelerator.device, run_dir)
-        complete = run_stage(accelerator, spec, run_dir, recipe.to_dict(), args.resume, args.max_steps)
+        last = stage == stages[-1]
+        complete = run_stage(
+            accelerator, spec, run_dir, recipe.to_dict(), args.resume, args.max_steps, finish_early=not last
+        )
         accelerator.free_memory()
         if not complete:
-            return 0
+            stopped.append(stage)
     if accelerator is None or accelerator.is_main_process:
-        print(f"train: finished {' + '.join(stages)} in {time.perf_counter() - t0:.0f} s -> {run_dir}")
+        if stopped:
+            print(f"train: stopped {' + '.join(stopped)} at --max-steps {args.max_steps} -> {run_dir}")
+        else:
+            print(f"train: finished {' + '.join(stages)} in {time.perf_counter() - t0:.0f} s -> {run_dir}")
     return 0
 
 
 def _refuse_to_overwrite(run_dir: Path, stage: str, resume: bool) -> None:
     """Never replace a finished model or a run in progress unless asked to continue it."""
     from latent_ddpm.train.errors import TrainError
+    from latent_ddpm.train.output import check_parts
 
     output = run_dir / stage
     ckpts = run_dir / "checkpoints" / stage
+    check_parts(run_dir, stage)
     if resume:
         return
     if ckpts.is_dir() and any(p.name.startswith("step_") for p in ckpts.iterdir()):

@@ -12,7 +12,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +40,25 @@ class Stage:
     preview: Callable[[Path], None]  # main process only: draw a PNG from the current (EMA) weights
     finalize: Callable[[Path], None]  # main process only: write the stage's output into the run dir
     ema: Any = None  # diffusers.training_utils.EMAModel, stepped after every optimizer step
+    # Fingerprints of what the stage reads from the run directory (the U-Net: the autoencoder); a checkpoint
+    # made from other inputs cannot be continued.
+    inputs: dict[str, str] = field(default_factory=dict)
 
 
 def run_stage(
-    accelerator, stage: Stage, run_dir: Path, recipe: dict, resume: bool, max_steps: int | None
+    accelerator,
+    stage: Stage,
+    run_dir: Path,
+    recipe: dict,
+    resume: bool,
+    max_steps: int | None,
+    finish_early: bool = False,
 ) -> bool:
-    """Train `stage` to `cfg.steps` (or stop after `max_steps`); True when the stage is complete."""
+    """Train `stage` to `cfg.steps` (or stop after `max_steps`); True when the stage is complete.
+
+    `finish_early`: when stopped by `max_steps`, write the stage's output anyway (from the weights it has),
+    so that the next stage can train on it; --resume later finishes the stage and replaces that output.
+    """
     from diffusers.optimization import get_cosine_schedule_with_warmup
 
     cfg, seed, main = stage.cfg, recipe["seed"], accelerator.is_main_process
@@ -53,11 +66,13 @@ def run_stage(
     optimizer = torch.optim.AdamW(stage.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     lr_schedule = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
     model, optimizer = accelerator.prepare(stage.model, optimizer)
-    # The LR schedule is registered rather than prepared: a prepared one steps once per process per step.
-    accelerator.register_for_checkpointing(lr_schedule)
+    # The LR schedule is not prepared: a prepared one steps once per process per step.
+    stateful: dict[str, Any] = {"optimizer": optimizer, "lr_schedule": lr_schedule}
     if stage.ema is not None:
         stage.ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(stage.ema)
+        stateful["ema"] = stage.ema
+    if accelerator.scaler is not None:  # fp16 mixed precision: the loss scale
+        stateful["scaler"] = accelerator.scaler
 
     start, elapsed = 0, 0.0
     found = checkpoint.latest(ckpt_root)
@@ -66,12 +81,21 @@ def run_stage(
             raise TrainError(
                 f"{found} already holds a {stage.name} run; pass --resume to continue it or choose another --out"
             )
-        state = checkpoint.load(accelerator, found)
-        _check_same_recipe(state["recipe"], recipe, stage.name, found)
-        start, elapsed = state["step"], state["elapsed_s"]
+        resumed = checkpoint.resume(
+            accelerator,
+            ckpt_root,
+            model,
+            stateful,
+            stage.inputs,
+            log=lambda message: accelerator.print(f"{stage.name}: {message}"),
+            check=lambda info, path: _check_same_recipe(info["recipe"], recipe, stage.name, path),
+        )
         if stage.ema is not None:
-            stage.ema.to(accelerator.device)  # Accelerate loads custom state onto the CPU
-        accelerator.print(f"{stage.name}: resumed from {found} (step {start} of {cfg.steps})")
+            stage.ema.to(accelerator.device)  # loaded onto the CPU
+        if resumed is not None:
+            state, found = resumed
+            start, elapsed = state["step"], state["elapsed_s"]
+            accelerator.print(f"{stage.name}: resumed from {found} (step {start} of {cfg.steps})")
     elif resume:
         accelerator.print(f"{stage.name}: no checkpoint in {ckpt_root}; starting from step 0")
 
@@ -85,8 +109,13 @@ def run_stage(
     running, t0 = None, time.perf_counter()
 
     def save(step: int) -> None:
-        state = {"stage": stage.name, "elapsed_s": elapsed + time.perf_counter() - t0, "recipe": recipe}
-        checkpoint.save(accelerator, ckpt_root, step, state)
+        info = {
+            "stage": stage.name,
+            "elapsed_s": elapsed + time.perf_counter() - t0,
+            "recipe": recipe,
+            "inputs": stage.inputs,
+        }
+        checkpoint.save(accelerator, ckpt_root, step, model, stateful, info)
 
     model.train()
     for step in range(start, stop):
@@ -135,7 +164,12 @@ def run_stage(
         accelerator.print(
             f"{stage.name}: stopped at step {stop} of {cfg.steps} (--max-steps); continue with --resume"
         )
-        return False
+        if not finish_early:
+            return False
+        accelerator.print(
+            f"{stage.name}: writing its step-{stop} weights to {run_dir / stage.name} for the next stage; "
+            f"--resume finishes the {stage.name} and then trains the next stage again on the finished one"
+        )
 
     _check_ranks_agree(accelerator, stage, run_dir)
     if main:
@@ -150,7 +184,7 @@ def run_stage(
             f"(mean of the last 100 steps), {summary['wall_s']:.0f} s"
         )
     accelerator.wait_for_everyone()
-    return True
+    return stop == cfg.steps
 
 
 @contextlib.contextmanager
@@ -166,13 +200,13 @@ def _eval(model: torch.nn.Module):
 def _check_same_recipe(saved: dict, current: dict, stage: str, where: Path) -> None:
     """A resumed run must train the same thing, or it would not end where the uninterrupted one would."""
     diffs = [
-        f"{section}.{k}: {saved[section].get(k)!r} -> {v!r}"
+        f"{section}.{k}: {saved.get(section, {}).get(k)!r} -> {v!r}"
         for section in ("data", stage)
         for k, v in current[section].items()
-        if saved[section].get(k) != v and k not in RESUME_MAY_CHANGE
+        if saved.get(section, {}).get(k) != v and k not in RESUME_MAY_CHANGE
     ]
-    if saved["seed"] != current["seed"]:
-        diffs.append(f"seed: {saved['seed']} -> {current['seed']}")
+    if saved.get("seed") != current["seed"]:
+        diffs.append(f"seed: {saved.get('seed')} -> {current['seed']}")
     if diffs:
         raise TrainError(f"cannot resume {where}: the recipe changed ({'; '.join(diffs)})")
 

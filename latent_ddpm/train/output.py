@@ -5,32 +5,45 @@
     OUT/scheduler/      DDIMScheduler config matching the training noise schedule
     OUT/latent_ddpm.json  class names, null class, image geometry, sampling defaults, the resolved recipe
 
-Each part is written to a temporary folder and renamed into place, and `latent_ddpm.json` is written
-last, so its presence means the directory is complete.
+Each part is published atomically (latent_ddpm/files.py) and `latent_ddpm.json` is written last, so its
+presence means the directory is complete. A part may replace only a folder of the class training writes
+there (its diffusers config names it), never a user's folder of the same name.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from latent_ddpm.files import atomic_write, check_output, json_marker, publish_dir
+
 METADATA = "latent_ddpm.json"
+# The folders training writes into the run directory, and the diffusers class each one's config names.
+PARTS = {
+    "vae": ("config.json", "AutoencoderKL"),
+    "unet": ("config.json", "UNet2DModel"),
+    "scheduler": ("scheduler_config.json", "DDIMScheduler"),
+}
+STAGE_PARTS = {"vae": ("vae",), "unet": ("unet", "scheduler")}
 
 
-def replace_dir(target: Path, write: Callable[[Path], None]) -> None:
-    """Write a folder under a temporary name with `write(tmp)`, then swap it in for `target`."""
-    tmp, old = target.with_name(f".{target.name}.tmp"), target.with_name(f".{target.name}.old")
-    for p in (tmp, old):
-        shutil.rmtree(p, ignore_errors=True)
-    write(tmp)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
+def _rules(part: str) -> dict[str, Any]:
+    config, cls = PARTS[part]
+    return {"force": True, "ours": json_marker(config, "_class_name", cls), "what": f"diffusers {cls} folder"}
+
+
+def check_parts(run_dir: Path, stage: str) -> None:
+    """Refuse, before training, a run directory whose `stage` outputs are folders training did not write."""
+    for part in STAGE_PARTS[stage]:
+        check_output(run_dir / part, **_rules(part))
+
+
+def replace_dir(run_dir: Path, part: str, write: Callable[[Path], None]) -> None:
+    """Write `run_dir/part` under a temporary name with `write(tmp)`, then swap it in."""
+    with publish_dir(run_dir / part, **_rules(part)) as tmp:
+        write(tmp)
 
 
 def write_metadata(
@@ -55,7 +68,5 @@ def write_metadata(
         },
         "recipe": recipe,
     }
-    tmp = run_dir / f".{METADATA}.tmp"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, run_dir / METADATA)
+    atomic_write(run_dir / METADATA, json.dumps(meta, indent=2) + "\n")
     return meta

@@ -13,6 +13,7 @@ trains the unconditional model that classifier-free guidance needs. The EMA weig
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,14 @@ def load_frozen_vae(run_dir: Path, recipe: Recipe, device):
     path = run_dir / "vae"
     if not (path / "config.json").is_file():
         raise TrainError(f"no trained autoencoder at {path}; run `latent-ddpm train --stage vae` first")
-    vae = AutoencoderKL.from_pretrained(path).to(device).eval().requires_grad_(False)
+    try:  # safetensors only, as training writes it: a .bin in a run folder is a pickle
+        vae = AutoencoderKL.from_pretrained(path, use_safetensors=True, local_files_only=True)
+    except Exception as exc:  # diffusers raises OSError/ValueError/RuntimeError/SafetensorError
+        why = " ".join(str(exc).split())[:300]
+        raise TrainError(
+            f"{path}: cannot load the trained autoencoder ({type(exc).__name__}: {why})"
+        ) from None
+    vae = vae.to(device).eval().requires_grad_(False)
     if vae.config.in_channels != recipe.data.channels or vae.config.sample_size != recipe.data.image_size:
         raise TrainError(
             f"{path} encodes {vae.config.in_channels}-channel {vae.config.sample_size}px images but the recipe "
@@ -162,12 +170,23 @@ def build_stage(recipe: Recipe, data: ImageSet, device, run_dir: Path) -> Stage:
     def finalize(run_dir: Path) -> None:
         final = UNet2DModel.from_config(unet.config)
         ema.copy_to(final.parameters())
-        replace_dir(run_dir / "unet", lambda tmp: final.save_pretrained(tmp, safe_serialization=True))
-        replace_dir(run_dir / "scheduler", DDIMScheduler.from_config(sample_config).save_pretrained)
+        replace_dir(run_dir, "unet", lambda tmp: final.save_pretrained(tmp, safe_serialization=True))
+        replace_dir(run_dir, "scheduler", DDIMScheduler.from_config(sample_config).save_pretrained)
         sample_grid(run_dir / "samples" / "unet_final.png")
         write_metadata(  # last: its presence marks the directory complete
             run_dir, data.class_names, recipe.data.image_size, recipe.data.channels, cfg.sample_steps,
             cfg.guidance_scale, recipe.to_dict(),
         )  # fmt: skip
 
-    return Stage("unet", cfg, unet, len(data), loss, sample_grid, finalize, ema=ema)
+    inputs = {"autoencoder": _fingerprint(run_dir / "vae")}
+    return Stage("unet", cfg, unet, len(data), loss, sample_grid, finalize, ema=ema, inputs=inputs)
+
+
+def _fingerprint(folder: Path) -> str:
+    """sha256 over a folder's files: a U-Net checkpoint is only continued on the autoencoder it learned on."""
+    from latent_ddpm.runtime.bundle import sha256_file
+
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        h.update(f"{path.name}\0{sha256_file(path)}\0".encode())
+    return h.hexdigest()

@@ -96,7 +96,7 @@ def build_stage(recipe: Recipe, data: ImageSet, device) -> Stage:
         mean, std = encode_dataset(vae, data, device)
         factor = scaling_factor(mean, std, derive_seed(recipe.seed, 98))
         vae.register_to_config(scaling_factor=factor)
-        replace_dir(run_dir / "vae", lambda tmp: vae.save_pretrained(tmp, safe_serialization=True))
+        replace_dir(run_dir, "vae", lambda tmp: vae.save_pretrained(tmp, safe_serialization=True))
         preview(run_dir / "samples" / "vae_final.png")
         print(f"vae: latent scaling factor {factor:.5f} (latent mean {mean.mean().item():+.4f})")
 

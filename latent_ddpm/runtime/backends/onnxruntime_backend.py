@@ -1,13 +1,21 @@
-"""ONNX Runtime backend: CPU by default; CUDA / TensorRT execution providers with onnxruntime-gpu."""
+"""ONNX Runtime backend: CPU by default; CUDA / TensorRT execution providers with onnxruntime-gpu.
+
+Engine options (opt-in, ``EngineOptions``): ``static_shapes`` opens one session per input shape with the
+graph's free dimensions fixed by name (``max_shapes`` of them, least recently used dropped), and
+``allow_spinning=False`` stops idle intra-op threads spin-waiting. docs/benchmarks/NOTES.md has the A/B
+results that made them options rather than defaults.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from latent_ddpm.errors import BackendUnavailableError, BundleError
-from latent_ddpm.runtime.backends import check_feed
+from latent_ddpm.runtime.backends import EngineOptions, check_feed, check_graph_matches_spec
+from latent_ddpm.runtime.backends.shape_cache import ShapeCache
 from latent_ddpm.runtime.bundle import Bundle, ModelFile
 
 _ORT_TYPES = {
@@ -16,6 +24,7 @@ _ORT_TYPES = {
     "tensor(int64)": "int64",
     "tensor(int32)": "int32",
 }
+ENGINE_OPTIONS = ("static_shapes", "allow_spinning", "max_shapes")
 
 
 def _import_ort():
@@ -40,70 +49,76 @@ class OnnxRuntimeEngine:
         model: ModelFile,
         providers: Sequence[str] | None = None,
         threads: int | None = None,
+        options: EngineOptions | None = None,
     ) -> None:
-        ort = _import_ort()
+        self._ort = ort = _import_ort()
+        self.options = options = options or EngineOptions()
+        options.check(self.backend, ENGINE_OPTIONS)
         available = ort.get_available_providers()
-        chosen = list(providers) if providers else ["CPUExecutionProvider"]
+        self._chosen = chosen = list(providers) if providers else ["CPUExecutionProvider"]
         unknown = [p for p in chosen if p not in available]
         if unknown:
             raise BackendUnavailableError(
                 f"execution provider(s) {', '.join(unknown)} not available in this onnxruntime "
                 f"(available: {', '.join(available)}); CUDA/TensorRT providers need 'latent-ddpm[gpu]'"
             )
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = int(threads)
-        options.log_severity_level = 3
+        self.model = model
+        self._threads = threads
+        session = self._open()
+        check_graph_matches_spec(
+            model,
+            {i.name: (_ORT_TYPES.get(i.type, i.type), len(i.shape)) for i in session.get_inputs()},
+            {o.name for o in session.get_outputs()},
+        )
+        self._providers = list(session.get_providers())
+        self._output_names = [o.name for o in model.outputs]
+        # Static mode keeps only the specialised sessions: the dynamic one served to check the graph.
+        self._session = None if options.static_shapes else session
+        self._static: ShapeCache[Any] = ShapeCache(options.max_shapes)
+
+    def _open(self, dims: Sequence[tuple[str, int]] = ()) -> Any:
+        ort = self._ort
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self._threads:
+            so.intra_op_num_threads = int(self._threads)
+        if not self.options.allow_spinning:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        for name, size in dims:
+            so.add_free_dimension_override_by_name(name, size)
+        so.log_severity_level = 3
         try:
-            self._session = ort.InferenceSession(str(model.path), sess_options=options, providers=chosen)
+            return ort.InferenceSession(str(self.model.path), sess_options=so, providers=self._chosen)
         except Exception as exc:  # ORT raises its own exception types with long C++ messages
             raise BundleError(
-                f"{model.path.name}: ONNX Runtime cannot load it: {str(exc).splitlines()[0]}"
+                f"{self.model.path.name}: ONNX Runtime cannot load it: {str(exc).splitlines()[0]}"
             ) from None
-        self.model = model
-        self._check_graph_matches_spec()
-        self._output_names = [o.name for o in model.outputs]
 
     @property
     def providers(self) -> list[str]:
-        return list(self._session.get_providers())
+        return list(self._providers)
 
-    def _check_graph_matches_spec(self) -> None:
-        graph_inputs = {i.name: i for i in self._session.get_inputs()}
-        for spec in self.model.inputs:
-            node = graph_inputs.get(spec.name)
-            if node is None:
-                raise BundleError(
-                    f"{self.model.path.name}: bundle.json declares input {spec.name!r}, the ONNX graph has "
-                    f"{sorted(graph_inputs)}"
-                )
-            dtype = _ORT_TYPES.get(node.type, node.type)
-            if dtype != spec.dtype or len(node.shape) != len(spec.shape):
-                raise BundleError(
-                    f"{self.model.path.name}: input {spec.name!r} is {dtype} rank {len(node.shape)} in the graph, "
-                    f"{spec.dtype} rank {len(spec.shape)} in bundle.json"
-                )
-        undeclared = sorted(set(graph_inputs) - {s.name for s in self.model.inputs})
-        if undeclared:
-            raise BundleError(
-                f"{self.model.path.name}: graph inputs {undeclared} are not declared in bundle.json"
-            )
-        graph_outputs = {o.name for o in self._session.get_outputs()}
-        for spec in self.model.outputs:
-            if spec.name not in graph_outputs:
-                raise BundleError(
-                    f"{self.model.path.name}: bundle.json declares output {spec.name!r}, the ONNX graph has "
-                    f"{sorted(graph_outputs)}"
-                )
+    @property
+    def cached_shapes(self) -> list[tuple[tuple[str, int], ...]]:
+        """The dynamic-axis sizes of the specialised sessions held (static_shapes), least recent first."""
+        return self._static.keys()
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        check_feed(self.model, feed)
-        outputs = self._session.run(self._output_names, feed)
+        dims = check_feed(self.model, feed)
+        session = self._session
+        if session is None:
+            session = self._static.get(dims, lambda: self._open(dims))
+        outputs = session.run(self._output_names, feed)
         return dict(zip(self._output_names, outputs, strict=True))
 
 
 def open_engine(
-    bundle: Bundle, model: ModelFile, providers: Sequence[str] | None = None, threads: int | None = None
+    bundle: Bundle,
+    model: ModelFile,
+    providers: Sequence[str] | None = None,
+    threads: int | None = None,
+    precision: str = "fp32",
+    options: EngineOptions | None = None,
 ) -> OnnxRuntimeEngine:
-    return OnnxRuntimeEngine(model, providers=providers, threads=threads)
+    """``precision`` is checked by ``backends.open_engine``: ONNX Runtime runs the graphs as they are."""
+    return OnnxRuntimeEngine(model, providers=providers, threads=threads, options=options)

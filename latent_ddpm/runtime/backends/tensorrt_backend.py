@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from latent_ddpm.errors import BackendUnavailableError, BundleError, InputError
-from latent_ddpm.runtime.backends import check_feed
+from latent_ddpm.runtime.backends import EngineOptions, check_feed
 from latent_ddpm.runtime.backends.tensorrt_cuda import (
     DeviceBuffer,
     Stream,
@@ -190,9 +190,16 @@ class TensorRTEngine:
 
 
 def open_engine(
-    bundle: Bundle, model: ModelFile, providers: Sequence[str] | None = None, threads: int | None = None
+    bundle: Bundle,
+    model: ModelFile,
+    providers: Sequence[str] | None = None,
+    threads: int | None = None,
+    precision: str = "fp32",
+    options: EngineOptions | None = None,
 ) -> TensorRTEngine:
-    """``threads`` is accepted for the common signature and unused: TensorRT runs on the GPU."""
+    """``threads`` and ``precision`` are accepted for the common signature and unused: TensorRT runs on the
+    GPU, in the precision its plans were built with. It honours no engine option."""
+    (options or EngineOptions()).check("tensorrt", ())
     if providers:
         raise InputError(
             f"providers={list(providers)} selects ONNX Runtime execution providers; the tensorrt backend takes none "
