@@ -256,3 +256,12 @@ def test_serving_imports_no_torch() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+def test_help_works_without_the_serve_extra(tmp_path: Path) -> None:
+    """`latent-ddpm --help` imports every command's module: serve's must not need pydantic, Ray or FastAPI."""
+    from test_extras import _run_without
+
+    for blocked in ("pydantic", "ray", "fastapi"):
+        proc = _run_without(blocked, ["serve", "--help"], cwd=tmp_path)
+        assert proc.returncode == 0 and "--max-replicas" in proc.stdout, proc.stderr

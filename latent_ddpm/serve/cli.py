@@ -18,17 +18,15 @@ import signal
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from latent_ddpm.serve.config import DEFAULT_PORT, ServeConfig
+from latent_ddpm.serve import options
+
+if TYPE_CHECKING:
+    from latent_ddpm.serve.config import ServeConfig
 
 HELP = __doc__
 PROXY_LOCATIONS = ("EveryNode", "HeadOnly")
-_FIELDS = ServeConfig.model_fields
-
-
-def _help(field: str) -> str:
-    return _FIELDS[field].description or ""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,15 +37,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="DIR",
-        help="bundle directory to serve; repeat for several models (default: the shipped digits model)",
+        help="bundle directory to serve; repeat for several models (default: the shipped digits model); "
+        "on a cluster every node must see the same path",
     )
     p.add_argument(
         "--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 serves other machines (Docker)"
     )
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="HTTP port")
-    p.add_argument("--replicas", type=int, default=None, help=_help("replicas"))
-    p.add_argument("--min-replicas", type=int, default=None, help=_help("min_replicas"))
-    p.add_argument("--max-replicas", type=int, default=None, help=_help("max_replicas"))
+    p.add_argument("--port", type=int, default=options.DEFAULT_PORT, help="HTTP port")
+    p.add_argument("--replicas", type=int, default=None, help=options.HELP["replicas"])
+    p.add_argument("--min-replicas", type=int, default=None, help=options.HELP["min_replicas"])
+    p.add_argument("--max-replicas", type=int, default=None, help=options.HELP["max_replicas"])
     p.add_argument(
         "--address",
         default=None,
@@ -59,17 +58,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with --address: deploy and return, leaving the application running on the cluster",
     )
-    p.add_argument("--cpus-per-replica", type=float, default=1.0, help=_help("cpus_per_replica"))
-    p.add_argument("--gpus-per-replica", type=float, default=0.0, help=_help("gpus_per_replica"))
-    p.add_argument("--threads", type=int, default=None, help=_help("threads"))
-    p.add_argument("--backend", default="onnxruntime", help=_help("backend"))
+    p.add_argument(
+        "--cpus-per-replica",
+        type=float,
+        default=options.DEFAULTS["cpus_per_replica"],
+        help=options.HELP["cpus_per_replica"],
+    )
+    p.add_argument(
+        "--gpus-per-replica",
+        type=float,
+        default=options.DEFAULTS["gpus_per_replica"],
+        help=options.HELP["gpus_per_replica"],
+    )
+    p.add_argument("--threads", type=int, default=None, help=options.HELP["threads"])
+    p.add_argument("--backend", default=options.DEFAULTS["backend"], help=options.HELP["backend"])
     p.add_argument(
         "--providers",
         default=None,
         help="comma-separated ONNX Runtime execution providers, e.g. CUDAExecutionProvider,CPUExecutionProvider",
     )
-    p.add_argument("--max-ongoing", type=int, default=4, help=_help("max_ongoing"))
-    p.add_argument("--max-queued", type=int, default=128, help=_help("max_queued"))
+    p.add_argument(
+        "--max-ongoing", type=int, default=options.DEFAULTS["max_ongoing"], help=options.HELP["max_ongoing"]
+    )
+    p.add_argument(
+        "--max-queued", type=int, default=options.DEFAULTS["max_queued"], help=options.HELP["max_queued"]
+    )
     p.add_argument(
         "--proxy-location",
         choices=PROXY_LOCATIONS,
@@ -90,6 +103,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
     from pydantic import ValidationError
 
     from latent_ddpm.errors import CLIError
+    from latent_ddpm.serve.config import ServeConfig
 
     fields = {
         "bundles": [str(b) for b in args.bundles],
@@ -161,19 +175,19 @@ def _check_reachable(address: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from latent_ddpm.errors import CLIError
+    from latent_ddpm.extras import require_extra
+
+    require_extra("serve", "serve")
+    _check_flags(args)
     from latent_ddpm.serve.cards import load_cards
 
-    _check_flags(args)
     config = config_from_args(args)
     cards = load_cards(config.bundles)  # every bundle checked (hashes too) before Ray starts
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # Ray would otherwise report usage online
-    try:
-        import ray
-        from ray import serve
+    import ray
+    from ray import serve
 
-        from latent_ddpm.serve.app import APP_NAME, build_app
-    except ImportError as exc:
-        raise CLIError(f"serving needs Ray Serve ({exc}): pip install 'latent-ddpm[cpu,serve]'") from None
+    from latent_ddpm.serve.app import APP_NAME, build_app
 
     local = args.address is None
     init: dict[str, Any] = (

@@ -2,7 +2,7 @@
 
 ``latent-ddpm serve`` fills it from its flags; a Ray Serve config file or a KubeRay ``RayService`` passes the
 same fields as ``args`` of ``import_path: latent_ddpm.serve.app:build`` (deploy/kuberay/rayservice.yaml).
-Each field's description is its flag's help.
+Defaults and descriptions come from ``options.py``, as the flags' do.
 """
 
 from __future__ import annotations
@@ -11,48 +11,27 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-# Ray Serve's own default port, so that its tooling and docs apply unchanged.
-DEFAULT_PORT = 8000
+from latent_ddpm.serve.options import DEFAULTS, HELP
 
 
 class ServeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    bundles: list[str] = Field(
-        default_factory=list,
-        description="bundle directories, one model each (the model id is the bundle's name); none = the "
-        "shipped digits model. On a cluster every node must see the same path.",
-    )
-    replicas: int | None = Field(
-        default=None, ge=1, description="replicas per model (fixed); default 1 unless autoscaling"
-    )
-    min_replicas: int | None = Field(
-        default=None, ge=0, description="autoscale: fewest replicas per model (default 1)"
-    )
-    max_replicas: int | None = Field(default=None, ge=1, description="autoscale: most replicas per model")
+    bundles: list[str] = Field(default_factory=list, description=HELP["bundles"])
+    replicas: int | None = Field(default=None, ge=1, description=HELP["replicas"])
+    min_replicas: int | None = Field(default=None, ge=0, description=HELP["min_replicas"])
+    max_replicas: int | None = Field(default=None, ge=1, description=HELP["max_replicas"])
     cpus_per_replica: float = Field(
-        default=1.0, gt=0, description="CPUs Ray reserves for each replica (places replicas on nodes)"
+        default=DEFAULTS["cpus_per_replica"], gt=0, description=HELP["cpus_per_replica"]
     )
-    gpus_per_replica: float = Field(default=0.0, ge=0, description="GPUs Ray reserves for each replica")
-    threads: int | None = Field(
-        default=None, ge=1, description="intra-op threads per model in a replica; default: its CPUs"
+    gpus_per_replica: float = Field(
+        default=DEFAULTS["gpus_per_replica"], ge=0, description=HELP["gpus_per_replica"]
     )
-    backend: str = Field(default="onnxruntime", description="inference backend: onnxruntime or tensorrt")
-    providers: list[str] | None = Field(
-        default=None, description="ONNX Runtime execution providers, e.g. CUDAExecutionProvider"
-    )
-    max_ongoing: int = Field(
-        default=4,
-        ge=1,
-        description="requests one replica holds at once (running or in its own queue); Ray Serve "
-        "routes no more to it and autoscales on this load",
-    )
-    max_queued: int = Field(
-        default=128,
-        ge=1,
-        description="requests that may wait for a free replica, per model and ingress replica; more are "
-        "refused with 503",
-    )
+    threads: int | None = Field(default=None, ge=1, description=HELP["threads"])
+    backend: str = Field(default=DEFAULTS["backend"], description=HELP["backend"])
+    providers: list[str] | None = Field(default=None, description=HELP["providers"])
+    max_ongoing: int = Field(default=DEFAULTS["max_ongoing"], ge=1, description=HELP["max_ongoing"])
+    max_queued: int = Field(default=DEFAULTS["max_queued"], ge=1, description=HELP["max_queued"])
 
     @model_validator(mode="after")
     def _replicas_one_way(self) -> ServeConfig:
