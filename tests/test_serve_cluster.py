@@ -11,6 +11,8 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +21,14 @@ from typing import Any
 import numpy as np
 import pytest
 from demo_server import free_port
-from serve_harness import REQUEST_TIMEOUT_S, ServeProcess, ray_env, ray_tmpdir, serve_process
+from serve_harness import (
+    REQUEST_TIMEOUT_S,
+    START_TIMEOUT_S,
+    ServeProcess,
+    ray_env,
+    ray_tmpdir,
+    serve_process,
+)
 
 from latent_ddpm.runtime.pipeline import Pipeline
 
@@ -145,3 +154,30 @@ def test_killing_a_replica_mid_burst_fails_only_its_requests_and_it_comes_back(
         pytest.fail(f"Ray Serve did not replace the killed replica: {replicas}")
     result = client.generate(seed=5, steps=STEPS)
     np.testing.assert_array_equal(result.images, pipe.generate(seed=5, steps=STEPS).images)
+
+
+# Last in this module: it deploys over the application the tests above use, and removes it.
+def test_a_replica_that_cannot_start_fails_the_command_with_its_reason(
+    cluster: Cluster, tmpdir: Path
+) -> None:
+    """An execution provider a node lacks is only found when a replica starts there: one line naming it."""
+    argv = [
+        "--address",
+        cluster.address,
+        "--proxy-location",
+        "HeadOnly",
+        "--providers",
+        "NoSuchExecutionProvider",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "latent_ddpm", "serve", "--port", str(free_port()), *argv],
+        capture_output=True,
+        text=True,
+        env=ray_env(tmpdir),
+        timeout=START_TIMEOUT_S,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    error = [line for line in proc.stderr.splitlines() if line.startswith("latent-ddpm serve: error:")]
+    assert len(error) == 1 and "model-digits: latent_ddpm.errors.BackendUnavailableError" in error[0]
+    assert "NoSuchExecutionProvider not available" in error[0]
+    assert APP_NAME not in serve.status().applications  # the command removed what it deployed

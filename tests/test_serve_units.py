@@ -55,6 +55,7 @@ def card() -> ModelCard:
         (["--address", "auto", "--metrics-port", "9000"], "--metrics-port applies"),
         (["--bundle", "/no/such/bundle"], "bundle directory not found: /no/such/bundle"),
         (["--address", "head-node"], "--address must be 'auto' or HOST:PORT"),
+        (["--backend", "nope"], "--backend: 'nope' is not one of onnxruntime"),
         (["--address", f"127.0.0.1:{free_port()}"], "no Ray cluster answers there"),
     ],
 )

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from latent_ddpm.runtime.backends import BACKENDS
 from latent_ddpm.serve.options import DEFAULTS, HELP
 
 
@@ -32,6 +33,13 @@ class ServeConfig(BaseModel):
     providers: list[str] | None = Field(default=None, description=HELP["providers"])
     max_ongoing: int = Field(default=DEFAULTS["max_ongoing"], ge=1, description=HELP["max_ongoing"])
     max_queued: int = Field(default=DEFAULTS["max_queued"], ge=1, description=HELP["max_queued"])
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, backend: str) -> str:
+        if backend not in BACKENDS:
+            raise ValueError(f"{backend!r} is not one of {', '.join(BACKENDS)}")
+        return backend
 
     @model_validator(mode="after")
     def _replicas_one_way(self) -> ServeConfig:
