@@ -1,4 +1,4 @@
-"""The settings of a serve application: one model, shared by the CLI and Ray Serve's config files.
+"""The settings of a serve application (every model it serves), shared by the CLI and Ray Serve config files.
 
 ``latent-ddpm serve`` fills it from its flags; a Ray Serve config file or a KubeRay ``RayService`` passes the
 same fields as ``args`` of ``import_path: latent_ddpm.serve.app:build`` (deploy/kuberay/rayservice.yaml).
