@@ -1,23 +1,30 @@
 # syntax=docker/dockerfile:1
-# latent-ddpm images. Build commands, run commands and what each target holds: docs/demo.md.
+# latent-ddpm images. What each target holds, sizes, build and run commands: docs/docker.md.
 #
-#   docker build -t latent-ddpm .                            # cpu (default): the demo, no torch, ~600 MB
-#   docker build --target gpu -t latent-ddpm:gpu .           # demo on CUDA / TensorRT
-#   docker build --target export -t latent-ddpm:export .     # torch + diffusers: train, export, build engines
+#   docker build -t latent-ddpm .                            # cpu (default): the demo, no torch
+#   docker build --target export -t latent-ddpm:export .     # torch (CPU build) + diffusers: train, export
+#   docker build --target gpu -t latent-ddpm:gpu .           # demo on CUDA / TensorRT, build-engines
 #
 # Every target installs the same wheel, built once from this checkout; the shipped digits bundle is inside it.
+# The cpu and export images hold one virtual environment, /opt/venv, installed by the wheel stage's pip in a
+# single RUN that mounts that pip, the wheel and pip's cache: none of them, nor the source tree, stays behind.
 
-ARG PYTHON_TAG=3.11-slim-bookworm
+# Any Debian-like image with python3 >= 3.10 and its venv module (tests/test_docker_images.py builds on a
+# Debian bookworm with python3 and python3-venv made by debootstrap).
+ARG BASE_IMAGE=python:3.11-slim-bookworm
 # NGC TensorRT 24.12: TensorRT 10.7, CUDA 12.6, Ubuntu 22.04, Python 3.10. Engines are tied to the TensorRT
 # version, so pick the tag whose TensorRT you deploy with: --build-arg TENSORRT_TAG=...
 ARG TENSORRT_TAG=24.12-py3
 
 # ---------------------------------------------------------------- wheel: the package, built once
-FROM python:${PYTHON_TAG} AS wheel
+FROM ${BASE_IMAGE} AS wheel
 WORKDIR /src
 COPY pyproject.toml README.md LICENSE NOTICE ./
 COPY latent_ddpm ./latent_ddpm
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+# /opt/pip: the pip that installs the cpu and export images' environments, which get no pip of their own.
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python3 -m venv /opt/pip \
+    && /opt/pip/bin/pip wheel --no-deps --wheel-dir /wheels .
 
 # ---------------------------------------------------------------- gpu: the demo on an NVIDIA GPU
 FROM nvcr.io/nvidia/tensorrt:${TENSORRT_TAG} AS gpu
@@ -44,29 +51,40 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=300s --retries=3 \
 ENTRYPOINT ["latent-ddpm"]
 CMD ["demo", "--host", "0.0.0.0", "--port", "7860", "--providers", "CUDAExecutionProvider,CPUExecutionProvider"]
 
-# ---------------------------------------------------------------- export: torch + diffusers next to TensorRT
-FROM nvcr.io/nvidia/tensorrt:${TENSORRT_TAG} AS export
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126
-ENV PYTHONUNBUFFERED=1
-# torch first, from the index whose CUDA matches the base image; then the package with everything around it.
-RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+# ---------------------------------------------------------------- export: train, export, quantize on CPUs
+FROM ${BASE_IMAGE} AS export
+# The CPU build of torch (the plain PyPI wheel pulls CUDA libraries). For CUDA training use e.g.
+# --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 --build-arg TORCH_VERSION=2.13.0+cu126
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG TORCH_VERSION=2.13.0+cpu
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1
+RUN --mount=type=bind,from=wheel,source=/opt/pip,target=/opt/pip \
+    --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    --mount=type=cache,target=/root/.cache/pip \
     set -- /wheels/latent_ddpm-*.whl \
-    && python3 -m pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch>=2.2" \
-    && python3 -m pip install --no-cache-dir "latent-ddpm[export,train,tensorrt] @ file://$1" \
-        "cuda-python>=12.6,<13" \
+    && python3 -m venv --without-pip /opt/venv \
+    && /opt/pip/bin/pip --python /opt/venv/bin/python install --extra-index-url "${TORCH_INDEX_URL}" \
+        "torch==${TORCH_VERSION}" "latent-ddpm[export,train] @ file://$1" \
     && useradd --create-home --uid 10001 app
 USER 10001
 WORKDIR /work
 ENTRYPOINT ["latent-ddpm"]
 CMD ["--help"]
 
+# The `serve` target (the HTTP API of `latent-ddpm serve`) goes here once that command exists; `cpu` stays last.
+
 # ---------------------------------------------------------------- cpu (default): the demo, runtime only
-FROM python:${PYTHON_TAG} AS cpu
-ENV PYTHONUNBUFFERED=1 \
+FROM ${BASE_IMAGE} AS cpu
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
     GRADIO_ANALYTICS_ENABLED=False
-RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+RUN --mount=type=bind,from=wheel,source=/opt/pip,target=/opt/pip \
+    --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    --mount=type=cache,target=/root/.cache/pip \
     set -- /wheels/latent_ddpm-*.whl \
-    && pip install --no-cache-dir "latent-ddpm[cpu,demo] @ file://$1" \
+    && python3 -m venv --without-pip /opt/venv \
+    && /opt/pip/bin/pip --python /opt/venv/bin/python install "latent-ddpm[cpu,demo] @ file://$1" \
     && useradd --create-home --uid 10001 app
 USER 10001
 WORKDIR /home/app

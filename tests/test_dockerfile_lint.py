@@ -1,6 +1,6 @@
 """The Dockerfiles, checked without a Docker daemon: hadolint (any finding fails) and the image policy.
 
-Policy (docs/demo.md): the cpu image has no torch; the demo images run as a non-root numeric user, expose
+Policy (docs/docker.md): the cpu image has no torch; the demo images run as a non-root numeric user, expose
 7860 and have a HEALTHCHECK; the gpu image points LATENT_DDPM_BUNDLE at a writable bundle; the build
 context allow-list in .dockerignore lets through exactly what the Dockerfile copies.
 """
@@ -51,6 +51,8 @@ def test_hadolint_finds_nothing(dockerfile: Path) -> None:
 
 
 def test_images_follow_the_policy() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.\d+-slim", text, re.MULTILINE), "default base: Python slim"
     stages = _stages(ROOT / "Dockerfile")
     assert list(stages)[-1] == "cpu", "`docker build .` must give the CPU demo image (the last stage)"
     assert {"cpu", "gpu", "export"} <= set(stages)
