@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from latent_ddpm.serve import options
+from latent_ddpm.serve import options, routes
 
 if TYPE_CHECKING:
     from latent_ddpm.serve.config import ServeConfig
@@ -265,8 +265,8 @@ def _print_ready(args: argparse.Namespace, cards: list, config: ServeConfig, ray
     models = ", ".join(f"{card.id} ({card.size})" for card in cards)
     lines = [
         f"serving {models} at {url} with {replicas} per model",
-        f"  OpenAI images API: POST {url}/v1/images/generations   models: GET {url}/v1/models",
-        f"  native: POST {url}/v1/generate   health: GET {url}/healthz   API docs: {url}/docs",
+        f"  OpenAI images API: POST {url}{routes.IMAGES}   models: GET {url}{routes.MODELS}",
+        f"  native: POST {url}{routes.GENERATE}   health: GET {url}{routes.HEALTH}   API docs: {url}/docs",
     ]
     ports = sorted({node["MetricsExportPort"] for node in ray.nodes() if node.get("Alive")})
     if args.address is None and ports:

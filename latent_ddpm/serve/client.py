@@ -28,10 +28,9 @@ import numpy as np
 
 from latent_ddpm.errors import InputError
 from latent_ddpm.runtime.pipeline import Timings
+from latent_ddpm.serve import routes
 from latent_ddpm.serve.errors import QUEUE_FULL, ServerBusyError, ServerError
 from latent_ddpm.serve.png import decode_png, from_b64
-
-GENERATE_PATH = "/v1/generate"
 
 
 @dataclass
@@ -58,10 +57,10 @@ class ServeClient:
         self.timeout = timeout
 
     def health(self) -> dict[str, Any]:
-        return self._call("GET", "/healthz")
+        return self._call("GET", routes.HEALTH)
 
     def models(self) -> list[dict[str, Any]]:
-        return self._call("GET", "/v1/models")["data"]
+        return self._call("GET", routes.MODELS)["data"]
 
     def generate(
         self,
@@ -85,7 +84,7 @@ class ServeClient:
             "class_labels": _labels(class_labels),
             "guidance_scale": _plain(guidance_scale),
         }
-        out = self._call("POST", GENERATE_PATH, {k: v for k, v in body.items() if v is not None})
+        out = self._call("POST", routes.GENERATE, {k: v for k, v in body.items() if v is not None})
         timings = out["timings"]
         names = {f.name for f in dataclasses.fields(Timings)}
         return RemoteResult(

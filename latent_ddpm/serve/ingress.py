@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException
 
 from latent_ddpm import __version__
 from latent_ddpm.errors import InputError, LatentDDPMError
+from latent_ddpm.serve import routes
 from latent_ddpm.serve.cards import ModelCard
 from latent_ddpm.serve.errors import (
     MODEL_NOT_FOUND,
@@ -43,10 +44,13 @@ from latent_ddpm.serve.replica import Reply
 from latent_ddpm.serve.runner import ImageRequest
 from latent_ddpm.serve.schemas import GenerateRequest, ImagesRequest
 
-IMAGES_PATH = "/v1/images/generations"
-GENERATE_PATH = "/v1/generate"
 # Endpoint label of the request metrics, by path.
-ENDPOINTS = {IMAGES_PATH: "images", GENERATE_PATH: "generate", "/v1/models": "models", "/healthz": "healthz"}
+ENDPOINTS = {
+    routes.IMAGES: "images",
+    routes.GENERATE: "generate",
+    routes.MODELS: "models",
+    routes.HEALTH: "healthz",
+}
 # The runtime's InputError names the argument first; these are its arguments, with OpenAI's names for two.
 RUNTIME_ARGS = ("num_images", "class_labels", "class", "seed", "steps", "sampler", "guidance_scale", "eta")
 OPENAI_NAMES = {"num_images": "n", "class_labels": "prompt", "class": "prompt"}
@@ -128,19 +132,19 @@ class Gateway:
         self._created = int(time.time())
         api.state.metrics = IngressMetrics()
 
-    @api.get("/healthz")
+    @api.get(routes.HEALTH)
     async def healthz(self) -> dict[str, Any]:
         return {"status": "ok", "models": list(self._cards)}
 
-    @api.get("/v1/models")
+    @api.get(routes.MODELS)
     async def list_models(self) -> dict[str, Any]:
         return {"object": "list", "data": [card.describe(self._created) for card in self._cards.values()]}
 
-    @api.get("/v1/models/{model_id:path}")
+    @api.get(routes.MODELS + "/{model_id:path}")
     async def get_model(self, model_id: str) -> dict[str, Any]:
         return self._card(model_id, "model_id").describe(self._created)
 
-    @api.post(IMAGES_PATH)
+    @api.post(routes.IMAGES)
     async def images(self, body: ImagesRequest, request: Request) -> dict[str, Any]:
         card = self._card(body.model)
         request.state.model = card.id
@@ -153,7 +157,7 @@ class Gateway:
             "size": card.size,
         }
 
-    @api.post(GENERATE_PATH)
+    @api.post(routes.GENERATE)
     async def generate(self, body: GenerateRequest, request: Request) -> dict[str, Any]:
         card = self._card(body.model)
         request.state.model = card.id
