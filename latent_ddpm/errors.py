@@ -25,3 +25,7 @@ class InputError(LatentDDPMError, ValueError):
 
 class BackendUnavailableError(LatentDDPMError):
     """The requested backend (or one of its dependencies / devices) is not installed or present."""
+
+
+class NumericalError(LatentDDPMError):
+    """A model produced NaN or Inf while sampling (it overflowed): no images are returned or written."""

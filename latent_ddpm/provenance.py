@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import math
 import os
 import platform
 from collections.abc import Iterable
@@ -56,11 +57,19 @@ def cpu_flags() -> list[str]:
 
 
 def usable_cores() -> int:
-    """The cores this process may run on (its affinity mask), which can be fewer than the machine has."""
+    """CPUs this process may run on: its affinity mask, capped by a cgroup v2 CPU quota (Docker --cpus)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
 
 
 def load_average() -> list[float]:

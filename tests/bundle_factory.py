@@ -46,15 +46,37 @@ def _save(graph: onnx.GraphProto, path: Path) -> None:
     onnx.save(model, path)
 
 
-def unet_graph(conditional: bool) -> onnx.GraphProto:
-    """model_output = 0.1 * tanh(sample) + t / 1000 (+ label / 10): depends on every input."""
+# Multiplying by it twice overflows float32 (3.4e38) for any value above 3.4e-22 in magnitude.
+HUGE = 1e30
+# The ways a factory bundle can overflow at run time (tests of the NaN/Inf guard):
+# "unet": the U-Net's output is +-Inf; "scheduler": it is finite (~3e38) but the DDIM step's x0 estimate
+# divides it by sqrt(alpha_bar_t) < 1 and overflows; "decoder": the decoded image is +-Inf.
+OVERFLOWS = ("unet", "scheduler", "decoder")
+
+
+def _overflow(nodes: list, inits: list, output: str, prefix: str) -> None:
+    """Rename the last node's output and append ``output = last * HUGE * HUGE``."""
+    inits.append(numpy_helper.from_array(np.array(HUGE, np.float32), f"{prefix}_huge"))
+    nodes[-1].output[0] = f"{prefix}_pre"
+    nodes.append(helper.make_node("Mul", [f"{prefix}_pre", f"{prefix}_huge"], [f"{prefix}_big"]))
+    nodes.append(helper.make_node("Mul", [f"{prefix}_big", f"{prefix}_huge"], [output]))
+
+
+def unet_graph(
+    conditional: bool, overflow: str | None = None, class_table: int | None = None
+) -> onnx.GraphProto:
+    """model_output = 0.1 * tanh(sample) + t / 1000 (+ label / 10): depends on every input.
+
+    ``class_table`` looks the label term up in an embedding table of that many rows (a Gather, as diffusers'
+    class embedding exports) instead of computing it, so labels beyond the table fail in ONNX Runtime.
+    """
     c, h, w = LATENT
     inputs = [
         _value("sample", TensorProto.FLOAT, ["batch", c, h, w]),
         _value("timestep", TensorProto.INT64, ["batch"]),
     ]
     inits = [
-        numpy_helper.from_array(np.array(0.1, np.float32), "k_tanh"),
+        numpy_helper.from_array(np.array(3e38 if overflow == "scheduler" else 0.1, np.float32), "k_tanh"),
         numpy_helper.from_array(np.array(1e-3, np.float32), "k_t"),
         numpy_helper.from_array(np.array([-1, 1, 1, 1], np.int64), "col"),
     ]
@@ -68,18 +90,27 @@ def unet_graph(conditional: bool) -> onnx.GraphProto:
     ]
     if conditional:
         inputs.append(_value("class_labels", TensorProto.INT64, ["batch"]))
-        inits.append(numpy_helper.from_array(np.array(0.1, np.float32), "k_c"))
+        if class_table is None:
+            inits.append(numpy_helper.from_array(np.array(0.1, np.float32), "k_c"))
+            nodes += [
+                helper.make_node("Cast", ["class_labels"], ["cf"], to=TensorProto.FLOAT),
+                helper.make_node("Mul", ["cf", "k_c"], ["cs"]),
+            ]
+        else:
+            table = (np.arange(class_table, dtype=np.float32) / 10).reshape(-1, 1)
+            inits.append(numpy_helper.from_array(table, "class_table"))
+            nodes.append(helper.make_node("Gather", ["class_table", "class_labels"], ["cs"], axis=0))
         nodes += [
-            helper.make_node("Cast", ["class_labels"], ["cf"], to=TensorProto.FLOAT),
-            helper.make_node("Mul", ["cf", "k_c"], ["cs"]),
             helper.make_node("Reshape", ["cs", "col"], ["ccol"]),
             helper.make_node("Add", ["b", "ccol"], ["model_output"]),
         ]
+    if overflow == "unet":
+        _overflow(nodes, inits, "model_output", "unet")
     out = [_value("model_output", TensorProto.FLOAT, ["batch", c, h, w])]
     return helper.make_graph(nodes, "unet", inputs, out, initializer=inits)
 
 
-def decoder_graph() -> onnx.GraphProto:
+def decoder_graph(overflow: str | None = None) -> onnx.GraphProto:
     """image = tanh(nearest-upsample x4 of the channel mean of the latent)."""
     c, h, w = LATENT
     inits = [numpy_helper.from_array(np.array([1, 1, 4, 4], np.float32), "scales")]
@@ -88,6 +119,8 @@ def decoder_graph() -> onnx.GraphProto:
         helper.make_node("Resize", ["m", "", "scales"], ["up"], mode="nearest"),
         helper.make_node("Tanh", ["up"], ["image"]),
     ]
+    if overflow == "decoder":
+        _overflow(nodes, inits, "image", "dec")
     return helper.make_graph(
         nodes,
         "vae_decoder",
@@ -130,8 +163,11 @@ def make_bundle(
     scaling_factor: float = 0.5,
     defaults: dict[str, Any] | None = None,
     scheduler: dict[str, Any] | None = None,
+    overflow: str | None = None,
+    class_table: int | None = None,
 ) -> Path:
-    """Write a complete, loadable bundle into ``root`` and return it."""
+    """Write a complete, loadable bundle into ``root`` and return it (``overflow``: one of OVERFLOWS)."""
+    assert overflow in (None, *OVERFLOWS), overflow
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     c, h, w = LATENT
@@ -141,9 +177,13 @@ def make_bundle(
     if conditional:
         unet_inputs.append(_tensor("class_labels", "int64", ["batch"]))
     graphs = {
-        "unet": (unet_graph(conditional), unet_inputs, [_tensor("model_output", "float32", latent_t)]),
+        "unet": (
+            unet_graph(conditional, overflow, class_table),
+            unet_inputs,
+            [_tensor("model_output", "float32", latent_t)],
+        ),
         "vae_decoder": (
-            decoder_graph(),
+            decoder_graph(overflow),
             [_tensor("latent", "float32", latent_t)],
             [_tensor("image", "float32", image_t)],
         ),

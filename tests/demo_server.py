@@ -15,7 +15,10 @@ from pathlib import Path
 
 from bundle_factory import make_bundle
 
-from latent_ddpm.runtime.pipeline import SHIPPED_BUNDLE, Pipeline
+from latent_ddpm.runtime.pipeline import Pipeline
+from latent_ddpm.runtime.shipped import DATA_DIR
+
+SHIPPED_BUNDLE = DATA_DIR / "digits"
 
 # Few steps keep every request fast on either bundle; the tests pass them explicitly.
 TEST_STEPS = 4
@@ -53,3 +56,22 @@ def live_demo(bundle: Path, threads: int = 1) -> Iterator[LiveDemo]:
         yield LiveDemo(f"http://127.0.0.1:{port}/", pipe)
     finally:
         app.close()
+
+
+def bomb_png(path: Path, side: int = 13000) -> Path:
+    """A valid grey PNG of side x side black pixels that is a few hundred kB on disk (a decompression bomb:
+    169 MB once decoded at 13000 px). Written row by row, so the test itself never holds the pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer = zlib.compressobj(9)
+    row = b"\0" * (side + 1)  # filter byte 0, then the pixels
+    idat = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+    return path

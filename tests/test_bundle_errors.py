@@ -160,7 +160,7 @@ def test_not_an_onnx_file(bundle: Path) -> None:
         ("conditioning", "null_class", 42, "null_class 42 is outside 0..10"),
         ("conditioning", "class_names", ["a", "b"], "has 2 names for 10 classes"),
         ("image", "value_range", [1.0, -1.0], "value_range must be"),
-        ("latent", "scaling_factor", -1.0, "scaling_factor must be a positive number"),
+        ("latent", "scaling_factor", -1.0, r"scaling_factor must be a number in 0\.001\.\.1000"),
     ],
 )
 def test_bad_values_are_named(
@@ -185,3 +185,147 @@ def test_engines_folder_and_dotfiles_are_allowed(bundle: Path) -> None:
     (bundle / "engines" / "manifest.json").write_text("{}")
     (bundle / ".DS_Store").write_bytes(b"")
     load_bundle(bundle)
+
+
+# ---------------------------------------------------------------- refused at load, not at the first generate()
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "message"),
+    [
+        (
+            {"beta_start": 0.5, "beta_end": 1.5, "beta_schedule": "linear"},
+            r"beta\[\d+\] = 1(\.\d+)?; every beta",
+        ),
+        (
+            {"beta_start": 0.0, "beta_end": 0.0, "beta_schedule": "linear"},
+            r"beta\[0\] = 0; every beta must be in",
+        ),
+        ({"trained_betas": [0.01] * 999 + [1.0]}, r"beta\[999\] = 1; every beta must be in \(0, 1\)"),
+        ({"trained_betas": [0.0] * 1000}, r"beta\[0\] = 0"),
+        ({"beta_start": -0.1}, "beta_start=-0.1 is invalid, expected a finite number >= 0"),
+        ({"beta_schedule": "quadratic"}, "beta_schedule='quadratic' is invalid"),
+        (
+            {"num_train_timesteps": 10**9},
+            r"num_train_timesteps=1000000000 is invalid, expected an integer in 1\.\.100000",
+        ),
+        ({"timestep_spacing": "random"}, "timestep_spacing='random' is invalid"),
+        ({"_use_default_values": 5}, "_use_default_values must be a list of keys"),
+    ],
+)
+def test_bad_scheduler_is_refused_at_load(bundle: Path, scheduler: dict, message: str) -> None:
+    """Every sampler is built once from the config at load: `latent-ddpm demo` refuses to start instead of
+    serving black images (betas >= 1) or failing every request (an unknown schedule)."""
+    from bundle_factory import SCHEDULER
+
+    rewrite_meta(bundle, scheduler={**SCHEDULER, **scheduler})
+    with pytest.raises(BundleError, match=r"bundle\.json: scheduler: .*" + message):
+        load_bundle(bundle)
+
+
+def test_zero_terminal_snr_keeps_its_final_beta_of_one(bundle: Path) -> None:
+    from bundle_factory import SCHEDULER
+
+    rewrite_meta(
+        bundle, scheduler={**SCHEDULER, "rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
+    )
+    assert load_bundle(bundle).scheduler_config["rescale_betas_zero_snr"] is True
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        (
+            "latent",
+            "shift_factor",
+            float("nan"),
+            r"latent\.shift_factor must be a number in -1000\.\.1000, got nan",
+        ),
+        ("latent", "shift_factor", float("inf"), r"shift_factor must be a number in -1000\.\.1000, got inf"),
+        ("latent", "scaling_factor", 1e-30, r"scaling_factor must be a number in 0\.001\.\.1000 .*got 1e-30"),
+        ("latent", "scaling_factor", 1e30, r"scaling_factor must be a number in 0\.001\.\.1000 .*got 1e\+30"),
+        ("latent", "scaling_factor", float("nan"), "scaling_factor must be a number in"),
+        ("latent", "height", 10**9, r"latent\.height must be in 1\.\.16384, got 1000000000"),
+        ("image", "value_range", [-1.0, float("inf")], r"value_range must be \[low, high\], finite numbers"),
+        ("image", "value_range", ["a", "b"], r"value_range must be \[low, high\].*got \['a', 'b'\]"),
+        ("image", "value_range", ["0", "1"], r"value_range must be \[low, high\].*got \['0', '1'\]"),
+        ("image", "channels", 2, "image.channels must be 1 .grey. or 3 .RGB., got 2"),
+        (
+            "defaults",
+            "guidance_scale",
+            1e30,
+            r"defaults\.guidance_scale must be a number in 0\.\.20 .*got 1e\+30",
+        ),
+        ("defaults", "guidance_scale", float("nan"), r"defaults\.guidance_scale must be a number in 0\.\.20"),
+        ("defaults", "eta", 1.5, r"defaults\.eta must be a number in 0\.\.1 .*got 1\.5"),
+        ("defaults", "eta", -0.5, r"defaults\.eta must be a number in 0\.\.1"),
+        ("conditioning", "num_classes", 10**7, r"num_classes must be in 1\.\.100000"),
+    ],
+)
+def test_out_of_range_numbers_are_refused_at_load(
+    bundle: Path, section: str, key: str, value: object, message: str
+) -> None:
+    meta = _meta(bundle)
+    meta[section][key] = value
+    (bundle / "bundle.json").write_text(json.dumps(meta))  # json writes NaN / Infinity, as Python reads them
+    with pytest.raises(BundleError, match=message):
+        load_bundle(bundle)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            b'{"format": "latent-ddpm-bundle", "name": "\xff\xfe"}',
+            r"bundle\.json: not UTF-8 text \(byte \d+\)",
+        ),
+        (b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", r"bundle\.json: JSON nested too deeply"),
+        (
+            b'{"format_version": ' + b"7" * 5000 + b"}",
+            r"an integer of 5000 digits \(777777777777\.\.\.\) is out of range",
+        ),
+        (b'{"format_version": -' + b"7" * 30 + b"}", "an integer of 30 digits"),
+    ],
+)
+def test_unreadable_bundle_json_is_one_clear_error(bundle: Path, content: bytes, message: str) -> None:
+    (bundle / "bundle.json").write_bytes(content)
+    with pytest.raises(BundleError, match=message):
+        load_bundle(bundle)
+
+
+def test_a_huge_bundle_json_is_not_read(bundle: Path) -> None:
+    with open(bundle / "bundle.json", "ab") as f:
+        f.truncate(17 * 2**20)
+    with pytest.raises(BundleError, match=r"bundle\.json: 17825792 bytes; a bundle\.json is a few kB"):
+        load_bundle(bundle)
+
+
+def test_num_classes_beyond_the_unets_embedding_table_is_refused_when_the_pipeline_is_built(
+    tmp_path: Path,
+) -> None:
+    """The U-Net embeds labels with a Gather on a table of 11 rows (10 classes + null); bundle.json claiming
+    12 classes used to load and then fail every request with ONNX Runtime's raw Gather error."""
+    good = make_bundle(tmp_path / "good", class_table=11)
+    Pipeline.from_bundle(good).generate(num_images=2, steps=2, seed=0, guidance_scale=2.0)
+    bad = make_bundle(tmp_path / "bad", class_table=11)
+    rewrite_meta(bad, conditioning={"num_classes": 12, "class_names": list("abcdefghijkl"), "null_class": 12})
+    load_bundle(bad)  # bundle.json alone is consistent: only the graph can tell
+    with pytest.raises(
+        BundleError,
+        match=r"conditioning declares 12 classes and null_class 12, but unet\.onnx cannot embed null_class 12 "
+        r"\(is num_classes wrong\?\): unet\.onnx: ONNX Runtime failed to run it: .*Gather",
+    ):
+        Pipeline.from_bundle(bad)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["unet\0.onnx", "u" * 300 + ".onnx", "/".join(["d"] * 600) + "/unet.onnx"],
+    ids=["nul", "long-name", "long-path"],
+)
+def test_model_file_names_the_os_cannot_take_are_named(bundle: Path, name: str) -> None:
+    meta = _meta(bundle)
+    meta["models"]["unet"]["file"] = name
+    (bundle / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match=r"models\.unet: '.*'(\.\.\.)? is not a valid file name"):
+        load_bundle(bundle)

@@ -254,3 +254,45 @@ def test_progress_reports_denoising_steps(client: Client, demo: LiveDemo) -> Non
     for unit in updates:
         assert (unit.desc, unit.unit, unit.length) == ("denoising", "steps", steps)
         assert 0 <= unit.index <= steps
+
+
+@pytest.fixture(scope="module")
+def bomb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from demo_server import bomb_png
+
+    return bomb_png(tmp_path_factory.mktemp("bomb") / "bomb.png")
+
+
+@pytest.fixture()
+def no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server runs in this process: any attempt to decode pixels fails the request."""
+    from PIL import ImageFile
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError(f"decoded a {self.size} image")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", refuse)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"strength": 2.0}, "strength must be a number in 0..1, got 2.0"),
+        ({"variations": 1000}, "number of variations must be an integer in 1..64"),
+        ({"steps": 0}, "steps must be an integer in 1.."),
+        ({"guidance_scale": 1e30}, "guidance scale must be a number in 0..20"),
+        ({"seed": -1}, "seed must be an integer"),
+        ({"class_name": "banana"}, "class 'banana' is not one of"),
+        ({}, r"the image has 169\.0 megapixels; the demo takes at most 16\.8"),
+    ],
+)
+def test_img2img_refuses_bad_values_and_huge_pictures_without_decoding(
+    client: Client, demo: LiveDemo, bomb: Path, no_decoding: None, args: dict, message: str
+) -> None:
+    """Gradio decoded the upload before the handler could look at the other values (or the size)."""
+    if not demo.pipe.bundle.has_encoder:
+        pytest.skip("the served bundle has no vae_encoder.onnx")
+    call = {"class_name": _class(demo), "strength": 0.5, "variations": 1, "steps": TEST_STEPS}
+    call |= {"guidance_scale": _guidance(demo), "seed": 0} | args
+    with pytest.raises(AppError, match=message):
+        client.predict(handle_file(str(bomb)), *call.values(), api_name="/img2img")

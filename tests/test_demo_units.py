@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bundle_factory import make_bundle
-from demo_server import TEST_STEPS, demo_bundle
+from demo_server import TEST_STEPS, bomb_png, demo_bundle, free_port
 from PIL import Image
 
 gr = pytest.importorskip("gradio")
@@ -167,5 +167,69 @@ def test_cli_refuses_bad_flags_and_bundles_in_one_line(
 
     assert main(["demo", "--port", "70000"]) == 2
     assert "--port must be in 1..65535, got 70000" in capsys.readouterr().err
-    assert main(["demo", "--bundle", str(tmp_path / "missing")]) == 2
+    assert main(["demo", "--bundle", str(tmp_path / "missing"), "--port", str(free_port())]) == 2
     assert "bundle directory not found" in capsys.readouterr().err
+
+
+def test_the_demo_and_the_runtime_share_one_guidance_bound(handlers: Handlers) -> None:
+    """The slider, the handler and the Pipeline all read latent_ddpm.runtime.limits.MAX_GUIDANCE_SCALE."""
+    from latent_ddpm.runtime import InputError
+    from latent_ddpm.runtime.limits import MAX_GUIDANCE_SCALE
+
+    above = MAX_GUIDANCE_SCALE + 0.5
+    with pytest.raises(
+        gr.Error, match=f"guidance scale must be a number in 0..{MAX_GUIDANCE_SCALE:g}, got {above}"
+    ):
+        handlers.generate("random", 1, "ddim", TEST_STEPS, 0.0, above, 0)
+    with pytest.raises(InputError, match=f"guidance_scale must be a number in 0..{MAX_GUIDANCE_SCALE:g}"):
+        handlers.pipe.generate(steps=TEST_STEPS, guidance_scale=above, seed=0)
+    if handlers.limits.can_guide:
+        assert len(handlers.generate("random", 1, "ddim", TEST_STEPS, 0.0, MAX_GUIDANCE_SCALE, 0)[0]) == 1
+
+
+@pytest.fixture(scope="module")
+def bomb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return bomb_png(tmp_path_factory.mktemp("bomb") / "bomb.png")
+
+
+@pytest.fixture()
+def no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to decode pixels fails the test: the checks must come from the header alone."""
+    from PIL import ImageFile
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError(f"decoded a {self.size} image")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", refuse)
+
+
+def test_an_oversized_upload_is_refused_from_its_header(
+    handlers: Handlers, bomb: Path, no_decoding: None
+) -> None:
+    """A 13000 x 13000 PNG of 164 kB decodes to 169 MB; eight of them took the server from 0.7 to 5.1 GB."""
+    message = r"the image has 169\.0 megapixels; the demo takes at most 16\.8 \(scale it down first\)"
+    with pytest.raises(gr.Error, match=message):
+        handlers.upload_to_input(str(bomb))
+    if handlers.limits.has_encoder:
+        with pytest.raises(gr.Error, match=message):
+            handlers.img2img(str(bomb), "random", 0.5, 1, TEST_STEPS, 1.0, 0)
+
+
+def test_uploads_that_are_not_pictures_are_one_clear_error(handlers: Handlers, tmp_path: Path) -> None:
+    (tmp_path / "notes.png").write_text("not a picture")
+    with pytest.raises(gr.Error, match="the uploaded file is not an image Pillow can read"):
+        handlers.upload_to_input(str(tmp_path / "notes.png"))
+    Image.new("RGB", (3000, 2000), "white").save(tmp_path / "photo.png")  # a photo-sized canvas: accepted
+    assert handlers.upload_to_input(str(tmp_path / "photo.png")) is None  # nothing drawn on it
+
+
+def test_picture_handlers_are_queued_with_a_concurrency_limit(tmp_path: Path) -> None:
+    """The upload and sketch handlers ran outside the queue, so a burst decoded pictures without limit."""
+    from latent_ddpm.demo.app import build_app
+
+    app = build_app(make_bundle(tmp_path / "b"), concurrency_limit=3)
+    for fn in app.fns.values():
+        name = getattr(fn.fn, "__name__", "")
+        if name in ("upload_to_input", "sketch_to_input", "generate", "denoise", "interpolate", "img2img"):
+            assert fn.queue is not False and fn.concurrency_limit == 3, name
+    app.close()

@@ -21,7 +21,9 @@ from latent_ddpm.errors import BackendUnavailableError, BundleError, InputError 
 from latent_ddpm.runtime import Pipeline, load_bundle  # noqa: E402
 from latent_ddpm.runtime.backends import EngineOptions, open_engine  # noqa: E402
 from latent_ddpm.runtime.backends.openvino_backend import native_bf16  # noqa: E402
-from latent_ddpm.runtime.pipeline import SHIPPED_BUNDLE  # noqa: E402
+from latent_ddpm.runtime.shipped import DATA_DIR  # noqa: E402
+
+SHIPPED_BUNDLE = DATA_DIR / "digits"
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,6 @@ from pathlib import Path
 
 HELP = __doc__
 TRAINING_OUTPUT = Path("runs/digits")
-SHIPPED_BUNDLE = Path(__file__).resolve().parent.parent / "data" / "digits"
 
 
 def _default_work() -> Path:
@@ -89,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
     from latent_ddpm.extras import require_extra
 
     require_extra("bench", "bench")
+    from latent_ddpm.runtime.limits import check_threads
+
+    check_threads(args.threads, "--threads")  # before any work: more threads than cores only contend
     from latent_ddpm.bench.machine import matmul_peak, torch_matmul_gflops
     from latent_ddpm.bench.report import write_all
     from latent_ddpm.errors import CLIError
@@ -215,6 +217,7 @@ def _runtimes(
 def _prepare(name: str, args: argparse.Namespace, log) -> tuple[Path, Path, str]:
     """The model's diffusers source and its bundle, building or exporting whichever is missing."""
     from latent_ddpm.bench import models
+    from latent_ddpm.runtime.shipped import shipped_models
 
     if name == "ldm-celebahq-256":
         work = args.work / name
@@ -228,8 +231,8 @@ def _prepare(name: str, args: argparse.Namespace, log) -> tuple[Path, Path, str]
         )
         return source, _bundle_for(source, work / "bundle", args.no_validate, log), description
     bundle = args.bundle
-    if bundle is None and args.source is None and (SHIPPED_BUNDLE / "bundle.json").is_file():
-        bundle = SHIPPED_BUNDLE
+    if bundle is None and args.source is None:
+        bundle = shipped_models().get("digits")
     recorded = _recorded_source(bundle) if bundle is not None else None
     if args.source is not None:
         source, description = args.source, f"digits model from {args.source}"

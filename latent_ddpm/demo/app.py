@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no phoning home
 
@@ -16,20 +17,24 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import gradio as gr  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from latent_ddpm.demo.handlers import (  # noqa: E402
     MAX_FRAMES,
-    MAX_GUIDANCE,
     MAX_IMAGES,
     MAX_SEED,
     RANDOM_CLASS,
     SAMPLERS,
     Handlers,
 )
+from latent_ddpm.demo.imaging import MAX_INPUT_PIXELS  # noqa: E402
+from latent_ddpm.runtime.limits import MAX_ETA, MAX_GUIDANCE_SCALE, MIN_GUIDANCE_SCALE  # noqa: E402
 from latent_ddpm.runtime.pipeline import Pipeline  # noqa: E402
 
 # Stable endpoint names for gradio_client (documented in docs/demo.md); the UI-only helpers are private.
 API_NAMES = ("generate", "denoise", "interpolate", "img2img")
+# Largest file the server accepts in one upload: a 4096x4096 PNG photo is ~25 MB, a phone JPEG 3-8 MB.
+MAX_FILE_SIZE = "32mb"
 
 CSS = """
 .pixelated img, img.pixelated { image-rendering: pixelated; }
@@ -69,7 +74,14 @@ def build_app(
 
     At most ``concurrency_limit`` sampling requests run at once, across all endpoints (they share the CPU
     or GPU); up to ``max_queue`` more wait in line, and beyond that clients are told the queue is full.
+    The handlers that decode pictures (upload, sketch) are queued too, in their own group of the same size,
+    so that no burst of requests decodes more than ``concurrency_limit`` pictures at a time.
     """
+    # Pillow's decompression-bomb guard covers the pictures Gradio decodes itself (the sketchpad's layers):
+    # Image.open refuses more than twice MAX_IMAGE_PIXELS, so that is MAX_INPUT_PIXELS everywhere. Its warning
+    # for half that is noise here: the limit is enforced.
+    Image.MAX_IMAGE_PIXELS = MAX_INPUT_PIXELS // 2
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     if isinstance(pipe_or_bundle_path, Pipeline):
         pipe = pipe_or_bundle_path
     else:
@@ -81,7 +93,14 @@ def build_app(
     d = pipe.bundle.defaults
     conditional = bool(lim.class_names)
     run = {"concurrency_limit": concurrency_limit, "concurrency_id": "pipeline"}
+    # UI helpers: instant ones run outside the queue; the ones that decode a picture wait their turn.
     private = {"queue": False, "api_visibility": "private", "show_progress": "hidden"}
+    picture = {
+        "concurrency_limit": concurrency_limit,
+        "concurrency_id": "pictures",
+        "api_visibility": "private",
+        "show_progress": "hidden",
+    }
 
     def class_dropdown(allow_random: bool, value: str | None = None) -> gr.Dropdown:
         choices = ([RANDOM_CLASS] if allow_random else []) + list(lim.class_names)
@@ -110,7 +129,7 @@ def build_app(
             if sampler:
                 eta_box = gr.Slider(
                     0.0,
-                    1.0,
+                    MAX_ETA,
                     value=d.eta,
                     step=0.05,
                     label="eta (DDIM)",
@@ -120,8 +139,8 @@ def build_app(
                 )
                 sampler_box.change(lambda s: gr.update(visible=s == "ddim"), sampler_box, eta_box, **private)
             guidance = gr.Slider(
-                0.0,
-                MAX_GUIDANCE,
+                MIN_GUIDANCE_SCALE,
+                MAX_GUIDANCE_SCALE,
                 value=d.guidance_scale if lim.can_guide else 1.0,
                 step=0.1,
                 label="Guidance scale",
@@ -236,9 +255,9 @@ def build_app(
                             elem_id="sketchpad",
                         )
                     with gr.Column(min_width=280):
-                        s_input = gr.Image(
+                        s_input = gr.Image(  # a file: the handlers check its size before decoding it
                             label="Model input (or upload a picture)",
-                            type="numpy",
+                            type="filepath",
                             image_mode=None,
                             sources=["upload", "clipboard"],
                             format="png",
@@ -287,15 +306,19 @@ def build_app(
             api_name="interpolate",
             **run,
         )
+        # preprocess=False: the handler gets the uploaded file's path (Gradio has checked it is an upload) and
+        # reads the picture's size from its header before anything decodes it; Gradio's own preprocessing
+        # would open it first. The other inputs are plain values that the handler checks itself.
         s_btn.click(
             h.img2img,
             [s_input, s_class, s_strength, s_variations, s.steps, s.guidance, s.seed],
             [s_gallery, timing],
             api_name="img2img",
+            preprocess=False,
             **run,
         )
-        s_sketch.change(h.sketch_to_input, s_sketch, s_input, **private)
-        s_input.upload(h.upload_to_input, s_input, s_input, **private)
+        s_sketch.change(h.sketch_to_input, s_sketch, s_input, **picture)
+        s_input.upload(h.upload_to_input, s_input, s_input, preprocess=False, **picture)
 
     app.queue(max_size=max_queue, default_concurrency_limit=concurrency_limit)
     return app
@@ -308,6 +331,7 @@ def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860, **k
     a number belongs) should say why, as the demo's own ``gr.Error`` messages do.
     """
     kwargs.setdefault("show_error", True)
+    kwargs.setdefault("max_file_size", MAX_FILE_SIZE)
     return app.launch(server_name=host, server_port=port, theme=THEME, css=CSS, **kwargs)
 
 

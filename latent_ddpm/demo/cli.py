@@ -9,7 +9,10 @@ analytics are off and --share (which does need the internet) is off by default.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import signal
+import socket
 from pathlib import Path
 
 HELP = __doc__
@@ -53,19 +56,65 @@ def bundle_path(args: argparse.Namespace) -> Path | None:
     return Path(env) if env else None
 
 
-def run(args: argparse.Namespace) -> int:
+def check_listen_address(host: str, port: int) -> None:
+    """Bind (host, port) once, as the server will, so that a taken port or a foreign host is named up front.
+
+    Gradio reports both as "Cannot find empty port in range"; this says which, before the model is loaded.
+    """
     from latent_ddpm.errors import CLIError
 
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise CLIError(
+            f"--host {host!r} is not an IP address or a host name this machine can resolve ({exc})"
+        ) from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise CLIError(
+                    f"--port {port} is already in use on {host} (another server?); choose another port"
+                ) from None
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise CLIError(
+                    f"--host {host} is not an address of this machine; use 127.0.0.1 (this machine only) or "
+                    "0.0.0.0 (every interface)"
+                ) from None
+            raise CLIError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (docker stop, systemd, kill) ends the server like Ctrl-C: Gradio closes it, Python exits
+    normally and the demo's scratch folder is deleted (by default SIGTERM kills without any clean-up)."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def run(args: argparse.Namespace) -> int:
+    from latent_ddpm.errors import CLIError
+    from latent_ddpm.runtime.limits import check_threads
+
+    check_threads(args.threads, "--threads")
     if not 1 <= args.port <= 65535:
         raise CLIError(f"--port must be in 1..65535, got {args.port}")
     if args.concurrency < 1 or args.max_queue < 1:
         raise CLIError(
             f"--concurrency and --max-queue must be >= 1, got {args.concurrency} and {args.max_queue}"
         )
+    check_listen_address(args.host, args.port)
     try:
         from latent_ddpm.demo.app import build_app, launch
     except ImportError as exc:
         raise CLIError(f"the demo needs Gradio ({exc}): pip install 'latent-ddpm[demo]'") from None
+    _stop_on_sigterm()
 
     providers = [p.strip() for p in args.providers.split(",")] if args.providers else None
     app = build_app(

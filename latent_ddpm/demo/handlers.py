@@ -26,17 +26,24 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from latent_ddpm.demo.imaging import center_digit, for_display, save_gif, strip, to_model_polarity
+from latent_ddpm.demo.imaging import (
+    center_digit,
+    for_display,
+    open_picture,
+    save_gif,
+    strip,
+    to_model_polarity,
+)
 from latent_ddpm.demo.slerp import slerp_path
 from latent_ddpm.errors import LatentDDPMError
 from latent_ddpm.runtime.images import make_grid, save_png
+from latent_ddpm.runtime.limits import MAX_ETA, MAX_GUIDANCE_SCALE, MIN_GUIDANCE_SCALE
 from latent_ddpm.runtime.pipeline import GenerationResult, Pipeline
 
 SAMPLERS = [("DDIM", "ddim"), ("DDPM", "ddpm"), ("DPM-Solver++", "dpmsolver++")]
 RANDOM_CLASS = "random"
-MAX_IMAGES = 64
+MAX_IMAGES = 64  # per request: a public server's share, far below the runtime's DEFAULT_MAX_IMAGES
 MAX_STEPS = 1000
-MAX_GUIDANCE = 20.0
 MAX_SEED = 2**31 - 1
 MAX_FRAMES = 16  # images in an interpolation strip
 DENOISE_STRIP_FRAMES = 8  # pictures in the "watch it denoise" strip (the GIF shows up to 60 steps)
@@ -237,7 +244,7 @@ class Handlers:
 
     def img2img(
         self,
-        image: np.ndarray | None,
+        image: str | dict[str, Any] | None,
         class_name: str | None,
         strength: float,
         variations: float,
@@ -246,23 +253,29 @@ class Handlers:
         seed: float | None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008
     ) -> tuple[list[tuple[str, str]], dict[str, Any]]:
-        """SDEdit: noise the picture to ``strength`` of the schedule, then denoise it toward the class."""
-        if image is None:
-            raise gr.Error("draw a digit or upload an image first", print_exception=False)
+        """SDEdit: noise the picture to ``strength`` of the schedule, then denoise it toward the class.
+
+        ``image`` is the uploaded file (its path, or Gradio's file record): every other value is checked, then
+        the picture's size is read from its header, and only then is it decoded (``open_picture``).
+        """
         if not self.limits.has_encoder:
             raise gr.Error(
                 "this bundle has no vae_encoder.onnx, so it cannot start from an image",
                 print_exception=False,
             )
+        image = _file_path(image)
+        if image is None:
+            raise gr.Error("draw a digit or upload an image first", print_exception=False)
         s = check_float("strength", strength, 0.0, 1.0)
         n = check_int("number of variations", variations, 1, MAX_IMAGES)
         args = self._sampling(None, steps, None, guidance_scale, seed)
-        picture = self.model_input(image)
+        label = self._class(class_name, allow_random=True)
         with user_errors():
+            picture = self.model_input(open_picture(image))
             result = self.pipe.img2img(
                 [picture] * n,
                 strength=s,
-                class_labels=self._class(class_name, allow_random=True),
+                class_labels=label,
                 callback=self._progress(progress, max(int(args["steps"] * s), 1)),
                 **args,
             )
@@ -283,9 +296,17 @@ class Handlers:
 
     def sketch_to_input(self, sketch: dict[str, Any] | None) -> str | None:
         """The drawing as the model will see it (shown next to the sketchpad, sent to img2img)."""
-        return self.upload_to_input((sketch or {}).get("composite"))
+        return self._input_preview((sketch or {}).get("composite"))
 
-    def upload_to_input(self, picture: np.ndarray | None) -> str | None:
+    def upload_to_input(self, upload: str | dict[str, Any] | None) -> str | None:
+        """The uploaded file, bounded in size before it is decoded (``open_picture``), as the model input."""
+        path = _file_path(upload)
+        if path is None:
+            return None
+        with user_errors():
+            return self._input_preview(open_picture(path))
+
+    def _input_preview(self, picture: np.ndarray | None) -> str | None:
         """For digit models: inverted to light-on-dark if needed, cropped and centred like an MNIST digit."""
         if picture is None:
             return None
@@ -313,11 +334,13 @@ class Handlers:
         out: dict[str, Any] = {
             "sampler": sampler,
             "steps": check_int("steps", steps, 1, self.limits.max_steps),
-            "guidance_scale": check_float("guidance scale", guidance_scale, 0.0, MAX_GUIDANCE),
+            "guidance_scale": check_float(
+                "guidance scale", guidance_scale, MIN_GUIDANCE_SCALE, MAX_GUIDANCE_SCALE
+            ),
             "seed": self.random_seed() if seed is None else check_int("seed", seed, 0, MAX_SEED),
         }
         if eta is not None:
-            eta = check_float("eta", eta, 0.0, 1.0)
+            eta = check_float("eta", eta, 0.0, MAX_ETA)
         # eta is DDIM's knob; the other samplers have none, so the slider's value is ignored for them.
         out["eta"] = eta if sampler == "ddim" else None
         return out
@@ -380,6 +403,15 @@ class Handlers:
             "backend": self.pipe.backend,
             "providers": self.pipe.providers,
         }
+
+
+def _file_path(upload: str | dict[str, Any] | None) -> str | None:
+    """A path, or the path in Gradio's file record (what an event with ``preprocess=False`` receives)."""
+    if isinstance(upload, dict):
+        upload = upload.get("path")
+    if upload is not None and not isinstance(upload, str):
+        raise gr.Error(f"expected an uploaded image file, got {type(upload).__name__}", print_exception=False)
+    return upload
 
 
 def _evenly_spaced(total: int, count: int) -> list[int]:

@@ -61,6 +61,9 @@ def summary(report: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from latent_ddpm.runtime.limits import check_threads
+
+    check_threads(args.threads, "--threads")  # before any work: more threads than cores only contend
     from latent_ddpm.evaluate.classifier import DigitClassifier
     from latent_ddpm.evaluate.measure import RealReference, Settings, check_settings, evaluate
     from latent_ddpm.provenance import environment

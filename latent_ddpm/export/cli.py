@@ -56,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
     from latent_ddpm.extras import require_extra
 
     require_extra("export", "export")
+    from latent_ddpm.runtime.limits import check_threads
+
+    check_threads(args.threads, "--threads")  # before any work: more threads than cores only contend
     from latent_ddpm.export.exporter import export_bundle
 
     result = export_bundle(

@@ -54,6 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from latent_ddpm.runtime.limits import check_threads
+
+    check_threads(args.threads, "--threads")  # before any work: more threads than cores only contend
     from latent_ddpm.errors import CLIError
     from latent_ddpm.export.quantize import QuantizeOptions, quantize_bundle
     from latent_ddpm.extras import require_extra

@@ -11,7 +11,8 @@ Importing this package never imports torch, diffusers or CuPy; ``tests/test_runt
 
 from latent_ddpm.errors import BackendUnavailableError, BundleError, InputError, LatentDDPMError
 from latent_ddpm.runtime.bundle import Bundle, load_bundle
-from latent_ddpm.runtime.pipeline import GenerationResult, Pipeline, shipped_bundle_path
+from latent_ddpm.runtime.pipeline import GenerationResult, Pipeline
+from latent_ddpm.runtime.shipped import resolve_bundle, shipped_bundle_path, shipped_models
 
 __all__ = [
     "BackendUnavailableError",
@@ -22,5 +23,7 @@ __all__ = [
     "LatentDDPMError",
     "Pipeline",
     "load_bundle",
+    "resolve_bundle",
     "shipped_bundle_path",
+    "shipped_models",
 ]

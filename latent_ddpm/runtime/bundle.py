@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from latent_ddpm.errors import BundleError
-from latent_ddpm.runtime.schedulers import SAMPLERS
+from latent_ddpm.errors import BundleError, InputError
+from latent_ddpm.runtime.limits import check_eta, check_guidance_scale
+from latent_ddpm.runtime.schedulers import SAMPLERS, make_scheduler
 
 FORMAT_NAME = "latent-ddpm-bundle"
 FORMAT_VERSION = 1
@@ -34,6 +35,26 @@ PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 TENSOR_DTYPES = ("float32", "float16", "int64", "int32")
 # Files a bundle may hold besides its models; anything else is reported as unexpected.
 ALLOWED_EXTRA = frozenset({BUNDLE_FILE, VALIDATION_FILE, "README.md", "samples.png"})
+# bundle.json is a few kB (trained_betas included: 1000 floats are 20 kB); refuse to read a file meant to
+# exhaust memory before parsing it.
+MAX_BUNDLE_JSON_BYTES = 16 * 2**20
+# Integers in bundle.json are shapes, steps, labels and versions; one beyond int64 is an attack, and Python
+# refuses to convert one of more than 4300 digits with a ValueError deep inside json.
+MAX_INT_DIGITS = 19
+# latent.scaling_factor is 1 / std of the autoencoder's latents (Rombach et al. 2022, Sec. G); published
+# models use 0.13 (SDXL) to 1.5 (SD3), the shipped digits model 0.64. Outside 1e-3..1e3 it is a typo or a
+# hostile edit, not a trained autoencoder, and 1e-30 or 1e30 push the decoder's input beyond float32 range.
+SCALING_FACTOR_RANGE = (1e-3, 1e3)
+# latent.shift_factor is the latents' mean (0.06 for SD3, 0.12 for FLUX); the same margin applies.
+MAX_ABS_SHIFT_FACTOR = 1e3
+# image.value_range is the decoder's output range: [-1, 1], [0, 1], or [0, 255] in practice.
+MAX_ABS_VALUE_RANGE = 1e6
+# Shapes: four times the largest latent/image side diffusion models sample at, channels far above any
+# autoencoder's (4 to 128); a hand-edited 10**9 would otherwise allocate gigabytes at the first generate().
+MAX_SIDE = 16384
+MAX_LATENT_CHANNELS = 1024
+IMAGE_CHANNELS = (1, 3)  # grey or RGB: what the runtime converts to and from PNG
+MAX_CLASSES = 100_000  # ImageNet-21k has 21841 classes
 
 
 @dataclass(frozen=True)
@@ -139,18 +160,39 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 def load_bundle(path: str | Path, *, verify_hashes: bool = True) -> Bundle:
     """Read and check ``bundle.json`` and the files it names. Raises BundleError on the first problem."""
     root = Path(path).expanduser()
-    if not root.is_dir():
+    if not _is_dir(root):
         raise BundleError(f"bundle directory not found: {root}")
     meta_path = root / BUNDLE_FILE
     if not meta_path.is_file():
         raise BundleError(f"{meta_path}: missing; is {root} a latent-ddpm bundle?")
+    return parse_bundle(root.resolve(), read_bundle_json(meta_path), verify_hashes=verify_hashes)
+
+
+def read_bundle_json(path: Path) -> dict[str, Any]:
+    """The parsed object, or a BundleError for a file that is too big, not UTF-8, not JSON or nested too deeply."""
+    size = path.stat().st_size
+    if size > MAX_BUNDLE_JSON_BYTES:
+        raise BundleError(f"{path}: {size} bytes; a bundle.json is a few kB (limit {MAX_BUNDLE_JSON_BYTES})")
     try:
-        raw = json.loads(meta_path.read_text(encoding="utf-8"))
+        raw = json.loads(path.read_bytes().decode("utf-8"), parse_int=_parse_int)
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"{path}: not UTF-8 text (byte {exc.start}); is it a bundle.json?") from None
     except json.JSONDecodeError as exc:
-        raise BundleError(f"{meta_path}: not valid JSON ({exc})") from None
+        raise BundleError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise BundleError(f"{path}: JSON nested too deeply to be a bundle.json") from None
     if not isinstance(raw, dict):
-        raise BundleError(f"{meta_path}: expected a JSON object at the top level")
-    return parse_bundle(root.resolve(), raw, verify_hashes=verify_hashes)
+        raise BundleError(f"{path}: expected a JSON object at the top level")
+    return raw
+
+
+def _parse_int(text: str) -> int:
+    digits = text.lstrip("-")
+    if len(digits) > MAX_INT_DIGITS:
+        raise BundleError(
+            f"{BUNDLE_FILE}: an integer of {len(digits)} digits ({text[:12]}...) is out of range"
+        )
+    return int(text)
 
 
 def parse_bundle(root: Path, raw: Mapping[str, Any], *, verify_hashes: bool = True) -> Bundle:
@@ -177,21 +219,22 @@ def parse_bundle(root: Path, raw: Mapping[str, Any], *, verify_hashes: bool = Tr
         models[role] = _parse_model(root, role, _Reader(models_raw[role], f"{BUNDLE_FILE}: models.{role}"))
 
     latent = r.sub("latent")
-    latent_shape = (latent.get("channels", int), latent.get("height", int), latent.get("width", int))
-    scaling_factor = latent.get("scaling_factor", (int, float))
-    shift_factor = latent.get("shift_factor", (int, float, type(None)), default=None) or 0.0
-    if not (math.isfinite(scaling_factor) and scaling_factor > 0):
-        raise BundleError(
-            f"{BUNDLE_FILE}: latent.scaling_factor must be a positive number, got {scaling_factor}"
-        )
+    latent_shape = (
+        latent.integer("channels", 1, MAX_LATENT_CHANNELS),
+        latent.integer("height", 1, MAX_SIDE),
+        latent.integer("width", 1, MAX_SIDE),
+    )
+    scaling_factor = latent.number("scaling_factor", *SCALING_FACTOR_RANGE, "1 / std of the latents")
+    shift_factor = latent.number("shift_factor", -MAX_ABS_SHIFT_FACTOR, MAX_ABS_SHIFT_FACTOR, nullable=True)
     image = r.sub("image")
-    image_shape = (image.get("channels", int), image.get("height", int), image.get("width", int))
-    value_range = tuple(float(v) for v in image.get("value_range", list, default=[-1.0, 1.0]))
-    if len(value_range) != 2 or not value_range[0] < value_range[1]:
-        raise BundleError(f"{BUNDLE_FILE}: image.value_range must be [low, high], got {value_range}")
-    for what, shape in (("latent", latent_shape), ("image", image_shape)):
-        if min(shape) < 1:
-            raise BundleError(f"{BUNDLE_FILE}: {what} channels/height/width must be positive, got {shape}")
+    image_shape = (
+        image.get("channels", int),
+        image.integer("height", 1, MAX_SIDE),
+        image.integer("width", 1, MAX_SIDE),
+    )
+    if image_shape[0] not in IMAGE_CHANNELS:
+        raise BundleError(f"{image.where}.channels must be 1 (grey) or 3 (RGB), got {image_shape[0]}")
+    value_range = _value_range(image)
 
     prediction_type = r.get("prediction_type", str)
     if prediction_type not in PREDICTION_TYPES:
@@ -204,14 +247,15 @@ def parse_bundle(root: Path, raw: Mapping[str, Any], *, verify_hashes: bool = Tr
 
     conditioning = _parse_conditioning(r)
     defaults = _parse_defaults(r.sub("defaults", default={}), scheduler_config, conditioning)
+    _check_samplers(scheduler_config, defaults)
 
     bundle = Bundle(
         root=root,
         name=r.get("name", str, default=root.name),
         models=models,
         latent_shape=latent_shape,
-        scaling_factor=float(scaling_factor),
-        shift_factor=float(shift_factor),
+        scaling_factor=scaling_factor,
+        shift_factor=shift_factor or 0.0,
         image_shape=image_shape,
         value_range=(value_range[0], value_range[1]),
         prediction_type=prediction_type,
@@ -298,9 +342,7 @@ def _parse_conditioning(r: _Reader) -> Conditioning | None:
     if raw is None:
         return None
     c = _Reader(raw, f"{BUNDLE_FILE}: conditioning")
-    num_classes = c.get("num_classes", int)
-    if num_classes < 1:
-        raise BundleError(f"{c.where}.num_classes must be >= 1, got {num_classes}")
+    num_classes = c.integer("num_classes", 1, MAX_CLASSES)
     names = tuple(str(n) for n in c.get("class_names", list, default=[str(i) for i in range(num_classes)]))
     if len(names) != num_classes:
         raise BundleError(f"{c.where}.class_names has {len(names)} names for {num_classes} classes")
@@ -316,8 +358,8 @@ def _parse_defaults(
     out = SamplingDefaults(
         sampler=d.get("sampler", str, default="ddim"),
         steps=d.get("steps", int, default=50),
-        guidance_scale=float(d.get("guidance_scale", (int, float), default=1.0)),
-        eta=float(d.get("eta", (int, float), default=0.0)),
+        guidance_scale=d.checked("guidance_scale", check_guidance_scale, default=1.0),
+        eta=d.checked("eta", check_eta, default=0.0),
     )
     if out.sampler not in SAMPLERS:
         raise BundleError(f"{d.where}.sampler {out.sampler!r} is not one of {', '.join(SAMPLERS)}")
@@ -327,6 +369,32 @@ def _parse_defaults(
     if out.guidance_scale != 1.0 and (conditioning is None or conditioning.null_class is None):
         raise BundleError(f"{d.where}.guidance_scale {out.guidance_scale} needs a class-conditional model")
     return out
+
+
+def _value_range(image: _Reader) -> tuple[float, float]:
+    raw = image.get("value_range", list, default=[-1.0, 1.0])
+    ok = len(raw) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= MAX_ABS_VALUE_RANGE for v in raw
+    )
+    if not ok or not raw[0] < raw[1]:
+        raise BundleError(
+            f"{image.where}.value_range must be [low, high], finite numbers with |v| <= {MAX_ABS_VALUE_RANGE:g} "
+            f"and low < high, got {raw!r}"
+        )
+    return float(raw[0]), float(raw[1])
+
+
+def _check_samplers(scheduler_config: Mapping[str, Any], defaults: SamplingDefaults) -> None:
+    """Build every sampler once from the scheduler config, as generate() would, so that a config none of them
+    can sample with (betas >= 1 or 0, an unknown beta_schedule, a negative beta_start, ...) fails at load, and
+    set the default sampler to the default steps."""
+    for name in SAMPLERS:
+        try:
+            scheduler = make_scheduler(name, scheduler_config)
+            if name == defaults.sampler:
+                scheduler.set_timesteps(defaults.steps)
+        except InputError as exc:
+            raise BundleError(f"{BUNDLE_FILE}: scheduler: {exc}") from None
 
 
 def _check_files(bundle: Bundle, verify_hashes: bool) -> None:
@@ -363,7 +431,21 @@ def _check_files(bundle: Bundle, verify_hashes: bool) -> None:
             )
 
 
+def _is_dir(path: Path) -> bool:
+    """``Path.is_dir``, but a name the OS cannot take (a NUL byte, too long) is a BundleError naming it."""
+    text = str(path)
+    shown = repr(text) if len(text) <= 80 else f"{text[:60]!r}... ({len(text)} characters)"
+    if "\0" in text:
+        raise BundleError(f"bundle path {shown} contains a NUL byte")
+    try:
+        return path.is_dir()
+    except OSError as exc:  # ENAMETOOLONG: Python 3.11's is_dir only swallows "not found"
+        raise BundleError(f"bundle path {shown}: {exc.strerror}") from None
+
+
 def _inside(root: Path, rel: str, where: str) -> Path:
+    if "\0" in rel or len(rel) > 1024 or any(len(part.encode()) > 255 for part in Path(rel).parts):
+        raise BundleError(f"{where}: {rel[:60]!r}{'...' if len(rel) > 60 else ''} is not a valid file name")
     p = Path(rel)
     resolved = (root / p).resolve()
     if p.is_absolute() or not resolved.is_relative_to(root):
@@ -395,3 +477,34 @@ class _Reader:
 
     def sub(self, key: str, default: Any = _MISSING) -> _Reader:
         return _Reader(self.get(key, dict, default=default), f"{self.where}.{key}")
+
+    def integer(self, key: str, low: int, high: int) -> int:
+        value = self.get(key, int)
+        if not low <= value <= high:
+            raise BundleError(f"{self.where}.{key} must be in {low}..{high}, got {value}")
+        return value
+
+    def number(
+        self, key: str, low: float, high: float, why: str = "", nullable: bool = False
+    ) -> float | None:
+        """A finite number in [low, high] (JSON's NaN and Infinity, which Python's json accepts, are not)."""
+        if nullable:
+            value = self.get(key, (int, float, type(None)), default=None)
+            if value is None:
+                return None
+        else:
+            value = self.get(key, (int, float))
+        if not (math.isfinite(value) and low <= value <= high):
+            what = f" ({why})" if why else ""
+            raise BundleError(
+                f"{self.where}.{key} must be a number in {low:g}..{high:g}{what}, got {value!r}"
+            )
+        return float(value)
+
+    def checked(self, key: str, check: Any, default: Any) -> Any:
+        """``check(value, name)`` from latent_ddpm.runtime.limits, its InputError reported as this file's."""
+        value = self.get(key, (int, float), default=default)
+        try:
+            return check(value, f"{self.where}.{key}")
+        except InputError as exc:
+            raise BundleError(str(exc)) from None

@@ -26,38 +26,47 @@ def from_uint8(images: np.ndarray, value_range: tuple[float, float] = (-1.0, 1.0
     return (unit * (high - low) + low).astype(np.float32)
 
 
-def prepare_images(images: Any, channels: int, height: int, width: int) -> np.ndarray:
-    """Any of: a PIL image, a list of them, a uint8 HxW / HxWxC / NxHxWxC array -> NHWC uint8 at model size."""
+# A 3-D array is one image, so its last axis must be a channel count; a batch needs the explicit N axis.
+CHANNEL_COUNTS = (1, 3, 4)  # grey, RGB, RGBA (composited on black)
+
+
+def prepare_images(
+    images: Any, channels: int, height: int, width: int, max_images: int | None = None
+) -> np.ndarray:
+    """Any of: a PIL image, a list of them, a uint8 HxW / HxWxC / NxHxWxC array -> NHWC uint8 at model size.
+
+    Shapes are never guessed: HxW and HxWxC (C in 1, 3, 4) are one image, NxHxWxC is a batch, anything else is
+    refused (an HxWx2 array used to become H grey images, and a 4x4x3 array four 4x3 ones). ``max_images``
+    bounds the batch before any image is converted.
+    """
     from PIL import Image
 
     if isinstance(images, Image.Image):
         items: Sequence[Any] = [images]
     elif isinstance(images, np.ndarray):
-        if images.dtype != np.uint8:
-            raise InputError(f"image arrays must be uint8, got {images.dtype}")
-        if images.ndim == 2 or (images.ndim == 3 and images.shape[-1] in (1, 3, 4) and images.shape[0] > 4):
-            items = [images]
-        elif images.ndim in (3, 4):
-            items = list(images)
-        else:
-            raise InputError(f"image array must be HxW, HxWxC or NxHxWxC, got shape {list(images.shape)}")
+        _check_array(images, "image array", batch_ok=True)
+        items = list(images) if images.ndim == 4 else [images]
     elif isinstance(images, (list, tuple)):
         items = images
     else:
         raise InputError(f"images must be PIL images or uint8 arrays, got {type(images).__name__}")
     if len(items) == 0:
         raise InputError("no images given")
+    if max_images is not None and len(items) > max_images:
+        raise InputError(
+            f"{len(items)} images is more than the limit of {max_images} per call; raise it with "
+            "Pipeline(max_images=...) if you have the memory, or make several calls"
+        )
     mode = "L" if channels == 1 else "RGB"
     out = []
     for i, item in enumerate(items):
         if isinstance(item, np.ndarray):
-            if item.dtype != np.uint8 or item.ndim not in (2, 3):
-                raise InputError(
-                    f"image {i}: expected a uint8 HxW or HxWxC array, got {item.dtype} {list(item.shape)}"
-                )
+            _check_array(item, f"image {i}", batch_ok=False)
             item = Image.fromarray(item[..., 0] if item.ndim == 3 and item.shape[-1] == 1 else item)
         elif not isinstance(item, Image.Image):
             raise InputError(f"image {i}: expected a PIL image or uint8 array, got {type(item).__name__}")
+        if 0 in item.size:
+            raise InputError(f"image {i} is {item.size[0]}x{item.size[1]} pixels: nothing to encode")
         if item.mode in ("RGBA", "LA"):  # composite on black, the digits' background
             background = Image.new("RGBA", item.size, (0, 0, 0, 255))
             item = Image.alpha_composite(background, item.convert("RGBA"))
@@ -65,6 +74,20 @@ def prepare_images(images: Any, channels: int, height: int, width: int) -> np.nd
         arr = np.asarray(item, dtype=np.uint8)
         out.append(arr[..., None] if arr.ndim == 2 else arr)
     return np.stack(out)
+
+
+def _check_array(array: np.ndarray, what: str, batch_ok: bool) -> None:
+    """uint8, HxW or HxWxC with a known channel count (or NxHxWxC when ``batch_ok``), no empty axis."""
+    shapes = "HxW, HxWxC" + (" or NxHxWxC" if batch_ok else "") + f" with C in {CHANNEL_COUNTS}"
+    if array.dtype != np.uint8:
+        raise InputError(f"{what}: expected uint8 pixels, got {array.dtype}")
+    ok_rank = array.ndim in ((2, 3, 4) if batch_ok else (2, 3))
+    if not ok_rank or (array.ndim >= 3 and array.shape[-1] not in CHANNEL_COUNTS):
+        raise InputError(
+            f"{what} has shape {list(array.shape)}: expected {shapes} (a batch of grey images is NxHxWx1)"
+        )
+    if 0 in (array.shape[1:] if array.ndim == 4 else array.shape):
+        raise InputError(f"{what} has shape {list(array.shape)}: an image needs at least one pixel")
 
 
 def make_grid(images: np.ndarray, nrow: int | None = None, padding: int = 2) -> np.ndarray:

@@ -7,7 +7,6 @@ parity tests in ``tests/`` hold it to that.
 
 from __future__ import annotations
 
-import math
 import numbers
 import secrets
 import time
@@ -18,25 +17,26 @@ from typing import Any
 
 import numpy as np
 
-from latent_ddpm.errors import BundleError, InputError
+from latent_ddpm.errors import InputError
 from latent_ddpm.runtime.backends import Engine, EngineOptions, open_engine
 from latent_ddpm.runtime.bundle import Bundle, load_bundle
+from latent_ddpm.runtime.finite import check_finite
 from latent_ddpm.runtime.images import from_uint8, prepare_images, to_uint8
+from latent_ddpm.runtime.limits import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_IMAGES,
+    check_count,
+    check_eta,
+    check_guidance_scale,
+    check_num_images,
+    check_threads,
+)
+from latent_ddpm.runtime.load_checks import check_class_table
 from latent_ddpm.runtime.schedulers import SAMPLERS, make_scheduler
+from latent_ddpm.runtime.shipped import resolve_bundle
 
 # callback(step_index, timestep, latents) after every denoising step; for progress bars and previews.
 StepCallback = Callable[[int, int, np.ndarray], None]
-
-SHIPPED_BUNDLE = Path(__file__).resolve().parent.parent / "data" / "digits"
-
-
-def shipped_bundle_path() -> Path:
-    """The default digits bundle that ships inside the package."""
-    if not (SHIPPED_BUNDLE / "bundle.json").is_file():
-        raise BundleError(
-            f"the shipped bundle is missing from this install ({SHIPPED_BUNDLE}); pass --bundle DIR"
-        )
-    return SHIPPED_BUNDLE
 
 
 @dataclass
@@ -93,11 +93,11 @@ class _Request:
 
 
 class _UNetInputs:
-    """The U-Net's feed for one sampling run, allocated once and refilled at every step.
+    """The U-Net's feed for one engine batch of a sampling run, allocated once and refilled at every step.
 
     Reusing the same input arrays (instead of a fresh concatenation and timestep array per step) cut the
     loop's overhead in a batch-1 run of the digits model from about 2.5% to 2.0% (docs/benchmarks/NOTES.md).
-    One instance per run, so concurrent ``generate`` calls never share buffers.
+    One instance per engine batch per run, so concurrent ``generate`` calls never share buffers.
     """
 
     def __init__(
@@ -123,11 +123,28 @@ class _UNetInputs:
 
 
 class Pipeline:
-    """Loads a bundle's engines once; ``generate`` and ``img2img`` are safe to call from several threads."""
+    """Loads a bundle's engines once; ``generate`` and ``img2img`` are safe to call from several threads.
 
-    def __init__(self, bundle: Bundle, unet: Engine, decoder: Engine, encoder: Engine | None = None) -> None:
+    ``max_images`` bounds the images of one call (the whole batch lives in memory: raise it knowingly);
+    ``batch_size`` is how many images go through an engine in one call. Engine batches never change the
+    images: the random numbers are drawn for the whole request and every image is computed independently.
+    """
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        unet: Engine,
+        decoder: Engine,
+        encoder: Engine | None = None,
+        *,
+        max_images: int = DEFAULT_MAX_IMAGES,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
         self.bundle, self.unet, self.decoder, self.encoder = bundle, unet, decoder, encoder
+        self.max_images = check_count(max_images, "max_images", 2**31 - 1)
+        self.batch_size = check_count(batch_size, "batch_size", 2**31 - 1)
         self._timestep_dtype = np.dtype(unet.model.input("timestep").dtype)
+        check_class_table(bundle, unet, self._timestep_dtype)
 
     @classmethod
     def from_bundle(
@@ -140,17 +157,27 @@ class Pipeline:
         verify_hashes: bool = True,
         precision: str = "fp32",
         engine_options: EngineOptions | None = None,
+        max_images: int = DEFAULT_MAX_IMAGES,
+        batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> Pipeline:
         """``backend`` None: ``backends.DEFAULT_BACKEND``. ``precision="bf16"`` (openvino) needs the bundle's
         passed bf16 gate; ``engine_options`` are the backend's opt-in settings (``EngineOptions``)."""
-        bundle = load_bundle(path if path is not None else shipped_bundle_path(), verify_hashes=verify_hashes)
+        threads = check_threads(threads)
+        bundle = load_bundle(resolve_bundle(path), verify_hashes=verify_hashes)
         engines = {
             role: open_engine(
                 bundle, role, backend, providers, threads, precision=precision, options=engine_options
             )
             for role in bundle.models
         }
-        return cls(bundle, engines["unet"], engines["vae_decoder"], engines.get("vae_encoder"))
+        return cls(
+            bundle,
+            engines["unet"],
+            engines["vae_decoder"],
+            engines.get("vae_encoder"),
+            max_images=max_images,
+            batch_size=batch_size,
+        )
 
     @property
     def backend(self) -> str:
@@ -180,20 +207,22 @@ class Pipeline:
         ``seed`` alone fixes everything (initial latents, random class labels, DDPM noise) on any machine
         and backend; ``latents`` overrides the initial noise (how parity with diffusers is tested).
         ``preview_steps`` lists step indices whose predicted clean image is decoded into ``previews``.
+        Every argument is checked before any work; a model that overflows raises NumericalError.
         """
         start = time.perf_counter()
-        req = self._request(steps, sampler, eta, guidance_scale, seed)
+        req = self._request(steps, sampler, eta, guidance_scale, seed, callback)
         c, h, w = self.bundle.latent_shape
         if latents is not None:
             latents = self._check_latents(latents)
             if num_images is not None and num_images != latents.shape[0]:
                 raise InputError(f"num_images={num_images} but latents hold {latents.shape[0]} images")
             num_images = latents.shape[0]
-        num_images = self._check_num_images(1 if num_images is None else num_images)
+        num_images = check_num_images(1 if num_images is None else num_images, self.max_images)
+        labels = self._check_labels(class_labels, num_images)
         rng = np.random.default_rng(req.seed)
         if latents is None:
             latents = rng.standard_normal((num_images, c, h, w), dtype=np.float32)
-        labels = self._labels(class_labels, num_images, rng)
+        labels = self._random_labels(labels, num_images, rng)
 
         scheduler = make_scheduler(req.sampler, self.bundle.scheduler_config)
         scheduler.set_timesteps(req.steps)
@@ -241,17 +270,23 @@ class Pipeline:
             raise InputError(
                 f"bundle {self.bundle.root} has no vae_encoder.onnx, so img2img is not available"
             )
-        if not isinstance(strength, numbers.Real) or not 0.0 <= float(strength) <= 1.0:
+        if (
+            isinstance(strength, bool)
+            or not isinstance(strength, numbers.Real)
+            or not 0.0 <= float(strength) <= 1.0
+        ):
             raise InputError(f"strength must be in [0, 1], got {strength!r}")
-        req = self._request(steps, sampler, eta, guidance_scale, seed)
+        req = self._request(steps, sampler, eta, guidance_scale, seed, callback)
+        pixels = self._pixels(images)
+        num_images = pixels.shape[0]
+        labels = self._check_labels(class_labels, num_images)
         timings = Timings()
         t0 = time.perf_counter()
-        init_latents = self.encode(images)
+        init_latents = self._encode_pixels(pixels)
         timings.encode_s = time.perf_counter() - t0
-        num_images = init_latents.shape[0]
         rng = np.random.default_rng(req.seed)
         noise = rng.standard_normal(init_latents.shape, dtype=np.float32)
-        labels = self._labels(class_labels, num_images, rng)
+        labels = self._random_labels(labels, num_images, rng)
 
         scheduler = make_scheduler(req.sampler, self.bundle.scheduler_config)
         scheduler.set_timesteps(req.steps)
@@ -281,19 +316,40 @@ class Pipeline:
             previews,
         )
 
-    def decode(self, latents: np.ndarray) -> np.ndarray:
-        """Scaled latents -> NHWC uint8 images (undoing the latent scaling as diffusers' LDMPipeline does)."""
-        unscaled = latents / np.float32(self.bundle.scaling_factor) + np.float32(self.bundle.shift_factor)
-        out = self.decoder.run({"latent": unscaled.astype(np.float32)})["image"]
+    def decode(self, latents: np.ndarray, what: str = "the latents") -> np.ndarray:
+        """Scaled latents -> NHWC uint8 images (undoing the latent scaling as diffusers' LDMPipeline does).
+
+        Raises NumericalError if the decoder's output holds NaN or Inf (``what`` names the latents in it).
+        """
+        with np.errstate(over="ignore", invalid="ignore"):
+            unscaled = latents / np.float32(self.bundle.scaling_factor) + np.float32(self.bundle.shift_factor)
+        check_finite(unscaled, f"{what} unscaled for the decoder (/ scaling_factor + shift_factor)")
+        out = self._run_in_batches(self.decoder, "latent", unscaled.astype(np.float32), "image")
+        check_finite(out, f"the decoded images of {what} ({self.decoder.model.path.name})")
         return to_uint8(out, self.bundle.value_range)
 
     def encode(self, images: Any) -> np.ndarray:
         """Images (PIL or uint8, any size) -> scaled latent means, the starting point of img2img."""
+        return self._encode_pixels(self._pixels(images))
+
+    def _pixels(self, images: Any) -> np.ndarray:
+        """Images -> NHWC uint8 at model size, refusing ambiguous shapes and more than ``max_images``."""
         if self.encoder is None:
             raise InputError(f"bundle {self.bundle.root} has no vae_encoder.onnx")
         c, h, w = self.bundle.image_shape
-        pixels = from_uint8(prepare_images(images, c, h, w), self.bundle.value_range)
-        return self.encoder.run({"image": pixels})["latent"].astype(np.float32)
+        return prepare_images(images, c, h, w, max_images=self.max_images)
+
+    def _encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        assert self.encoder is not None
+        x = from_uint8(pixels, self.bundle.value_range)
+        latents = self._run_in_batches(self.encoder, "image", x, "latent").astype(np.float32)
+        return check_finite(latents, f"the encoded latents ({self.encoder.model.path.name})")
+
+    def _run_in_batches(self, engine: Engine, name: str, x: np.ndarray, output: str) -> np.ndarray:
+        """``engine`` on ``x`` in batches of at most ``batch_size`` images, so memory does not grow with N."""
+        if len(x) <= self.batch_size:
+            return engine.run({name: x})[output]
+        return np.concatenate([engine.run({name: x[s]})[output] for s in _batches(len(x), self.batch_size)])
 
     # ------------------------------------------------------------------ the loop
 
@@ -312,42 +368,69 @@ class Pipeline:
         step_kwargs: dict[str, Any] = {"generator": rng}
         if req.sampler == "ddim":
             step_kwargs["eta"] = req.eta
-        feed_labels = self._feed_labels(labels, req.guidance_scale)
-        inputs = _UNetInputs(latents.shape, feed_labels, self._timestep_dtype)
+        batches = self._unet_batches(latents.shape, labels, req.guidance_scale)
         wanted_previews = set(preview_steps)
         previews: list[Preview] = []
         loop_start = time.perf_counter()
         for i, t in enumerate(timesteps):
-            model_input = scheduler.scale_model_input(latents, t)
-            model_output = self._model_output(
-                model_input, int(t), feed_labels, req.guidance_scale, timings, inputs
-            )
-            out = scheduler.step(model_output, int(t), latents, **step_kwargs)
-            latents = out.prev_sample
+            step = f"step {i + 1}/{len(timesteps)} (t={int(t)})"
+            # An overflow is reported by check_finite, naming the step, instead of NumPy's RuntimeWarnings.
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                model_input = scheduler.scale_model_input(latents, t)
+                model_output = self._model_output(model_input, int(t), batches, req.guidance_scale, timings)
+                check_finite(model_output, f"the U-Net output ({self.unet.model.path.name}) at {step}")
+                out = scheduler.step(model_output, int(t), latents, **step_kwargs)
+                latents = check_finite(out.prev_sample, f"the latents after {step}")
             if i in wanted_previews:
-                previews.append(Preview(i, int(t), self.decode(out.pred_original_sample)))
+                previews.append(
+                    Preview(i, int(t), self.decode(out.pred_original_sample, f"the preview at {step}"))
+                )
             if callback is not None:
                 callback(i, int(t), latents)
         timings.denoise_s += time.perf_counter() - loop_start
         timings.steps = len(timesteps)
         return latents, previews
 
+    def _unet_batches(
+        self, latent_shape: tuple[int, ...], labels: np.ndarray | None, guidance_scale: float
+    ) -> list[tuple[slice, _UNetInputs]]:
+        """The engine batches of a run (at most ``batch_size`` images each) and their reusable feeds."""
+        out = []
+        for s in _batches(latent_shape[0], self.batch_size):
+            feed_labels = self._feed_labels(None if labels is None else labels[s], guidance_scale)
+            rows = (s.stop - s.start, *latent_shape[1:])
+            out.append((s, _UNetInputs(rows, feed_labels, self._timestep_dtype)))
+        return out
+
     def _model_output(
         self,
         latents: np.ndarray,
         t: int,
-        feed_labels: np.ndarray | None,
+        batches: list[tuple[slice, _UNetInputs]],
         guidance_scale: float,
         timings: Timings | None = None,
-        inputs: _UNetInputs | None = None,
+    ) -> np.ndarray:
+        """The guided model output for every image, one U-Net call per engine batch."""
+        if len(batches) == 1:
+            return self._unet_call(latents, t, batches[0][1], guidance_scale, timings)
+        out = np.empty_like(latents)
+        for s, inputs in batches:
+            out[s] = self._unet_call(latents[s], t, inputs, guidance_scale, timings)
+        return out
+
+    def _unet_call(
+        self,
+        latents: np.ndarray,
+        t: int,
+        inputs: _UNetInputs,
+        guidance_scale: float,
+        timings: Timings | None = None,
     ) -> np.ndarray:
         """One U-Net call; with guidance the unconditional and conditional halves share one batch.
 
         ``timings.unet_s`` counts the engine call alone, so that ``loop_overhead`` includes the guidance
         arithmetic and the feed assembly. ``inputs`` carries buffers reused across the steps of a run.
         """
-        if inputs is None:
-            inputs = _UNetInputs(latents.shape, feed_labels, self._timestep_dtype)
         feed = inputs.fill(latents, t)
         u0 = time.perf_counter()
         out = self.unet.run(feed)["model_output"]
@@ -375,7 +458,7 @@ class Pipeline:
 
     def _decode_timed(self, latents: np.ndarray, timings: Timings) -> np.ndarray:
         t0 = time.perf_counter()
-        images = self.decode(latents)
+        images = self.decode(latents, "the final latents")
         timings.decode_s = time.perf_counter() - t0
         return images
 
@@ -388,6 +471,7 @@ class Pipeline:
         eta: float | None,
         guidance_scale: float | None,
         seed: int | None,
+        callback: StepCallback | None = None,
     ) -> _Request:
         d = self.bundle.defaults
         sampler = d.sampler if sampler is None else sampler
@@ -399,21 +483,14 @@ class Pipeline:
             raise InputError(
                 f"steps must be an integer in 1..{max_steps} (the model's training steps), got {steps!r}"
             )
-        eta = (d.eta if sampler == "ddim" else 0.0) if eta is None else eta
-        if not isinstance(eta, numbers.Real) or not math.isfinite(eta) or eta < 0:
-            raise InputError(f"eta must be a finite number >= 0, got {eta!r}")
+        eta = check_eta((d.eta if sampler == "ddim" else 0.0) if eta is None else eta)
         if eta != 0 and sampler != "ddim":
             raise InputError(f"eta={eta} applies to the ddim sampler only, not {sampler!r}")
         cond = self.bundle.conditioning
         can_guide = cond is not None and cond.null_class is not None
         if guidance_scale is None:
             guidance_scale = d.guidance_scale if can_guide else 1.0
-        if (
-            not isinstance(guidance_scale, numbers.Real)
-            or not math.isfinite(guidance_scale)
-            or guidance_scale < 0
-        ):
-            raise InputError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+        guidance_scale = check_guidance_scale(guidance_scale)
         if guidance_scale != 1.0 and not can_guide:
             why = "an unconditional model" if cond is None else "a model trained without a null class"
             raise InputError(
@@ -423,13 +500,9 @@ class Pipeline:
             seed = secrets.randbelow(2**31)
         elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
             raise InputError(f"seed must be a non-negative integer, got {seed!r}")
-        return _Request(sampler, int(steps), float(eta), float(guidance_scale), int(seed))
-
-    @staticmethod
-    def _check_num_images(num_images: Any) -> int:
-        if isinstance(num_images, bool) or not isinstance(num_images, numbers.Integral) or num_images < 1:
-            raise InputError(f"num_images must be an integer >= 1, got {num_images!r}")
-        return int(num_images)
+        if callback is not None and not callable(callback):
+            raise InputError(f"callback must be callable(step_index, timestep, latents), got {callback!r}")
+        return _Request(sampler, int(steps), eta, guidance_scale, int(seed))
 
     def _check_latents(self, latents: Any) -> np.ndarray:
         expected = self.bundle.latent_shape
@@ -445,20 +518,36 @@ class Pipeline:
             raise InputError("latents contain NaN or Inf")
         return latents
 
-    def _labels(
-        self,
-        class_labels: int | str | Sequence[int | str] | None,
-        num_images: int,
-        rng: np.random.Generator,
+    def _random_labels(
+        self, labels: np.ndarray | None, num_images: int, rng: np.random.Generator
     ) -> np.ndarray | None:
+        """``labels``, or for a conditional model given none, a random class per image from the seeded stream."""
+        cond = self.bundle.conditioning
+        if labels is not None or cond is None:
+            return labels
+        return rng.integers(0, cond.num_classes, size=num_images).astype(np.int64)
+
+    def _check_labels(
+        self, class_labels: int | str | Sequence[int | str] | None, num_images: int
+    ) -> np.ndarray | None:
+        """The caller's class labels as indices, or None (unconditional, or random classes to draw)."""
         cond = self.bundle.conditioning
         if cond is None:
             if class_labels is not None:
                 raise InputError(f"class_labels={class_labels!r} given, but this model is unconditional")
             return None
-        if class_labels is None:  # a random class per image, drawn from the same seeded stream
-            return rng.integers(0, cond.num_classes, size=num_images).astype(np.int64)
-        items = [class_labels] if isinstance(class_labels, (str, numbers.Integral)) else list(class_labels)
+        if class_labels is None:
+            return None
+        if isinstance(class_labels, (str, numbers.Integral)) and not isinstance(class_labels, bool):
+            items = [class_labels]
+        elif isinstance(class_labels, (list, tuple)) or (
+            isinstance(class_labels, np.ndarray) and class_labels.ndim == 1
+        ):
+            items = list(class_labels)
+        else:
+            raise InputError(
+                f"class_labels must be a class index, a class name or a list of them, got {class_labels!r}"
+            )
         if len(items) == 1:
             items = items * num_images
         if len(items) != num_images:
@@ -469,12 +558,14 @@ class Pipeline:
                 if item not in cond.class_names:
                     raise InputError(f"class {item!r} is not one of {', '.join(cond.class_names)}")
                 out.append(cond.class_names.index(item))
-            elif (
-                isinstance(item, numbers.Integral)
-                and not isinstance(item, bool)
-                and 0 <= item < cond.num_classes
-            ):
+            elif not isinstance(item, numbers.Integral) or isinstance(item, bool):
+                raise InputError(f"class label {item!r} must be an integer index or a class name")
+            elif 0 <= item < cond.num_classes:
                 out.append(int(item))
             else:
                 raise InputError(f"class label {item!r} is outside 0..{cond.num_classes - 1}")
         return np.asarray(out, dtype=np.int64)
+
+
+def _batches(n: int, size: int) -> list[slice]:
+    return [slice(a, min(a + size, n)) for a in range(0, n, size)]

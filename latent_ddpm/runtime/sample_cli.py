@@ -10,6 +10,14 @@ import argparse
 import time
 from pathlib import Path
 
+from latent_ddpm.runtime.limits import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_IMAGES,
+    MAX_ETA,
+    MAX_GUIDANCE_SCALE,
+    MIN_GUIDANCE_SCALE,
+)
+
 HELP = __doc__
 
 
@@ -17,7 +25,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--bundle", type=Path, default=None, help="bundle directory (default: the shipped digits model)"
     )
-    p.add_argument("--num", type=int, default=8, help="number of images")
+    p.add_argument("--num", type=int, default=8, help="number of images (at most --max-images)")
+    p.add_argument(
+        "--max-images",
+        type=int,
+        default=DEFAULT_MAX_IMAGES,
+        help="refuse larger --num; all images, latents and step noise are held in memory, so raise it "
+        f"knowingly (engine calls still run in batches of {DEFAULT_BATCH_SIZE} images)",
+    )
     p.add_argument(
         "--steps", type=int, default=None, help="denoising steps (default: the bundle's recommendation)"
     )
@@ -27,7 +42,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="sampling loop (default: bundle's)",
     )
-    p.add_argument("--eta", type=float, default=None, help="DDIM stochasticity: 0 deterministic, 1 DDPM-like")
+    p.add_argument(
+        "--eta",
+        type=float,
+        default=None,
+        help=f"DDIM stochasticity in 0..{MAX_ETA:g}: 0 deterministic, 1 DDPM-like (default: bundle's)",
+    )
     p.add_argument("--seed", type=int, default=None, help="random seed; printed so a run can be repeated")
     p.add_argument(
         "--class",
@@ -39,7 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--guidance",
         type=float,
         default=None,
-        help="classifier-free guidance scale (1 = none; default: bundle's)",
+        help=f"classifier-free guidance scale in {MIN_GUIDANCE_SCALE:g}..{MAX_GUIDANCE_SCALE:g} "
+        "(1 = none; default: bundle's)",
     )
     from latent_ddpm.runtime.backends import BACKENDS, DEFAULT_BACKEND, EXECUTION_PRECISIONS
 
@@ -55,7 +76,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="comma-separated ONNX Runtime execution providers, e.g. CUDAExecutionProvider,CPUExecutionProvider",
     )
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="intra-op threads, at most the usable cores (default: all)"
+    )
     p.add_argument(
         "--out", type=Path, default=Path("samples.png"), help="PNG file for the grid of all images"
     )
@@ -73,16 +96,28 @@ def _class_label(value: str | None, class_names: tuple[str, ...] | None) -> int 
 
 
 def run(args: argparse.Namespace) -> int:
-    from latent_ddpm.errors import CLIError
     from latent_ddpm.runtime.images import make_grid, save_png
+    from latent_ddpm.runtime.limits import check_count, check_threads
+    from latent_ddpm.runtime.outputs import check_output_dir, check_output_file
     from latent_ddpm.runtime.pipeline import Pipeline
     from latent_ddpm.runtime.progress import ProgressBar
 
-    if args.out.suffix.lower() != ".png":
-        raise CLIError(f"--out must name a .png file, got {args.out}")
+    check_threads(args.threads, "--threads")
+    max_images = check_count(args.max_images, "--max-images", 2**31 - 1)
+    check_count(args.num, "--num", max_images, "raise --max-images if you have the memory")
+    check_output_file(args.out, "--out", ".png")
+    if args.out_dir is not None:
+        check_output_dir(args.out_dir, "--out-dir")
     t0 = time.perf_counter()
     providers = [p.strip() for p in args.providers.split(",")] if args.providers else None
-    pipe = Pipeline.from_bundle(args.bundle, args.backend, providers, args.threads, precision=args.precision)
+    pipe = Pipeline.from_bundle(
+        args.bundle,
+        backend=args.backend,
+        providers=providers,
+        threads=args.threads,
+        precision=args.precision,
+        max_images=max_images,
+    )
     load_s = time.perf_counter() - t0
     cond = pipe.bundle.conditioning
     steps = args.steps if args.steps is not None else pipe.bundle.defaults.steps

@@ -20,6 +20,7 @@ import numpy as np
 
 from latent_ddpm.errors import BackendUnavailableError, BundleError, InputError
 from latent_ddpm.runtime.bundle import GATED_PRECISIONS, Bundle, ModelFile, TensorSpec
+from latent_ddpm.runtime.limits import check_threads
 
 # The backend used when the caller names none. Chosen by measurement on CPU (docs/benchmarks/NOTES.md):
 # changing it is this one line.
@@ -92,6 +93,7 @@ def open_engine(
     options: EngineOptions | None = None,
 ) -> Engine:
     backend = DEFAULT_BACKEND if backend is None else backend
+    threads = check_threads(threads)
     opener = backend_opener(backend)
     check_precision(bundle, backend, precision)
     return opener(

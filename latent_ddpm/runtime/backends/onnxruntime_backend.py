@@ -91,7 +91,7 @@ class OnnxRuntimeEngine:
             return ort.InferenceSession(str(self.model.path), sess_options=so, providers=self._chosen)
         except Exception as exc:  # ORT raises its own exception types with long C++ messages
             raise BundleError(
-                f"{self.model.path.name}: ONNX Runtime cannot load it: {str(exc).splitlines()[0]}"
+                f"{self.model.path.name}: ONNX Runtime cannot load it: {_first_line(exc)}"
             ) from None
 
     @property
@@ -108,8 +108,19 @@ class OnnxRuntimeEngine:
         session = self._session
         if session is None:
             session = self._static.get(dims, lambda: self._open(dims))
-        outputs = session.run(self._output_names, feed)
+        try:
+            outputs = session.run(self._output_names, feed)
+        except Exception as exc:  # ORT's own exception types; the feed matched the spec, so the graph failed
+            raise BundleError(
+                f"{self.model.path.name}: ONNX Runtime failed to run it: {_first_line(exc)}"
+            ) from None
         return dict(zip(self._output_names, outputs, strict=True))
+
+
+def _first_line(exc: Exception) -> str:
+    """ORT's message without the "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT :" preamble."""
+    line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return line.rsplit(" : ", 1)[-1] if line.startswith("[ONNXRuntimeError]") else line
 
 
 def open_engine(

@@ -118,6 +118,21 @@ def train_betas(config: Mapping[str, Any]) -> np.ndarray:
         betas = ONE / (ONE + np.exp(-x)) * (beta_end - beta_start) + beta_start
     if config["rescale_betas_zero_snr"]:
         betas = rescale_zero_terminal_snr(betas)
+    return check_betas(betas, zero_terminal_snr=config["rescale_betas_zero_snr"])
+
+
+def check_betas(betas: np.ndarray, zero_terminal_snr: bool) -> np.ndarray:
+    """Every beta_t must be a variance in (0, 1): beta = 0 makes the posterior variance 0 / 0 (NaN in DDIM's
+    sigma_t and DPM-Solver's log sigma), beta >= 1 zeroes or negates alpha_bar from there on (black images).
+    The one exception is the last beta of a zero-terminal-SNR schedule (Lin et al. 2024), 1 by design."""
+    inner = betas[:-1] if zero_terminal_snr else betas
+    bad = ~(np.isfinite(inner) & (inner > 0) & (inner < 1))
+    if bad.any() or (zero_terminal_snr and not 0 < betas[-1] <= 1):
+        i = int(np.flatnonzero(bad)[0]) if bad.any() else len(betas) - 1
+        raise InputError(
+            f"the scheduler config gives beta[{i}] = {betas[i]:g}; every beta must be in (0, 1) "
+            f"(check beta_start, beta_end, beta_schedule or trained_betas)"
+        )
     return betas
 
 

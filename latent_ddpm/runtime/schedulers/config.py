@@ -40,7 +40,10 @@ _BOOLS = {
 }
 _POSITIVE_FLOATS = {"clip_sample_range", "sample_max_value", "flow_shift"}
 _NONNEGATIVE_FLOATS = {"beta_start", "beta_end"}
-_INTS_AT_LEAST = {"num_train_timesteps": 1, "steps_offset": 0}
+# Published models train with 1000 (a few with 4000) timesteps; every schedule array holds one float per
+# timestep, so a hand-edited 10**9 would allocate gigabytes at load. 100000 leaves room for any real schedule.
+MAX_TRAIN_TIMESTEPS = 100_000
+_INT_RANGES = {"num_train_timesteps": (1, MAX_TRAIN_TIMESTEPS), "steps_offset": (0, MAX_TRAIN_TIMESTEPS)}
 
 
 def _check(scheduler: str, key: str, value: Any, choices: Mapping[str, tuple]) -> Any:
@@ -57,9 +60,10 @@ def _check(scheduler: str, key: str, value: Any, choices: Mapping[str, tuple]) -
         if not isinstance(value, bool | np.bool_):
             raise bad("true or false")
         return bool(value)
-    if key in _INTS_AT_LEAST:
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < _INTS_AT_LEAST[key]:
-            raise bad(f"an integer >= {_INTS_AT_LEAST[key]}")
+    if key in _INT_RANGES:
+        low, high = _INT_RANGES[key]
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
+            raise bad(f"an integer in {low}..{high}")
         return int(value)
     if key in _POSITIVE_FLOATS:
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
@@ -78,7 +82,11 @@ def _check(scheduler: str, key: str, value: Any, choices: Mapping[str, tuple]) -
             raise bad("a number in [0, 1]")
         return float(value)
     if key == "lambda_min_clipped":
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, numbers.Real)
+            or not -math.inf <= value < math.inf
+        ):
             raise bad("a number (or -inf)")
         return float(value)
     if key == "trained_betas":
@@ -149,7 +157,12 @@ class SchedulerBase:
             raise InputError(
                 f"scheduler config must be a mapping (a parsed scheduler_config.json), got {config!r}"
             )
-        used_defaults = set(config.get("_use_default_values", ()))
+        used_defaults = config.get("_use_default_values", ())
+        if not isinstance(used_defaults, list | tuple) or not all(isinstance(k, str) for k in used_defaults):
+            raise InputError(
+                f"scheduler config _use_default_values must be a list of keys, got {used_defaults!r}"
+            )
+        used_defaults = set(used_defaults)
         options = {k: v for k, v in config.items() if k in cls.DEFAULTS and k not in used_defaults}
         unknown = sorted(set(overrides) - set(cls.DEFAULTS))
         if unknown:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import numbers
 from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
 from latent_ddpm.errors import InputError
+from latent_ddpm.runtime.limits import check_eta
 from latent_ddpm.runtime.schedulers.common import (
     ONE,
     SchedulerOutput,
@@ -97,9 +97,7 @@ class DDIMScheduler(SchedulerBase):
         """
         if self.num_inference_steps is None:
             raise InputError("DDIMScheduler.step: call set_timesteps(num_inference_steps) first")
-        if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0 <= eta < np.inf:
-            raise InputError(f"eta must be a number >= 0, got {eta!r}")
-        eta = float(eta)  # a Python float keeps the float32 arithmetic float32
+        eta = check_eta(eta)  # above 1, step 6 takes the square root of a negative number
         c = self.config
         timestep = check_timestep(timestep, c["num_train_timesteps"])
         model_output = as_float32(model_output, "model_output")
