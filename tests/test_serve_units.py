@@ -15,7 +15,8 @@ from demo_server import free_port
 
 from latent_ddpm.cli import main
 from latent_ddpm.errors import BundleError, InputError
-from latent_ddpm.runtime.pipeline import Pipeline, shipped_bundle_path
+from latent_ddpm.runtime.pipeline import Pipeline
+from latent_ddpm.runtime.shipped import shipped_bundle_path
 
 pytest.importorskip("ray.serve")
 
@@ -104,6 +105,7 @@ def test_replica_options_fixed_and_autoscaling() -> None:
     assert (auto["max_ongoing_requests"], auto["max_queued_requests"]) == (8, 128)
     assert ServeConfig(cpus_per_replica=0.5).replica_threads == 1
     assert ServeConfig(cpus_per_replica=4).replica_threads == 4
+    assert ServeConfig().max_images == Pipeline.from_bundle().max_images  # the runtime's own default
     with pytest.raises(ValidationError, match="bundle"):
         ServeConfig.model_validate({"bundle": ["x"]})  # a typo in a config file is not ignored
 
@@ -111,9 +113,18 @@ def test_replica_options_fixed_and_autoscaling() -> None:
 # ---------------------------------------------------------------- cards and requests
 
 
-def test_shipped_card_travels_as_no_path(card: ModelCard) -> None:
+def test_shipped_bundles_travel_by_name_others_by_path(card: ModelCard, tmp_path: Path) -> None:
+    assert (card.path, card.shipped, card.location()) == (None, "digits", shipped_bundle_path())
+    by_name, by_path = load_cards(["digits"]) + load_cards([shipped_bundle_path()])
+    assert by_name == by_path == card  # each node finds its own copy inside its install
+    shutil.copytree(shipped_bundle_path(), tmp_path / "mine")
+    (copy,) = load_cards([tmp_path / "mine"])
+    assert (copy.path, copy.shipped, copy.location()) == (str(tmp_path / "mine"), None, tmp_path / "mine")
+
+
+def test_card_describes_the_model(card: ModelCard) -> None:
     pipe_bundle = Pipeline.from_bundle().bundle
-    assert card.path is None and card.id == pipe_bundle.name == "digits"
+    assert card.id == pipe_bundle.name == "digits"
     c, h, w = pipe_bundle.image_shape
     assert (card.size, card.channels) == (f"{w}x{h}", c)
     assert card.class_names == pipe_bundle.conditioning.class_names
@@ -137,7 +148,7 @@ def test_openai_fields_become_runtime_arguments(card: ModelCard) -> None:
     body = ImagesRequest(prompt=" 7 ", n=4, seed=1, steps=5, sampler="ddim", guidance_scale=2, eta=0.5)
     assert body.to_request(card) == ImageRequest(4, "7", 1, 5, "ddim", 2.0, 0.5)
     assert ImagesRequest(prompt="").to_request(card).class_labels is None  # a random class
-    unconditional = ModelCard("u", None, 1, 32, 32, None, {})
+    unconditional = ModelCard("u", "/b", None, 1, 32, 32, None, {})
     assert ImagesRequest(prompt="a cat").to_request(unconditional).class_labels is None
     with pytest.raises(ApiError, match="b64_json") as info:
         ImagesRequest(response_format="url").to_request(card)

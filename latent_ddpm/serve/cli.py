@@ -36,9 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=Path,
         action="append",
         default=[],
-        metavar="DIR",
-        help="bundle directory to serve; repeat for several models (default: the shipped digits model); "
-        "on a cluster every node must see the same path",
+        metavar="DIR_OR_NAME",
+        help="bundle directory, or the name of a shipped model, to serve; repeat for several models "
+        "(default: the shipped digits model); on a cluster every node must see the same directories",
     )
     p.add_argument(
         "--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 serves other machines (Docker)"
@@ -78,6 +78,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="comma-separated ONNX Runtime execution providers, e.g. CUDAExecutionProvider,CPUExecutionProvider",
     )
     p.add_argument(
+        "--max-images", type=int, default=options.DEFAULTS["max_images"], help=options.HELP["max_images"]
+    )
+    p.add_argument(
         "--max-ongoing", type=int, default=options.DEFAULTS["max_ongoing"], help=options.HELP["max_ongoing"]
     )
     p.add_argument(
@@ -115,6 +118,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         "threads": args.threads,
         "backend": args.backend,
         "providers": [p.strip() for p in args.providers.split(",")] if args.providers else None,
+        "max_images": args.max_images,
         "max_ongoing": args.max_ongoing,
         "max_queued": args.max_queued,
     }

@@ -31,6 +31,7 @@ class ServeConfig(BaseModel):
     threads: int | None = Field(default=None, ge=1, description=HELP["threads"])
     backend: str = Field(default=DEFAULTS["backend"], description=HELP["backend"])
     providers: list[str] | None = Field(default=None, description=HELP["providers"])
+    max_images: int = Field(default=DEFAULTS["max_images"], ge=1, description=HELP["max_images"])
     max_ongoing: int = Field(default=DEFAULTS["max_ongoing"], ge=1, description=HELP["max_ongoing"])
     max_queued: int = Field(default=DEFAULTS["max_queued"], ge=1, description=HELP["max_queued"])
 

@@ -38,7 +38,11 @@ class Reply:
 class ModelReplica:
     def __init__(self, card: ModelCard, config: ServeConfig) -> None:
         pipe = Pipeline.from_bundle(
-            card.path, backend=config.backend, providers=config.providers, threads=config.replica_threads
+            card.location(),
+            backend=config.backend,
+            providers=config.providers,
+            threads=config.replica_threads,
+            max_images=config.max_images,
         )
         self._card = card
         self._runner = Runner(pipe, capacity=config.max_ongoing, observer=ReplicaMetrics(card.id))
