@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "sample": "latent_ddpm.runtime.sample_cli",
     "eval": "latent_ddpm.evaluate.cli",
     "demo": "latent_ddpm.demo.cli",
+    "serve": "latent_ddpm.serve.cli",
     "bench": "latent_ddpm.bench.cli",
     "quantize": "latent_ddpm.export.quantize_cli",
 }

@@ -17,6 +17,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "export": ("torch", "diffusers", "onnx", "onnxruntime", "safetensors", "tqdm"),
     "train": ("torch", "diffusers", "accelerate", "safetensors", "tqdm", "matplotlib"),
     "bench": ("torch", "diffusers", "onnx", "onnxruntime", "safetensors", "tqdm", "psutil", "matplotlib"),
+    "serve": ("ray", "fastapi", "pydantic"),
 }
 
 

@@ -43,6 +43,7 @@ CASES = {
     "train": ("accelerate", lambda src, out: ["train", "--config", "tiny", "--out", str(out)], "train"),
     "quantize": ("onnx", lambda src, out: ["quantize", str(src), str(out)], "export"),
     "bench": ("psutil", lambda src, out: ["bench", "--models", "digits", "--out", str(out)], "bench"),
+    "serve": ("ray", lambda src, out: ["serve", "--bundle", str(src)], "serve"),
 }
 
 

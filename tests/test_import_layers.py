@@ -20,8 +20,9 @@ BELOW = {
     "export": {"runtime", "evaluate"},  # the precision gate judges digits with evaluate's classifier
     "train": {"export", "runtime"},
     "demo": {"runtime"},
+    "serve": {"runtime"},
     "evaluate": {"runtime"},
-    "bench": {"train", "export", "runtime"},
+    "bench": {"train", "export", "runtime", "serve"},
 }
 
 
