@@ -40,6 +40,7 @@ class Recording:
         self.engine, self.model, self.backend = engine, engine.model, engine.backend
         self.calls: list[list[tuple[int, int]]] = []  # per call: (timestep, class label) of each row
         self.delay_s = delay_s
+        self.gate: threading.Event | None = None  # every call waits for it: holds the engine mid-run until the test lets it go on
 
     @property
     def providers(self) -> list[str]:
@@ -48,6 +49,8 @@ class Recording:
     def run(self, feed):
         rows = list(zip(feed["timestep"].tolist(), feed["class_labels"].tolist(), strict=True))
         self.calls.append(rows)
+        if self.gate is not None:
+            assert self.gate.wait(WAIT), "the test never opened the gate"
         if self.delay_s:
             time.sleep(self.delay_s)
         return self.engine.run(feed)
@@ -120,16 +123,26 @@ def _call(target: Pipeline | SamplingEngine, kwargs: dict):
 
 def test_mixed_requests_from_several_threads_give_the_images_they_give_alone(pipe: Pipeline) -> None:
     """Different samplers, steps, guidance, eta, seeds, image counts and img2img, submitted at staggered
-    times from four threads, share U-Net calls, and each gets bitwise what Pipeline.generate gives it."""
-    batched, unet = recorded(pipe)
+    times from four threads, share U-Net calls, and each gets bitwise what Pipeline.generate gives it.
+
+    The engine's first U-Net call is held until two requests are in, so that on any machine, however
+    loaded, a request joins one that is already running (rows at different timesteps in one call); each
+    call is slowed a little so that the later, staggered submissions join mid-run too."""
+    batched, unet = recorded(pipe, delay_s=0.005)
+    gate = unet.gate = threading.Event()  # after the Pipeline's own load check, which calls the U-Net
     handles: dict[int, object] = {}
+    lock = threading.Lock()
     with SamplingEngine(batched) as engine:
 
         def client(indices: list[int], seed: int) -> None:
             rng = random.Random(seed)
             for i in indices:
                 time.sleep(rng.uniform(0.0, 0.03))
-                handles[i] = _call(engine, MIXED[i])
+                handle = _call(engine, MIXED[i])
+                with lock:
+                    handles[i] = handle
+                    if len(handles) >= 2:
+                        gate.set()
 
         threads = [threading.Thread(target=client, args=(list(range(k, len(MIXED), 4)), k)) for k in range(4)]
         for t in threads:
