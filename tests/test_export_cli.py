@@ -79,6 +79,16 @@ def test_export_then_sample(cli_bundle: Path, tmp_path: Path, capsys: pytest.Cap
     assert "wrote" in capsys.readouterr().out
 
 
+def test_the_source_is_recorded_relative_to_the_bundle(cli_bundle: Path, tiny_model_dir: Callable) -> None:
+    """No absolute path of the exporting machine in what a bundle ships; the path still finds the source."""
+    source = load_bundle(cli_bundle).raw["source"]
+    assert source["name"] == tiny_model_dir("kl_bin").name
+    assert not Path(source["path"]).is_absolute()
+    assert (cli_bundle / source["path"]).resolve() == tiny_model_dir("kl_bin").resolve()
+    readme = (cli_bundle / "README.md").read_text(encoding="utf-8")
+    assert f"exported from `{source['name']}`" in readme and str(cli_bundle.parent) not in readme
+
+
 def test_refuses_existing_out_without_force(
     cli_bundle: Path, tiny_model_dir: Callable, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -284,14 +284,15 @@ def _prepare(name: str, args: argparse.Namespace, log) -> tuple[Path, Path, str]
 
 
 def _recorded_source(bundle: Path) -> Path | None:
-    """The diffusers directory a bundle says it was exported from, if it is still there."""
+    """The diffusers directory a bundle says it was exported from (relative to the bundle; older bundles
+    recorded it absolute), if it is still there."""
     import json
 
     try:
-        path = json.loads((bundle / "bundle.json").read_text(encoding="utf-8"))["source"]["path"]
+        path = bundle / json.loads((bundle / "bundle.json").read_text(encoding="utf-8"))["source"]["path"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return Path(path) if (Path(path) / "unet" / "config.json").is_file() else None
+    return path if (path / "unet" / "config.json").is_file() else None
 
 
 def _bundle_for(source: Path, out: Path, no_validate: bool, log) -> Path:

@@ -9,6 +9,7 @@ replaces only an existing bundle (export/output.py, latent_ddpm/files.py).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -71,6 +72,7 @@ class _Options:
     opset: int
     validate: bool
     name: str
+    source_path: str  # the source relative to OUT: a bundle records no absolute path of the machine
     settings: GateSettings
     external_data_threshold: int
     threads: int | None
@@ -107,6 +109,7 @@ def export_bundle(
         opset,
         validate,
         name or out_path.name,
+        relative_source(src_path, out_path),
         settings or GateSettings(),
         external_data_threshold,
         threads,
@@ -129,6 +132,15 @@ def export_bundle(
     finally:
         stages.close()
     return ExportResult(out_path, meta, report, time.perf_counter() - started)
+
+
+def relative_source(source: Path, out: Path) -> str:
+    """SOURCE as a POSIX path relative to the bundle OUT (just its name where no relative path exists, as
+    across Windows drives), so that a shipped bundle names no folder of the machine that exported it."""
+    try:
+        return Path(os.path.relpath(source, out)).as_posix()
+    except ValueError:
+        return source.name
 
 
 @contextmanager
@@ -387,7 +399,8 @@ def _bundle_json(
         "name": options.name,
         "created_by": f"latent-ddpm {__version__}",
         "source": {
-            "path": str(source.path),
+            "name": source.path.name,
+            "path": options.source_path,
             "unet_class": source.unet_class,
             "vae_class": source.vae_class,
             "vae_folder": source.vae_folder,
@@ -426,7 +439,7 @@ def _readme(meta: dict[str, Any], report: dict[str, Any] | None) -> str:
     lines = [
         f"# {meta['name']}",
         "",
-        f"A latent-ddpm bundle ({meta['created_by']}) exported from `{src['path']}` "
+        f"A latent-ddpm bundle ({meta['created_by']}) exported from `{src['name']}` "
         f"({src['unet_class']} + {src['vae_class']}). `bundle.json` holds the whole contract.",
         "",
         "    latent-ddpm sample --bundle . --out samples.png",
