@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+from latent_ddpm.runtime.schedulers import SAMPLERS
 
 HELP = __doc__
 
@@ -24,9 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--bundle", type=Path, default=None, help="bundle directory (default: the shipped digits model)"
     )
     p.add_argument("--per-class", type=int, default=100, help="images generated per class (>= 2)")
-    p.add_argument(
-        "--sampler", choices=["ddim", "ddpm", "dpmsolver++"], default=None, help="default: bundle's"
-    )
+    p.add_argument("--sampler", choices=SAMPLERS, default=None, help="default: bundle's")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: bundle's)")
     p.add_argument(
         "--guidance", type=float, default=None, help="classifier-free guidance scale (default: bundle's)"
@@ -37,6 +38,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")
     p.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--write-defaults",
+        type=Path,
+        default=None,
+        metavar="EVALUATION_JSON",
+        help="instead of measuring: write the recommended defaults of a finished sweep "
+        "(python -m latent_ddpm.evaluate.sweep) into --bundle's bundle.json and README",
+    )
 
 
 def summary(report: Any) -> str:
@@ -64,6 +73,14 @@ def run(args: argparse.Namespace) -> int:
     from latent_ddpm.runtime.limits import check_threads
 
     check_threads(args.threads, "--threads")  # before any work: more threads than cores only contend
+    if args.write_defaults is not None:
+        from latent_ddpm.evaluate.defaults import write_defaults
+        from latent_ddpm.runtime.shipped import resolve_bundle
+
+        bundle = resolve_bundle(args.bundle)
+        defaults = write_defaults(bundle, args.write_defaults)
+        print(f"wrote defaults {json.dumps(asdict(defaults))} into {bundle}/bundle.json and README.md")
+        return 0
     from latent_ddpm.evaluate.classifier import DigitClassifier
     from latent_ddpm.evaluate.measure import RealReference, Settings, check_settings, evaluate
     from latent_ddpm.provenance import environment

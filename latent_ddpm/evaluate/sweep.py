@@ -14,7 +14,6 @@ an interrupted sweep resumes and the report can be redrawn without sampling agai
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 from latent_ddpm.errors import LatentDDPMError
 from latent_ddpm.evaluate.calibrate import calibration
 from latent_ddpm.evaluate.classifier import DigitClassifier
+from latent_ddpm.evaluate.defaults import bundle_identity
 from latent_ddpm.evaluate.measure import RealReference, Settings, check_settings, evaluate
 from latent_ddpm.evaluate.recommend import ACCURACY_GOAL, CFID_TOLERANCE, pick_guidance, pick_steps
 from latent_ddpm.evaluate.report import write_report
@@ -59,7 +59,7 @@ class Sweep:
 
     def row(self, pipe: Any, label: str, per_class: int, **sampling: Any) -> dict[str, Any]:
         s = Settings(per_class=per_class, seed=self.args.seed, batch=self.args.batch, **sampling)
-        key = f"{bundle_identity(pipe)}|{s.sampler}|{s.steps}|{s.guidance_scale}|{s.eta}|{s.per_class}|{s.seed}|{s.batch}"
+        key = f"{bundle_identity(pipe.bundle)}|{s.sampler}|{s.steps}|{s.guidance_scale}|{s.eta}|{s.per_class}|{s.seed}|{s.batch}"
         if key in self.cache:  # the same model and settings: relabel only (e.g. the bundle was copied)
             row = {**self.cache[key], "label": label, "bundle": str(pipe.bundle.root)}
         else:
@@ -91,16 +91,6 @@ class Sweep:
         atomic_write(self.path, json.dumps(doc, indent=2) + "\n")
 
 
-def bundle_identity(pipe: Any) -> str:
-    """What fixes a bundle's samples: its graphs and sampling config (not its name, path or defaults)."""
-    raw = pipe.bundle.raw
-    what = {
-        "models": {role: m.sha256 for role, m in pipe.bundle.models.items()},
-        **{k: raw.get(k) for k in ("scheduler", "prediction_type", "latent", "image", "conditioning")},
-    }
-    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def schedule_of(pipe: Any) -> str:
     return str(pipe.bundle.scheduler_config.get("beta_schedule", "?"))
 
@@ -112,8 +102,7 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
     labels = [f"{p.bundle.name} ({schedule_of(p)})" for p in pipes]
     main, label = pipes[0], labels[0]
     sweep = Sweep(args)
-    cond = main.bundle.conditioning
-    can_guide = cond is not None and cond.null_class is not None
+    can_guide = main.bundle.can_guide
     guidance_rows = [
         sweep.row(
             main, label, args.per_class, sampler="ddim", steps=REFERENCE_STEPS, guidance_scale=g, eta=eta
@@ -220,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sweep: error: {exc}", file=sys.stderr)
         return 2
     print(f"recommended defaults: {json.dumps(doc['recommended_defaults'])}")
+    bundle = args.bundle[0] if args.bundle else "the shipped digits model"
+    print(f"write them into {bundle}: latent-ddpm eval --write-defaults {args.out / 'evaluation.json'}")
     for name, goal in doc["goals"].items():
         print(f"goal {name}: {'met' if goal['met'] else 'NOT met'} ({goal})")
     return 0

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from latent_ddpm.errors import LatentDDPMError
+from latent_ddpm.evaluate.defaults import readme_line
 from latent_ddpm.export.errors import ExportError, GateFailedError
 from latent_ddpm.export.fp16 import Fp16Result, convert_fp16
 from latent_ddpm.export.modules import graph_module
@@ -43,6 +44,7 @@ from latent_ddpm.runtime.bundle import (
     FORMAT_NAME,
     FORMAT_VERSION,
     VALIDATION_FILE,
+    SamplingDefaults,
     load_bundle,
     sha256_file,
 )
@@ -463,6 +465,7 @@ def _readme(meta: dict[str, Any], report: dict[str, Any] | None) -> str:
             "",
             "`samples.png`: top row this bundle (ONNX Runtime), bottom row the diffusers reference.",
         ]
+    lines += ["", readme_line(SamplingDefaults(**meta["defaults"]))]
     return "\n".join(lines) + "\n"
 
 

@@ -17,6 +17,7 @@ from latent_ddpm.runtime.limits import (
     MAX_GUIDANCE_SCALE,
     MIN_GUIDANCE_SCALE,
 )
+from latent_ddpm.runtime.schedulers import SAMPLERS
 
 HELP = __doc__
 
@@ -38,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--sampler",
-        choices=["ddim", "ddpm", "dpmsolver++"],
+        choices=SAMPLERS,
         default=None,
         help="sampling loop (default: bundle's)",
     )
