@@ -213,7 +213,7 @@ def _latent_model(name: str, args: argparse.Namespace, threads: int, peak: float
     }
     if not args.no_cold_start:
         log(f"  cold start and memory of {name} (fresh processes)")
-        guidance = latent_case.guidance_of(bundle)
+        guidance = bundle.defaults.guidance_scale
         model["cold_start"] = coldstart.measure(bundle_path, source, plan.batches, guidance, threads, log)
     return model
 

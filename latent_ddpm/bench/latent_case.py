@@ -35,14 +35,6 @@ class Plan:
     runs: int
 
 
-def guidance_of(bundle: Bundle) -> float:
-    """The bundle's recommended guidance: what users get, and what makes each U-Net call a double batch."""
-    cond = bundle.conditioning
-    if cond is None or cond.null_class is None:
-        return 1.0
-    return bundle.defaults.guidance_scale
-
-
 def _inputs(bundle: Bundle, batch: int, guidance: float, seed: int):
     rng = np.random.default_rng(seed)
     latents = rng.standard_normal((batch, *bundle.latent_shape), dtype=np.float32)
@@ -93,7 +85,7 @@ def measure(
 ) -> dict[str, Any]:
     """Measure every backend on ``bundle``'s model at each batch size; speed-ups are against torch-eager.
     ``dropped``: contenders that could not even be opened, and why (reported with those that fail here)."""
-    guidance = guidance_of(bundle)
+    guidance = bundle.defaults.guidance_scale
     conditional = bundle.conditioning is not None
     failed: dict[str, str] = dict(dropped or {})
     active = list(backends)

@@ -94,7 +94,3 @@ def check_model(path: Path) -> None:
         raise ExportError(
             f"{path.name}: onnx.checker rejects the exported graph: {str(exc).splitlines()[0]}"
         ) from None
-
-
-def load_model(path: Path, *, with_data: bool = True) -> onnx.ModelProto:
-    return onnx.load(str(path), load_external_data=with_data)

@@ -31,6 +31,7 @@ import numpy as np
 
 from latent_ddpm.errors import InputError
 from latent_ddpm.export.errors import ExportError
+from latent_ddpm.files import atomic_write
 from latent_ddpm.provenance import cpu_model, library_versions
 from latent_ddpm.runtime.backends import REDUCED_PRECISIONS, backend_opener
 from latent_ddpm.runtime.bundle import BUNDLE_FILE, GATED_PRECISIONS, VALIDATION_FILE, Bundle, load_bundle
@@ -95,7 +96,7 @@ def validate_precision(
             "sampler": d.sampler,
             "steps": d.steps,
             "eta": d.eta if d.sampler == "ddim" else 0.0,
-            "guidance_scale": _guidance(bundle),
+            "guidance_scale": bundle.defaults.guidance_scale,
         },
         "models": {role: m.sha256 for role, m in bundle.models.items()},
         "sampling": sampling,
@@ -153,11 +154,6 @@ def _check_request(bundle: Bundle, precision: str, backend: str, settings: GateS
     for p in (bundle.root, bundle.root / BUNDLE_FILE, bundle.root / VALIDATION_FILE):
         if p.exists() and not os.access(p, os.W_OK):
             raise ExportError(f"{p} is not writable: the gate records its result in the bundle")
-
-
-def _guidance(bundle: Bundle) -> float:
-    cond = bundle.conditioning
-    return bundle.defaults.guidance_scale if cond is not None and cond.null_class is not None else 1.0
 
 
 def _labels(bundle: Bundle, n: int) -> np.ndarray | None:
@@ -241,7 +237,7 @@ def _record(bundle: Bundle, report: dict[str, Any]) -> None:
     validation_path = root / VALIDATION_FILE
     validation = json.loads(validation_path.read_text(encoding="utf-8")) if validation_path.is_file() else {}
     validation.setdefault("precision_gates", {})[precision] = report
-    _replace_json(validation_path, validation)
+    atomic_write(validation_path, json.dumps(validation, indent=2) + "\n")
 
     meta = json.loads((root / BUNDLE_FILE).read_text(encoding="utf-8"))
     judge = report["judge"]
@@ -266,14 +262,5 @@ def _record(bundle: Bundle, report: dict[str, Any]) -> None:
             f"accuracy_{precision}": judge.get(f"accuracy_{precision}"),
         },
     }
-    _replace_json(root / BUNDLE_FILE, meta)
+    atomic_write(root / BUNDLE_FILE, json.dumps(meta, indent=2) + "\n")
     load_bundle(root, verify_hashes=False)  # what was written parses as the runtime will read it
-
-
-def _replace_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -202,7 +202,7 @@ def _build(bundle: Bundle, tmp: Path, options: QuantizeOptions, log: Log) -> Non
                 "batch": options.calibration_batch,
                 "sampler": bundle.defaults.sampler,
                 "steps": bundle.defaults.steps,
-                "guidance_scale": _guidance(bundle),
+                "guidance_scale": bundle.defaults.guidance_scale,
                 "unet_feeds": len(calibration.get("unet", [])),
                 "decoder_feeds": len(calibration.get("vae_decoder", [])),
             },
@@ -256,11 +256,6 @@ def _figures(agreement: dict[str, float]) -> str:
     return f"images {agreement['psnr_db']:.1f} dB PSNR vs fp32, max abs {agreement['max_abs']:.0f}"
 
 
-def _guidance(bundle: Bundle) -> float:
-    cond = bundle.conditioning
-    return bundle.defaults.guidance_scale if cond is not None and cond.null_class is not None else 1.0
-
-
 def _labels(bundle: Bundle, n: int, rng: np.random.Generator) -> np.ndarray | None:
     cond = bundle.conditioning
     return None if cond is None else rng.integers(0, cond.num_classes, size=n).astype(np.int64)
@@ -275,7 +270,7 @@ def _sample(
     return pipe.generate(
         latents=latents,
         class_labels=None if labels is None else labels.tolist(),
-        guidance_scale=_guidance(bundle),
+        guidance_scale=bundle.defaults.guidance_scale,
         seed=0,
     ).images
 

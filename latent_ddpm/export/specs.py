@@ -17,7 +17,6 @@ import numpy as np
 
 from latent_ddpm.runtime.bundle import TensorSpec
 
-ROLES = ("unet", "vae_decoder", "vae_encoder")
 VQ_LOOKUP_REASON = "VQ codebook lookup: an argmin over distances, where a float16 rounding can pick another code (a wrong patch)"
 
 

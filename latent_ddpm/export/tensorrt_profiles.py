@@ -43,8 +43,7 @@ def profile_to_json(profile: Mapping[str, ShapeRange]) -> dict[str, Any]:
 def batch_range(bundle: Bundle, role: str, settings: BuildSettings) -> tuple[int, int, int]:
     """(min, opt, max) batch the ``role`` graph sees when the pipeline makes min..max images."""
     lo, opt, hi = settings.min_batch, settings.opt_batch, settings.max_batch
-    cond = bundle.conditioning
-    if role == "unet" and cond is not None and cond.null_class is not None:
+    if role == "unet" and bundle.can_guide:
         hi *= 2  # a guided call stacks unconditional + conditional
         if bundle.defaults.guidance_scale != 1.0:
             opt *= 2  # the bundle recommends guidance, so that is the shape to tune for

@@ -166,7 +166,7 @@ def validate_sampling(
     latents = rng.standard_normal((settings.images, *bundle.latent_shape), dtype=np.float32)
     cond = bundle.conditioning
     labels = None if cond is None else (np.arange(settings.images) % cond.num_classes).astype(np.int64)
-    guidance = bundle.defaults.guidance_scale if cond is not None and cond.null_class is not None else 1.0
+    guidance = bundle.defaults.guidance_scale
     steps = min(settings.steps, bundle.num_train_timesteps) if steps is None else steps
     result = pipe.generate(
         latents=latents,

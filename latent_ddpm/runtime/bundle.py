@@ -119,6 +119,9 @@ class Conditioning:
 
 @dataclass(frozen=True)
 class SamplingDefaults:
+    """What a request that names none gets; ``guidance_scale`` is 1.0 unless the bundle ``can_guide``
+    (another value is refused at load), so callers use it as it is."""
+
     sampler: str = "ddim"
     steps: int = 50
     guidance_scale: float = 1.0
