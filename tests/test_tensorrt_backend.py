@@ -15,6 +15,7 @@ from bundle_factory import make_bundle
 
 from latent_ddpm.cli import main
 from latent_ddpm.runtime import BackendUnavailableError, BundleError, InputError, Pipeline, load_bundle
+from latent_ddpm.runtime.backends import EngineRequest
 from latent_ddpm.runtime.backends.tensorrt_backend import open_engine
 from latent_ddpm.runtime.backends.tensorrt_cuda import cuda_check, current_device, import_cudart
 
@@ -67,7 +68,7 @@ def test_missing_cuda_python_names_the_extra(monkeypatch: pytest.MonkeyPatch) ->
 def test_providers_are_refused_with_a_pointer_to_onnxruntime(bundle: Path) -> None:
     b = load_bundle(bundle)
     with pytest.raises(InputError, match=r"backend='onnxruntime', providers=\['TensorrtExecutionProvider'\]"):
-        open_engine(b, b.models["unet"], providers=["CUDAExecutionProvider"])
+        open_engine(EngineRequest(b, b.models["unet"], providers=["CUDAExecutionProvider"]))
 
 
 class _Err(enum.Enum):

@@ -33,7 +33,7 @@ from latent_ddpm.errors import InputError
 from latent_ddpm.export.errors import ExportError
 from latent_ddpm.files import atomic_write
 from latent_ddpm.provenance import cpu_model, library_versions
-from latent_ddpm.runtime.backends import REDUCED_PRECISIONS, backend_opener
+from latent_ddpm.runtime.backends import REDUCED_PRECISIONS, EngineRequest, backend_opener
 from latent_ddpm.runtime.bundle import BUNDLE_FILE, GATED_PRECISIONS, VALIDATION_FILE, Bundle, load_bundle
 from latent_ddpm.runtime.pipeline import Pipeline
 
@@ -68,7 +68,7 @@ def validate_precision(
     reference = Pipeline.from_bundle(bundle.root, REFERENCE_BACKEND, threads=settings.threads)
     opener = backend_opener(backend)
     engines = {
-        role: opener(bundle, model, threads=settings.threads, precision=precision)
+        role: opener(EngineRequest(bundle, model, threads=settings.threads, precision=precision))
         for role, model in bundle.models.items()
     }
     candidate = Pipeline(bundle, engines["unet"], engines["vae_decoder"], engines.get("vae_encoder"))

@@ -30,7 +30,6 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -42,7 +41,7 @@ from latent_ddpm.runtime.batching import Batcher, TickReport
 from latent_ddpm.runtime.handles import Cancelled, Event, Failed, Finished, Progress, RequestHandle
 from latent_ddpm.runtime.limits import DEFAULT_MAX_PENDING_IMAGES, check_count
 from latent_ddpm.runtime.pipeline import Pipeline, result_of
-from latent_ddpm.runtime.requests import Labels, SamplingRequest, Seed
+from latent_ddpm.runtime.requests import RequestChecker, SamplingRequest, arguments_of
 from latent_ddpm.runtime.results import Preview, Timings
 from latent_ddpm.runtime.sampling import SamplingRun, joined
 
@@ -104,41 +103,15 @@ class SamplingEngine:
     def stats(self) -> EngineStats:
         return self._worker.stats_snapshot()
 
-    def submit(
-        self,
-        num_images: int | None = None,
-        steps: int | None = None,
-        sampler: str | None = None,
-        eta: float | None = None,
-        seed: Seed = None,
-        class_labels: Labels = None,
-        guidance_scale: float | None = None,
-        latents: np.ndarray | None = None,
-        preview_steps: Sequence[int] = (),
-    ) -> RequestHandle:
+    @arguments_of(RequestChecker.generate)
+    def submit(self, *args: Any, **kwargs: Any) -> RequestHandle:
         """Queue a ``Pipeline.generate`` request (same arguments, same checks, same images)."""
-        request = self.pipeline.requests.generate(
-            num_images, steps, sampler, eta, seed, class_labels, guidance_scale, latents, preview_steps
-        )
-        return self._worker.enqueue(request)
+        return self._worker.enqueue(self.pipeline.requests.generate(*args, **kwargs))
 
-    def submit_img2img(
-        self,
-        images: Any,
-        strength: float = 0.6,
-        steps: int | None = None,
-        sampler: str | None = None,
-        eta: float | None = None,
-        seed: Seed = None,
-        class_labels: Labels = None,
-        guidance_scale: float | None = None,
-        preview_steps: Sequence[int] = (),
-    ) -> RequestHandle:
+    @arguments_of(RequestChecker.img2img)
+    def submit_img2img(self, *args: Any, **kwargs: Any) -> RequestHandle:
         """Queue a ``Pipeline.img2img`` request; its pictures are encoded when it is admitted."""
-        request = self.pipeline.requests.img2img(
-            images, strength, steps, sampler, eta, seed, class_labels, guidance_scale, preview_steps
-        )
-        return self._worker.enqueue(request)
+        return self._worker.enqueue(self.pipeline.requests.img2img(*args, **kwargs))
 
     def close(self, cancel: bool = False, timeout: float | None = None) -> None:
         """Refuse new requests and stop the worker thread: after finishing every submitted request, or with

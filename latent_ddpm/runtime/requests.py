@@ -8,10 +8,11 @@ proportion to a bad request: sizes are checked before arrays are built.
 
 from __future__ import annotations
 
+import inspect
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -24,6 +25,23 @@ from latent_ddpm.runtime.seeds import check_seeds
 
 Labels = int | str | Sequence[int | str] | np.ndarray | None
 Seed = int | Sequence[int] | None
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def arguments_of(
+    checker: Callable[Concatenate[Any, P], object],
+) -> Callable[[Callable[..., R]], Callable[Concatenate[Any, P], R]]:
+    """Give a method that passes ``*args, **kwargs`` on to ``checker`` the checker's parameters, for type
+    checkers (ParamSpec) and ``help()`` (``__signature__``), so a request's arguments are written once."""
+
+    def decorate(method: Callable[..., R]) -> Callable[Concatenate[Any, P], R]:
+        signature = inspect.signature(checker)
+        returns = inspect.signature(method).return_annotation
+        method.__signature__ = signature.replace(return_annotation=returns)  # type: ignore[attr-defined]
+        return method
+
+    return decorate
 
 
 @dataclass(frozen=True, eq=False)

@@ -70,6 +70,19 @@ class EngineOptions:
             raise InputError(f"engine option max_shapes must be an integer >= 1, got {self.max_shapes!r}")
 
 
+@dataclass(frozen=True)
+class EngineRequest:
+    """What a backend's ``open_engine`` receives: one argument, so that every backend has the same one-line
+    signature and a new setting is added in one place. The precision is checked before (``check_precision``)."""
+
+    bundle: Bundle
+    model: ModelFile
+    providers: Sequence[str] | None = None
+    threads: int | None = None
+    precision: str = "fp32"
+    options: EngineOptions = EngineOptions()
+
+
 class Engine(Protocol):
     """One loaded graph. ``run`` checks its feed against the model spec before touching the backend."""
 
@@ -97,17 +110,12 @@ def open_engine(
     opener = backend_opener(backend)
     check_precision(bundle, backend, precision)
     return opener(
-        bundle,
-        bundle.models[role],
-        providers=providers,
-        threads=threads,
-        precision=precision,
-        options=options or EngineOptions(),
+        EngineRequest(bundle, bundle.models[role], providers, threads, precision, options or EngineOptions())
     )
 
 
-def backend_opener(backend: str) -> Callable[..., Engine]:
-    """The backend's own ``open_engine(bundle, model, providers, threads, precision, options)``, which checks
+def backend_opener(backend: str) -> Callable[[EngineRequest], Engine]:
+    """The backend's own ``open_engine(EngineRequest)``, which checks
     no gate record: only a gate itself (``latent-ddpm validate-precision``) opens a bundle that way."""
     if backend not in BACKENDS:
         raise BackendUnavailableError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")

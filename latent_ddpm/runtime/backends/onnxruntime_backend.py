@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 
 from latent_ddpm.errors import BackendUnavailableError, BundleError
-from latent_ddpm.runtime.backends import EngineOptions, check_feed, check_graph_matches_spec
+from latent_ddpm.runtime.backends import EngineOptions, EngineRequest, check_feed, check_graph_matches_spec
 from latent_ddpm.runtime.backends.shape_cache import ShapeCache
-from latent_ddpm.runtime.bundle import Bundle, ModelFile
+from latent_ddpm.runtime.bundle import ModelFile
 
 _ORT_TYPES = {
     "tensor(float)": "float32",
@@ -119,13 +119,6 @@ def _first_line(exc: Exception) -> str:
     return line.rsplit(" : ", 1)[-1] if line.startswith("[ONNXRuntimeError]") else line
 
 
-def open_engine(
-    bundle: Bundle,
-    model: ModelFile,
-    providers: Sequence[str] | None = None,
-    threads: int | None = None,
-    precision: str = "fp32",
-    options: EngineOptions | None = None,
-) -> OnnxRuntimeEngine:
+def open_engine(r: EngineRequest) -> OnnxRuntimeEngine:
     """``precision`` is checked by ``backends.open_engine``: ONNX Runtime runs the graphs as they are."""
-    return OnnxRuntimeEngine(model, providers=providers, threads=threads, options=options)
+    return OnnxRuntimeEngine(r.model, providers=r.providers, threads=r.threads, options=r.options)

@@ -29,7 +29,7 @@ import numpy as np
 
 from latent_ddpm.errors import BackendUnavailableError, BundleError, InputError
 from latent_ddpm.provenance import cpu_flags
-from latent_ddpm.runtime.backends import EngineOptions, check_feed, check_graph_matches_spec
+from latent_ddpm.runtime.backends import EngineOptions, EngineRequest, check_feed, check_graph_matches_spec
 from latent_ddpm.runtime.backends.shape_cache import ShapeCache
 from latent_ddpm.runtime.bundle import Bundle, ModelFile
 
@@ -176,17 +176,10 @@ def _outside(bundle: Bundle, cache_dir: Path) -> Path:
     return resolved
 
 
-def open_engine(
-    bundle: Bundle,
-    model: ModelFile,
-    providers: Sequence[str] | None = None,
-    threads: int | None = None,
-    precision: str = "fp32",
-    options: EngineOptions | None = None,
-) -> OpenVinoEngine:
-    if providers:
+def open_engine(r: EngineRequest) -> OpenVinoEngine:
+    if r.providers:
         raise InputError(
-            f"providers={list(providers)} selects ONNX Runtime execution providers; the openvino backend "
+            f"providers={list(r.providers)} selects ONNX Runtime execution providers; the openvino backend "
             "takes none (it runs on the CPU)"
         )
-    return OpenVinoEngine(bundle, model, threads=threads, precision=precision, options=options)
+    return OpenVinoEngine(r.bundle, r.model, threads=r.threads, precision=r.precision, options=r.options)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from latent_ddpm.errors import BackendUnavailableError, BundleError, InputError
-from latent_ddpm.runtime.backends import EngineOptions, check_feed
+from latent_ddpm.runtime.backends import EngineRequest, check_feed
 from latent_ddpm.runtime.backends.tensorrt_cuda import (
     DeviceBuffer,
     Stream,
@@ -189,23 +189,16 @@ class TensorRTEngine:
             self._stream = None
 
 
-def open_engine(
-    bundle: Bundle,
-    model: ModelFile,
-    providers: Sequence[str] | None = None,
-    threads: int | None = None,
-    precision: str = "fp32",
-    options: EngineOptions | None = None,
-) -> TensorRTEngine:
-    """``threads`` and ``precision`` are accepted for the common signature and unused: TensorRT runs on the
-    GPU, in the precision its plans were built with. It honours no engine option."""
-    (options or EngineOptions()).check("tensorrt", ())
-    if providers:
+def open_engine(r: EngineRequest) -> TensorRTEngine:
+    """``threads`` and ``precision`` go unused: TensorRT runs on the GPU, in the precision its plans were
+    built with. It honours no engine option."""
+    r.options.check("tensorrt", ())
+    if r.providers:
         raise InputError(
-            f"providers={list(providers)} selects ONNX Runtime execution providers; the tensorrt backend takes none "
+            f"providers={list(r.providers)} selects ONNX Runtime execution providers; the tensorrt backend takes none "
             f"(for ONNX Runtime's TensorRT provider use backend='onnxruntime', providers=['TensorrtExecutionProvider'])"
         )
-    return TensorRTEngine(bundle, model)
+    return TensorRTEngine(r.bundle, r.model)
 
 
 def check_in_profile(
