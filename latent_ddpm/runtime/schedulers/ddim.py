@@ -12,8 +12,8 @@ from latent_ddpm.errors import InputError
 from latent_ddpm.runtime.limits import check_eta
 from latent_ddpm.runtime.schedulers.common import (
     ONE,
-    Generators,
     SchedulerOutput,
+    StepNoise,
     as_float32,
     check_same_shape,
     check_timestep,
@@ -22,7 +22,7 @@ from latent_ddpm.runtime.schedulers.common import (
     predict_original_and_noise,
 )
 from latent_ddpm.runtime.schedulers.config import PREDICTION_TYPES, TIMESTEP_SPACINGS
-from latent_ddpm.runtime.schedulers.variance_preserving import VPScheduler
+from latent_ddpm.runtime.schedulers.variance_preserving import CLIP_DEFAULTS, VP_DEFAULTS, VPScheduler
 
 
 @dataclass(frozen=True)
@@ -48,21 +48,10 @@ class DDIMScheduler(VPScheduler):
 
     DEFAULTS = MappingProxyType(
         {
-            "num_train_timesteps": 1000,
-            "beta_start": 0.0001,
-            "beta_end": 0.02,
-            "beta_schedule": "linear",
-            "trained_betas": None,
-            "clip_sample": True,
+            **VP_DEFAULTS,
+            **CLIP_DEFAULTS,
             "set_alpha_to_one": True,
-            "steps_offset": 0,
-            "prediction_type": "epsilon",
-            "thresholding": False,
-            "dynamic_thresholding_ratio": 0.995,
-            "clip_sample_range": 1.0,
-            "sample_max_value": 1.0,
             "timestep_spacing": "leading",
-            "rescale_betas_zero_snr": False,
         }
     )
     CHOICES = MappingProxyType({"prediction_type": PREDICTION_TYPES, "timestep_spacing": TIMESTEP_SPACINGS})
@@ -102,14 +91,8 @@ class DDIMScheduler(VPScheduler):
             direction_coeff=np.sqrt(ONE - alpha_prod_t_prev - std_dev_t * std_dev_t),
         )
 
-    def step(
-        self,
-        model_output: np.ndarray,
-        timestep: int,
-        sample: np.ndarray,
-        *,
-        generator: Generators | None = None,
-        variance_noise: np.ndarray | None = None,
+    def _step(
+        self, model_output: np.ndarray, timestep: int, sample: np.ndarray, source: StepNoise
     ) -> SchedulerOutput:
         """One DDIM step x_t -> x_{t-1}. With ``eta`` > 0 it needs ``generator`` or ``variance_noise``.
 
@@ -149,7 +132,9 @@ class DDIMScheduler(VPScheduler):
 
         # 8. the random term sigma_t * eps_t of eq. 12
         if self.eta > 0:
-            noise = draw_noise(sample.shape, generator, variance_noise, "DDIMScheduler.step with eta > 0")
+            noise = draw_noise(
+                sample.shape, source.generator, source.variance_noise, "DDIMScheduler.step with eta > 0"
+            )
             np.multiply(noise, k.std_dev_t, out=pred_sample_direction)
             prev_sample += pred_sample_direction
 

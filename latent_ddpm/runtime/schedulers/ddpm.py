@@ -11,8 +11,8 @@ import numpy as np
 from latent_ddpm.errors import InputError
 from latent_ddpm.runtime.schedulers.common import (
     ONE,
-    Generators,
     SchedulerOutput,
+    StepNoise,
     as_float32,
     check_same_shape,
     check_timestep,
@@ -21,7 +21,7 @@ from latent_ddpm.runtime.schedulers.common import (
     predict_original_and_noise,
 )
 from latent_ddpm.runtime.schedulers.config import BETA_SCHEDULES, PREDICTION_TYPES, TIMESTEP_SPACINGS
-from latent_ddpm.runtime.schedulers.variance_preserving import VPScheduler
+from latent_ddpm.runtime.schedulers.variance_preserving import CLIP_DEFAULTS, VP_DEFAULTS, VPScheduler
 
 LEARNED = ("learned", "learned_range")
 
@@ -50,21 +50,10 @@ class DDPMScheduler(VPScheduler):
 
     DEFAULTS = MappingProxyType(
         {
-            "num_train_timesteps": 1000,
-            "beta_start": 0.0001,
-            "beta_end": 0.02,
-            "beta_schedule": "linear",
-            "trained_betas": None,
+            **VP_DEFAULTS,
+            **CLIP_DEFAULTS,
             "variance_type": "fixed_small",
-            "clip_sample": True,
-            "prediction_type": "epsilon",
-            "thresholding": False,
-            "dynamic_thresholding_ratio": 0.995,
-            "clip_sample_range": 1.0,
-            "sample_max_value": 1.0,
             "timestep_spacing": "leading",
-            "steps_offset": 0,
-            "rescale_betas_zero_snr": False,
         }
     )
     # variance_type None (a DPM-Solver config's default) falls through diffusers' branches to fixed_small.
@@ -128,14 +117,8 @@ class DDPMScheduler(VPScheduler):
             std=self._std(current_beta_t, alpha_prod_t, alpha_prod_t_prev, None) if fixed else None,
         )
 
-    def step(
-        self,
-        model_output: np.ndarray,
-        timestep: int,
-        sample: np.ndarray,
-        *,
-        generator: Generators | None = None,
-        variance_noise: np.ndarray | None = None,
+    def _step(
+        self, model_output: np.ndarray, timestep: int, sample: np.ndarray, source: StepNoise
     ) -> SchedulerOutput:
         """One reverse step x_t -> x_{t-1}; noise comes only from ``generator`` or ``variance_noise``."""
         c = self.config
@@ -169,7 +152,7 @@ class DDPMScheduler(VPScheduler):
 
         # 6. add sigma_t z with the posterior variance beta_tilde (Ho et al. 2020, eqs. 6-7), except at t = 0
         if t > 0:
-            noise = draw_noise(sample.shape, generator, variance_noise, "DDPMScheduler.step")
+            noise = draw_noise(sample.shape, source.generator, source.variance_noise, "DDPMScheduler.step")
             std = k.std
             if std is None:
                 std = self._std(k.current_beta_t, k.alpha_prod_t, k.alpha_prod_t_prev, predicted_variance)

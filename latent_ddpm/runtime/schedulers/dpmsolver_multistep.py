@@ -25,15 +25,15 @@ import numpy as np
 from latent_ddpm.errors import InputError
 from latent_ddpm.runtime.schedulers.common import (
     ONE,
-    Generators,
     SchedulerOutput,
+    StepNoise,
     as_float32,
     check_num_inference_steps,
     check_same_shape,
     dynamic_threshold,
 )
 from latent_ddpm.runtime.schedulers.config import PREDICTION_TYPES, TIMESTEP_SPACINGS
-from latent_ddpm.runtime.schedulers.variance_preserving import VPScheduler
+from latent_ddpm.runtime.schedulers.variance_preserving import VP_DEFAULTS, VPScheduler
 
 ALGORITHM_TYPES = ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++")  # diffusers' names
 _REFUSED_WHY = "the runtime samples with DPM-Solver++ of order 1 or 2 only (see the module docstring)"
@@ -91,16 +91,8 @@ class DPMSolverMultistepScheduler(VPScheduler):
 
     DEFAULTS = MappingProxyType(
         {
-            "num_train_timesteps": 1000,
-            "beta_start": 0.0001,
-            "beta_end": 0.02,
-            "beta_schedule": "linear",
-            "trained_betas": None,
+            **VP_DEFAULTS,
             "solver_order": 2,
-            "prediction_type": "epsilon",
-            "thresholding": False,
-            "dynamic_thresholding_ratio": 0.995,
-            "sample_max_value": 1.0,
             "algorithm_type": "dpmsolver++",
             "solver_type": "midpoint",
             "lower_order_final": True,
@@ -115,8 +107,6 @@ class DPMSolverMultistepScheduler(VPScheduler):
             "lambda_min_clipped": -math.inf,
             "variance_type": None,
             "timestep_spacing": "linspace",
-            "steps_offset": 0,
-            "rescale_betas_zero_snr": False,
             "use_dynamic_shifting": False,
             "time_shift_type": "exponential",
         }
@@ -327,14 +317,8 @@ class DPMSolverMultistepScheduler(VPScheduler):
             x0_pred = dynamic_threshold(x0_pred, c["dynamic_thresholding_ratio"], c["sample_max_value"])
         return x0_pred
 
-    def step(
-        self,
-        model_output: np.ndarray,
-        timestep: int,
-        sample: np.ndarray,
-        *,
-        generator: Generators | None = None,
-        variance_noise: np.ndarray | None = None,
+    def _step(
+        self, model_output: np.ndarray, timestep: int, sample: np.ndarray, source: StepNoise
     ) -> SchedulerOutput:
         """One multistep update x_s -> x_t. It draws no noise: ``generator`` and ``variance_noise`` are
         accepted (every sampler's ``step`` takes the same arguments) and unused.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,9 @@ import numpy as np
 from latent_ddpm.errors import InputError
 from latent_ddpm.runtime.schedulers.common import (
     ONE,
+    Generators,
+    SchedulerOutput,
+    StepNoise,
     add_noise_vp,
     check_num_inference_steps,
     cumprod_f32,
@@ -27,6 +31,25 @@ from latent_ddpm.runtime.schedulers.common import (
     train_betas,
 )
 from latent_ddpm.runtime.schedulers.config import SchedulerBase
+
+# diffusers' defaults of the config keys every sampler here reads; each adds its own (DEFAULTS).
+VP_DEFAULTS: Mapping[str, Any] = MappingProxyType(
+    {
+        "num_train_timesteps": 1000,
+        "beta_start": 0.0001,
+        "beta_end": 0.02,
+        "beta_schedule": "linear",
+        "trained_betas": None,
+        "rescale_betas_zero_snr": False,
+        "prediction_type": "epsilon",
+        "thresholding": False,
+        "dynamic_thresholding_ratio": 0.995,
+        "sample_max_value": 1.0,
+        "steps_offset": 0,
+    }
+)
+# DDIM's and DDPM's x_0 clipping (DPM-Solver++ only thresholds)
+CLIP_DEFAULTS: Mapping[str, Any] = MappingProxyType({"clip_sample": True, "clip_sample_range": 1.0})
 
 
 class VPScheduler(SchedulerBase):
@@ -69,6 +92,25 @@ class VPScheduler(SchedulerBase):
         if not 0 <= begin_index <= len(self.timesteps):
             raise InputError(f"begin_index {begin_index} is outside 0..{len(self.timesteps)}")
         self._begin_index = int(begin_index)
+
+    def step(
+        self,
+        model_output: np.ndarray,
+        timestep: int,
+        sample: np.ndarray,
+        *,
+        generator: Generators | None = None,
+        variance_noise: np.ndarray | None = None,
+    ) -> SchedulerOutput:
+        """One reverse step from ``timestep`` (the sampler's ``_step``). Every sampler takes these arguments
+        (k-diffusion's rule), so a loop never asks which one it drives; the noise of a stochastic step comes
+        from ``generator`` (one, or one per image) or ``variance_noise``, and a deterministic one ignores both."""
+        return self._step(model_output, timestep, sample, StepNoise(generator, variance_noise))
+
+    def _step(
+        self, model_output: np.ndarray, timestep: int, sample: np.ndarray, source: StepNoise
+    ) -> SchedulerOutput:
+        raise NotImplementedError(f"{type(self).__name__} is not a sampler")
 
     def add_noise(self, original_samples: np.ndarray, noise: np.ndarray, timesteps: np.ndarray) -> np.ndarray:
         """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) noise (Ho et al. 2020, eq. 4), per batch item."""
