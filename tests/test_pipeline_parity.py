@@ -64,14 +64,7 @@ def test_loop_matches_diffusers(
     latents = np.random.default_rng(7).standard_normal((3, 4, 8, 8), dtype=np.float32)
     labels = np.array([0, 4, 9], np.int64)
     seed = 11
-    ours = pipe.generate(
-        latents=latents,
-        class_labels=labels.tolist(),
-        steps=steps,
-        sampler=sampler,
-        guidance_scale=guidance,
-        eta=eta,
-        seed=seed,
-    )
+    run = {"steps": steps, "sampler": sampler, "guidance_scale": guidance, "eta": eta, "seed": seed}
+    ours = pipe.generate(latents=latents, class_labels=labels.tolist(), **run)
     ref = _reference(sampler, latents, labels, steps, guidance, eta, seed)
     np.testing.assert_allclose(ours.latents, ref, atol=1e-4, rtol=0)

@@ -30,6 +30,20 @@ def _run(code: str) -> subprocess.CompletedProcess:
     )
 
 
+# appended to the code a test runs: what it imported, whether or not an import failed along the way
+NOTHING_LOADED = """
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "diffusers", "cupy"))
+assert not loaded, loaded
+print("ok")
+"""
+
+
+def _runs_torch_free(code: str) -> None:
+    proc = _run(textwrap.dedent(code) + NOTHING_LOADED)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+
+
 def test_blocker_really_blocks() -> None:
     proc = _run("import torch")
     assert proc.returncode != 0 and "torch is blocked" in proc.stderr
@@ -37,22 +51,16 @@ def test_blocker_really_blocks() -> None:
 
 def test_runtime_imports_and_samples_without_torch(tmp_path: Path) -> None:
     bundle = make_bundle(tmp_path / "b")
-    proc = _run(
+    _runs_torch_free(
         f"""
-        import sys
         from latent_ddpm.runtime import Pipeline
         pipe = Pipeline.from_bundle({str(bundle)!r})
         for sampler in ("ddim", "ddpm", "dpmsolver++"):
             r = pipe.generate(num_images=2, steps=5, sampler=sampler, seed=0, class_labels=3, guidance_scale=2.0)
             assert r.images.shape == (2, 32, 32, 1), r.images.shape
         r = pipe.img2img(r.images, strength=0.5, steps=6, seed=0, class_labels=1)
-        loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "diffusers", "cupy"))
-        assert not loaded, loaded
-        print("ok")
         """
     )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "ok"
 
 
 def test_sample_cli_without_torch(tmp_path: Path) -> None:
@@ -73,14 +81,11 @@ def test_sample_cli_without_torch(tmp_path: Path) -> None:
 def test_openvino_backend_without_torch(tmp_path: Path) -> None:
     pytest.importorskip("openvino")
     bundle = make_bundle(tmp_path / "b")
-    proc = _run(
+    _runs_torch_free(
         f"""
         from latent_ddpm.runtime import Pipeline
         pipe = Pipeline.from_bundle({str(bundle)!r}, backend="openvino", threads=1)
         r = pipe.generate(num_images=2, steps=3, seed=0, class_labels=3, guidance_scale=2.0)
         assert r.images.shape == (2, 32, 32, 1), r.images.shape
-        print("ok")
         """
     )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "ok"

@@ -75,6 +75,12 @@ def test_same_seed_same_png(bundle: Path, tmp_path: Path) -> None:
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
 
 
+def _sample_process(bundle: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python -m latent_ddpm sample` in a process of its own: what a user's shell sees (exit code, stderr)."""
+    command = [sys.executable, "-m", "latent_ddpm", "sample", "--bundle", str(bundle), "--out", str(out)]
+    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=120)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -90,44 +96,14 @@ def test_same_seed_same_png(bundle: Path, tmp_path: Path) -> None:
 def test_bad_arguments_exit_2_with_message(
     bundle: Path, tmp_path: Path, args: list[str], message: str
 ) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "latent_ddpm",
-            "sample",
-            "--bundle",
-            str(bundle),
-            "--out",
-            str(tmp_path / "x.png"),
-            "--quiet",
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _sample_process(bundle, tmp_path / "x.png", "--quiet", *args)
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "x.png").exists()
 
 
 def test_bad_bundle_path(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "latent_ddpm",
-            "sample",
-            "--bundle",
-            str(tmp_path / "missing"),
-            "--out",
-            str(tmp_path / "x.png"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _sample_process(tmp_path / "missing", tmp_path / "x.png")
     assert proc.returncode == 2 and "bundle directory not found" in proc.stderr
 
 

@@ -22,6 +22,7 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 HELP = __doc__
@@ -247,9 +248,13 @@ def _prepare(name: str, args: argparse.Namespace, log) -> tuple[Path, Path, str]
     if name == "ldm-celebahq-256":
         work = args.work / name
         source = work / "source"
-        if not (source / "model_index.json").is_file():
-            log(f"  writing random-weight LDM-CelebA-HQ-256 to {source}")
-            models.write_ldm_source(source)
+        _write_once(
+            source,
+            "model_index.json",
+            models.write_ldm_source,
+            log,
+            "writing random-weight LDM-CelebA-HQ-256",
+        )
         description = (
             "CompVis LDM CelebA-HQ 256 architecture (274M-parameter U-Net on 3x64x64 latents, VQ-f4 decoder to "
             "256x256 RGB; configs in latent_ddpm/bench/configs/ldm_celebahq_256.py) with random weights."
@@ -269,9 +274,8 @@ def _prepare(name: str, args: argparse.Namespace, log) -> tuple[Path, Path, str]
         bundle = args.bundle
     else:
         source = args.work / name / "random" / "source"
-        if not (source / "latent_ddpm.json").is_file():
-            log(f"  no trained digits model: writing the digits architecture with random weights to {source}")
-            models.write_digits_arch_source(source)
+        what = "no trained digits model: writing the digits architecture with random weights"
+        _write_once(source, "latent_ddpm.json", models.write_digits_arch_source, log, what)
         description = (
             "digits architecture (train/configs/digits.toml) with random weights: no trained model was "
             "available; speed does not depend on weight values"
@@ -283,6 +287,13 @@ def _prepare(name: str, args: argparse.Namespace, log) -> tuple[Path, Path, str]
     return source, _bundle_for(source, work / "bundle", args.no_validate, log), description
 
 
+def _write_once(source: Path, marker: str, write: Callable[[Path], None], log, what: str) -> None:
+    """A random-weight source is written by the first run and reused (``marker`` is its last file)."""
+    if not (source / marker).is_file():
+        log(f"  {what} to {source}")
+        write(source)
+
+
 def _recorded_source(bundle: Path) -> Path | None:
     """The diffusers directory a bundle says it was exported from (relative to the bundle; older bundles
     recorded it absolute), if it is still there."""
@@ -292,7 +303,7 @@ def _recorded_source(bundle: Path) -> Path | None:
         path = bundle / json.loads((bundle / "bundle.json").read_text(encoding="utf-8"))["source"]["path"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return path if (path / "unet" / "config.json").is_file() else None
+    return path.resolve() if (path / "unet" / "config.json").is_file() else None
 
 
 def _bundle_for(source: Path, out: Path, no_validate: bool, log) -> Path:

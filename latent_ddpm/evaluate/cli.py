@@ -20,6 +20,10 @@ from typing import Any
 from latent_ddpm.runtime.schedulers import SAMPLERS
 
 HELP = __doc__
+WRITE_DEFAULTS_HELP = (
+    "instead of measuring: write the recommended defaults of a finished sweep "
+    "(python -m latent_ddpm.evaluate.sweep) into --bundle's bundle.json and README"
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,14 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")
     p.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument(
-        "--write-defaults",
-        type=Path,
-        default=None,
-        metavar="EVALUATION_JSON",
-        help="instead of measuring: write the recommended defaults of a finished sweep "
-        "(python -m latent_ddpm.evaluate.sweep) into --bundle's bundle.json and README",
-    )
+    p.add_argument("--write-defaults", type=Path, metavar="EVALUATION_JSON", help=WRITE_DEFAULTS_HELP)
 
 
 def summary(report: Any) -> str:

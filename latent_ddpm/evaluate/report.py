@@ -13,6 +13,11 @@ BEGIN, END = "<!-- sweep:begin -->", "<!-- sweep:end -->"
 SAMPLER_NAMES = {"ddim": "DDIM", "ddpm": "DDPM", "dpmsolver++": "DPM-Solver++"}
 
 
+def _quality(r: dict[str, Any]) -> list[str]:
+    """The cells every table has: images, accuracy, cFID and its floor."""
+    return [str(r["num_images"]), _acc(r["accuracy"]), _fid(r), f"{r['cfid_floor']:.2f}"]
+
+
 def _acc(v: float | None) -> str:
     return "–" if v is None else f"{v:.1%}"
 
@@ -81,10 +86,7 @@ def markdown(doc: dict[str, Any], image_dir: str) -> str:
                 [
                     f"{r['guidance_scale']:g}",
                     f"{r['eta']:g}",
-                    str(r["num_images"]),
-                    _acc(r["accuracy"]),
-                    _fid(r),
-                    f"{r['cfid_floor']:.2f}",
+                    *_quality(r),
                     _secs(r["seconds_per_image"]),
                 ]
                 for r in t["guidance"]
@@ -111,10 +113,7 @@ def markdown(doc: dict[str, Any], image_dir: str) -> str:
                 [
                     SAMPLER_NAMES[r["sampler"]],
                     str(r["steps"]),
-                    str(r["num_images"]),
-                    _acc(r["accuracy"]),
-                    _fid(r),
-                    f"{r['cfid_floor']:.2f}",
+                    *_quality(r),
                     str(unet_calls(r)),
                     _secs(r["seconds_per_image"]),
                     _speedup(ddpm["seconds_per_image"] / r["seconds_per_image"]),
@@ -138,10 +137,7 @@ def markdown(doc: dict[str, Any], image_dir: str) -> str:
                 [
                     r["label"],
                     r["schedule"],
-                    str(r["num_images"]),
-                    _acc(r["accuracy"]),
-                    _fid(r),
-                    f"{r['cfid_floor']:.2f}",
+                    *_quality(r),
                     _secs(r["seconds_per_image"]),
                 ]
                 for r in t["schedules"]

@@ -11,6 +11,7 @@ bundle, and refuses a stale plan with the build-engines command that rebuilds it
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -46,6 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from latent_ddpm.export.tensorrt_build import build_engines
+    from latent_ddpm.runtime.backends.tensorrt_manifest import BuildSettings
 
     start = time.perf_counter()
 
@@ -53,16 +55,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"[{time.perf_counter() - start:7.1f}s] {message}", file=sys.stderr, flush=True)
 
-    manifest = build_engines(
-        args.bundle,
-        precision=args.precision,
-        min_batch=args.min_batch,
-        opt_batch=args.opt_batch,
-        max_batch=args.max_batch,
-        workspace_gb=args.workspace_gb,
-        force=args.force,
-        progress=progress,
-    )
+    chosen = {f.name: getattr(args, f.name) for f in dataclasses.fields(BuildSettings)}  # one flag each
+    manifest = build_engines(args.bundle, **chosen, force=args.force, progress=progress)
     s = manifest.settings
     print(
         f"engines in {args.bundle / 'engines'}: {s.precision}, {s.min_batch}..{s.max_batch} images per call "
