@@ -12,6 +12,7 @@ bundle's defaults. For a sweep over samplers, steps, guidance and schedules see
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -34,7 +35,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", choices=SAMPLERS, default=None, help="default: bundle's")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: bundle's)")
     p.add_argument(
-        "--guidance", type=float, default=None, help="classifier-free guidance scale (default: bundle's)"
+        "--guidance",
+        dest="guidance_scale",
+        type=float,
+        default=None,
+        help="classifier-free guidance scale (default: bundle's)",
     )
     p.add_argument("--eta", type=float, default=None, help="DDIM stochasticity (default: bundle's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first batch; batch i uses seed + i")
@@ -84,15 +89,8 @@ def run(args: argparse.Namespace) -> int:
     from latent_ddpm.runtime.pipeline import Pipeline
 
     pipe = Pipeline.from_bundle(args.bundle, threads=args.threads)
-    settings = Settings(
-        per_class=args.per_class,
-        sampler=args.sampler,
-        steps=args.steps,
-        guidance_scale=args.guidance,
-        eta=args.eta,
-        seed=args.seed,
-        batch=args.batch,
-    )
+    # one flag per Settings field, each parsed into the field's name
+    settings = Settings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)})
     check_settings(pipe, settings)
     classifier = DigitClassifier(threads=args.threads)
     report = evaluate(pipe, classifier, RealReference(classifier), settings, progress=not args.quiet).report

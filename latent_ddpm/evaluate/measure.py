@@ -165,10 +165,7 @@ def evaluate(
     floor, floor_n = reference.floor(min(settings.per_class, len(reference.features_a) // NUM_CLASSES))
     report = Report(
         bundle=str(pipe.bundle.root),
-        sampler=result.sampler,  # as resolved by the pipeline: the same for every batch
-        steps=result.steps,
-        guidance_scale=result.guidance_scale,
-        eta=result.eta,
+        **result.settings,  # as resolved by the pipeline: the same for every batch
         seed=settings.seed,
         batch=settings.batch,
         num_images=n,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -52,3 +53,13 @@ class GenerationResult:
     timings: Timings
     previews: list[Preview] = field(default_factory=list)
     seeds: tuple[int, ...] = ()  # one per image: regenerate image k alone with seed=seeds[k]
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """How the images were sampled, the bundle's defaults filled in: what a report records."""
+        return {
+            "sampler": self.sampler,
+            "steps": self.steps,
+            "guidance_scale": self.guidance_scale,
+            "eta": self.eta,
+        }
