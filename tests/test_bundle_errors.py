@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,17 @@ def bundle(tmp_path: Path) -> Path:
 
 def _meta(root: Path) -> dict:
     return json.loads((root / "bundle.json").read_text())
+
+
+def _refused(
+    bundle: Path, edit: Callable[[dict], object], match: str, load: Callable[[Path], object] = load_bundle
+) -> None:
+    """With bundle.json changed by ``edit``, loading (or opening a Pipeline) fails naming ``match``."""
+    meta = _meta(bundle)
+    edit(meta)
+    (bundle / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match=match):
+        load(bundle)
 
 
 def test_good_bundle_loads(bundle: Path) -> None:
@@ -60,19 +72,13 @@ def test_wrong_format_name(bundle: Path) -> None:
 
 
 def test_missing_key_is_named(bundle: Path) -> None:
-    meta = _meta(bundle)
-    del meta["latent"]["scaling_factor"]
-    (bundle / "bundle.json").write_text(json.dumps(meta))
-    with pytest.raises(BundleError, match="missing key 'scaling_factor'"):
-        load_bundle(bundle)
+    _refused(bundle, lambda meta: meta["latent"].pop("scaling_factor"), "missing key 'scaling_factor'")
 
 
 def test_wrong_type_is_named(bundle: Path) -> None:
-    meta = _meta(bundle)
-    meta["latent"]["channels"] = "four"
-    (bundle / "bundle.json").write_text(json.dumps(meta))
-    with pytest.raises(BundleError, match="key 'channels' must be int, got 'four'"):
-        load_bundle(bundle)
+    _refused(
+        bundle, lambda meta: meta["latent"].update(channels="four"), "key 'channels' must be int, got 'four'"
+    )
 
 
 def test_missing_model_file(bundle: Path) -> None:
@@ -82,11 +88,7 @@ def test_missing_model_file(bundle: Path) -> None:
 
 
 def test_missing_required_role(bundle: Path) -> None:
-    meta = _meta(bundle)
-    del meta["models"]["unet"]
-    (bundle / "bundle.json").write_text(json.dumps(meta))
-    with pytest.raises(BundleError, match="no 'unet' entry"):
-        load_bundle(bundle)
+    _refused(bundle, lambda meta: meta["models"].pop("unet"), "no 'unet' entry")
 
 
 def test_extra_file(bundle: Path) -> None:
@@ -110,35 +112,32 @@ def test_swapped_files(bundle: Path) -> None:
 
 def test_path_leaving_bundle(bundle: Path, tmp_path: Path) -> None:
     shutil.copy(bundle / "unet.onnx", tmp_path / "outside.onnx")
-    meta = _meta(bundle)
-    meta["models"]["unet"]["file"] = "../outside.onnx"
-    (bundle / "bundle.json").write_text(json.dumps(meta))
-    with pytest.raises(BundleError, match="'../outside.onnx' leaves the bundle folder"):
-        load_bundle(bundle)
+    outside = "../outside.onnx"
+    _refused(
+        bundle,
+        lambda meta: meta["models"]["unet"].update(file=outside),
+        f"'{outside}' leaves the bundle folder",
+    )
 
 
 def test_absolute_path_refused(bundle: Path) -> None:
-    meta = _meta(bundle)
-    meta["models"]["unet"]["file"] = str((bundle / "unet.onnx").resolve())
-    (bundle / "bundle.json").write_text(json.dumps(meta))
-    with pytest.raises(BundleError, match="leaves the bundle folder"):
-        load_bundle(bundle)
+    absolute = str((bundle / "unet.onnx").resolve())
+    _refused(bundle, lambda meta: meta["models"]["unet"].update(file=absolute), "leaves the bundle folder")
 
 
 def test_input_the_graph_does_not_have(bundle: Path) -> None:
-    meta = _meta(bundle)
-    meta["models"]["unet"]["inputs"][1]["name"] = "t"
-    (bundle / "bundle.json").write_text(json.dumps(meta))
-    with pytest.raises(BundleError, match=r"unet\.onnx: bundle\.json declares input 't'"):
-        Pipeline.from_bundle(bundle)
+    renamed = r"unet\.onnx: bundle\.json declares input 't'"
+    _refused(
+        bundle,
+        lambda meta: meta["models"]["unet"]["inputs"][1].update(name="t"),
+        renamed,
+        Pipeline.from_bundle,
+    )
 
 
 def test_graph_input_not_declared(bundle: Path) -> None:
-    meta = _meta(bundle)
-    meta["models"]["unet"]["inputs"].pop()  # drop class_labels
-    (bundle / "bundle.json").write_text(json.dumps(meta))
-    with pytest.raises(BundleError, match=r"graph inputs \['class_labels'\] are not declared"):
-        Pipeline.from_bundle(bundle)
+    undeclared = r"graph inputs \['class_labels'\] are not declared"
+    _refused(bundle, lambda meta: meta["models"]["unet"]["inputs"].pop(), undeclared, Pipeline.from_bundle)
 
 
 def test_the_runtime_feeds_the_names_the_bundle_declares(tmp_path: Path) -> None:
@@ -192,11 +191,7 @@ def test_the_runtime_feeds_the_names_the_bundle_declares(tmp_path: Path) -> None
 def test_a_role_with_the_wrong_number_of_tensors_is_refused_at_load(
     bundle: Path, role: str, change, message: str
 ) -> None:
-    meta = _meta(bundle)
-    change(meta["models"][role])
-    (bundle / "bundle.json").write_text(json.dumps(meta))
-    with pytest.raises(BundleError, match=message):
-        load_bundle(bundle)
+    _refused(bundle, lambda meta: change(meta["models"][role]), message)
 
 
 def test_can_guide_needs_a_null_class(tmp_path: Path) -> None:
@@ -213,11 +208,11 @@ def test_not_an_onnx_file(bundle: Path) -> None:
     from latent_ddpm.runtime.bundle import sha256_file
 
     (bundle / "unet.onnx").write_bytes(b"this is not a model")
-    meta = _meta(bundle)
-    meta["models"]["unet"]["sha256"] = sha256_file(bundle / "unet.onnx")
-    (bundle / "bundle.json").write_text(json.dumps(meta))
-    with pytest.raises(BundleError, match=r"unet\.onnx: ONNX Runtime cannot load it"):
-        Pipeline.from_bundle(bundle)
+    digest = sha256_file(bundle / "unet.onnx")
+    unloadable = r"unet\.onnx: ONNX Runtime cannot load it"
+    _refused(
+        bundle, lambda meta: meta["models"]["unet"].update(sha256=digest), unloadable, Pipeline.from_bundle
+    )
 
 
 @pytest.mark.parametrize(
@@ -235,11 +230,7 @@ def test_not_an_onnx_file(bundle: Path) -> None:
 def test_bad_values_are_named(
     bundle: Path, section: str | None, key: str, value: object, message: str
 ) -> None:
-    meta = _meta(bundle)
-    (meta if section is None else meta[section])[key] = value
-    (bundle / "bundle.json").write_text(json.dumps(meta))
-    with pytest.raises(BundleError, match=message):
-        load_bundle(bundle)
+    _refused(bundle, lambda meta: (meta if section is None else meta[section]).update({key: value}), message)
 
 
 def test_guidance_default_on_unconditional_model(tmp_path: Path) -> None:
@@ -334,11 +325,8 @@ def test_zero_terminal_snr_keeps_its_final_beta_of_one(bundle: Path) -> None:
 def test_out_of_range_numbers_are_refused_at_load(
     bundle: Path, section: str, key: str, value: object, message: str
 ) -> None:
-    meta = _meta(bundle)
-    meta[section][key] = value
-    (bundle / "bundle.json").write_text(json.dumps(meta))  # json writes NaN / Infinity, as Python reads them
-    with pytest.raises(BundleError, match=message):
-        load_bundle(bundle)
+    # json writes NaN / Infinity, as Python reads them
+    _refused(bundle, lambda meta: meta[section].update({key: value}), message)
 
 
 @pytest.mark.parametrize(
@@ -393,8 +381,5 @@ def test_num_classes_beyond_the_unets_embedding_table_is_refused_when_the_pipeli
     ids=["nul", "long-name", "long-path"],
 )
 def test_model_file_names_the_os_cannot_take_are_named(bundle: Path, name: str) -> None:
-    meta = _meta(bundle)
-    meta["models"]["unet"]["file"] = name
-    (bundle / "bundle.json").write_text(json.dumps(meta))
-    with pytest.raises(BundleError, match=r"models\.unet: '.*'(\.\.\.)? is not a valid file name"):
-        load_bundle(bundle)
+    invalid = r"models\.unet: '.*'(\.\.\.)? is not a valid file name"
+    _refused(bundle, lambda meta: meta["models"]["unet"].update(file=name), invalid)

@@ -25,6 +25,7 @@ def _reference(
     from conftest import torch_single_thread
 
     from latent_ddpm.export.reference import (
+        Run,
         decode,
         img2img,
         make_scheduler,
@@ -51,10 +52,12 @@ def _reference(
             noise,
             steps,
             strength,
-            labels=torch.tensor(labels),
-            null_class=unet.config.num_class_embeds - 1,
-            guidance_scale=guidance,
-            step_noise=numpy_step_noise(generators),
+            Run(
+                labels=torch.tensor(labels),
+                null_class=unet.config.num_class_embeds - 1,
+                guidance_scale=guidance,
+                step_noise=numpy_step_noise(generators),
+            ),
         )
         image = decode(vae, latents, scale, shift)
     image = (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()

@@ -25,13 +25,9 @@ def _f(x, t, y):
 def _reference(
     sampler: str, latents: np.ndarray, labels: np.ndarray, steps: int, guidance: float, eta: float, seed: int
 ):
-    from latent_ddpm.export.reference import generate, make_scheduler, numpy_generators, numpy_step_noise
+    from latent_ddpm.export.reference import Run, generate, make_scheduler, numpy_generators, numpy_step_noise
 
-    x = generate(
-        _f,
-        make_scheduler(sampler, SCHEDULER),
-        torch.from_numpy(latents.copy()),
-        steps,
+    run = Run(
         labels=torch.from_numpy(labels),
         null_class=10,
         guidance_scale=guidance,
@@ -39,6 +35,7 @@ def _reference(
         # the runtime draws each image's step noise from that image's generator (seed + k)
         step_noise=numpy_step_noise(numpy_generators(seed, len(latents))),
     )
+    x = generate(_f, make_scheduler(sampler, SCHEDULER), torch.from_numpy(latents.copy()), steps, run)
     return x.numpy()
 
 

@@ -135,19 +135,23 @@ def run_pair(kind, config, n, noise, *, step_kwargs=None, shape=SHAPE, lock_step
 
 
 PREDICTIONS = ("epsilon", "sample", "v_prediction")
-DDPM_VARIANTS = {
+# the config variants DDPM and DDIM share (the VP schedule, spacing and x_0 clipping); each adds its own
+VP_VARIANTS = {
     "default": {},
     "scaled_linear": {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
     "cosine": {"beta_schedule": "squaredcos_cap_v2"},
-    "sigmoid": {"beta_schedule": "sigmoid"},
-    "laplace": {"beta_schedule": "laplace"},
     "trained_betas": {"trained_betas": np.linspace(1e-4, 0.03, 1000).tolist()},
     "trailing": {"timestep_spacing": "trailing"},
     "linspace": {"timestep_spacing": "linspace"},
     "leading+offset": {"steps_offset": 1},
     "no_clip": {"clip_sample": False},
-    "clip_range": {"clip_sample_range": 0.5},
     "thresholding": {"thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 2.5},
+}
+DDPM_VARIANTS = {
+    **VP_VARIANTS,
+    "sigmoid": {"beta_schedule": "sigmoid"},
+    "laplace": {"beta_schedule": "laplace"},
+    "clip_range": {"clip_sample_range": 0.5},
     "zero_snr": {"rescale_betas_zero_snr": True},
     "fixed_small_log": {"variance_type": "fixed_small_log"},
     "fixed_large": {"variance_type": "fixed_large"},
@@ -156,17 +160,9 @@ DDPM_VARIANTS = {
     "variance_none": {"variance_type": None},
 }
 DDIM_VARIANTS = {
-    "default": {},
-    "scaled_linear": {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
-    "cosine": {"beta_schedule": "squaredcos_cap_v2"},
-    "trained_betas": {"trained_betas": np.linspace(1e-4, 0.03, 1000).tolist()},
-    "trailing": {"timestep_spacing": "trailing"},
-    "linspace": {"timestep_spacing": "linspace"},
-    "leading+offset": {"steps_offset": 1},
-    "no_clip": {"clip_sample": False},
+    **VP_VARIANTS,
     "clip_range": {"clip_sample_range": 2.0},
     "alpha_not_one": {"set_alpha_to_one": False},
-    "thresholding": {"thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 2.5},
     "zero_snr": {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"},
 }
 DDIM_STEP_KWARGS = {
@@ -212,26 +208,27 @@ def _grid(variants: dict, extra: dict | None = None):
     return cases
 
 
+def _steps_and_loop_match(sampler, config, step_kwargs, monkeypatch):
+    """50 steps: each step from the same input within STEP_TOL, then the whole loop within LOOP_TOL."""
+    noise = NoiseFeed(monkeypatch)
+    prev, x0, _ = run_pair(sampler, config, 50, noise, step_kwargs=step_kwargs)
+    assert prev <= STEP_TOL and x0 <= STEP_TOL
+    _, _, final = run_pair(sampler, config, 50, noise, step_kwargs=step_kwargs, lock_step=False)
+    assert final <= LOOP_TOL
+
+
 # zero-SNR with an epsilon model divides by sqrt(alpha_bar_T) = 0 at t = T, in diffusers as here
 @pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")
 @pytest.mark.parametrize(("config", "step_kwargs"), _grid(DDPM_VARIANTS))
 def test_ddpm_matches_diffusers(config, step_kwargs, monkeypatch):
-    noise = NoiseFeed(monkeypatch)
     # 50 of 1000 training steps: DDPM with diffusers' previous_timestep skipping.
-    prev, x0, _ = run_pair("ddpm", config, 50, noise, step_kwargs=step_kwargs)
-    assert prev <= STEP_TOL and x0 <= STEP_TOL
-    _, _, final = run_pair("ddpm", config, 50, noise, step_kwargs=step_kwargs, lock_step=False)
-    assert final <= LOOP_TOL
+    _steps_and_loop_match("ddpm", config, step_kwargs, monkeypatch)
 
 
 @pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")
 @pytest.mark.parametrize(("config", "step_kwargs"), _grid(DDIM_VARIANTS, DDIM_STEP_KWARGS))
 def test_ddim_matches_diffusers(config, step_kwargs, monkeypatch):
-    noise = NoiseFeed(monkeypatch)
-    prev, x0, _ = run_pair("ddim", config, 50, noise, step_kwargs=step_kwargs)
-    assert prev <= STEP_TOL and x0 <= STEP_TOL
-    _, _, final = run_pair("ddim", config, 50, noise, step_kwargs=step_kwargs, lock_step=False)
-    assert final <= LOOP_TOL
+    _steps_and_loop_match("ddim", config, step_kwargs, monkeypatch)
 
 
 @pytest.mark.parametrize(("config", "step_kwargs"), _grid(DPM_VARIANTS))

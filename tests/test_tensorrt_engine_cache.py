@@ -194,11 +194,17 @@ def test_new_tensorrt_is_refused_and_says_why_and_how_to_rebuild(
     Pipeline.from_bundle(bundle, backend="tensorrt")
 
 
-def test_stale_plan_is_refused_naming_every_field(monkeypatch: pytest.MonkeyPatch, bundle: Path) -> None:
+def _built_then_upgraded(monkeypatch: pytest.MonkeyPatch, bundle: Path) -> bytes:
+    """Plans built on TensorRT 10.3 / a compute capability 8.6 GPU, then the machine is 10.7 on an H100."""
     _fake(monkeypatch, version="10.3.0")
     build_engines(bundle, **SMALL)
     plan = (bundle / "engines" / "unet.plan").read_bytes()
     _fake(monkeypatch, version="10.7.0", name="Fake H100", cc=(9, 0))
+    return plan
+
+
+def test_stale_plan_is_refused_naming_every_field(monkeypatch: pytest.MonkeyPatch, bundle: Path) -> None:
+    plan = _built_then_upgraded(monkeypatch, bundle)
     assert _refused(bundle).startswith(
         "engines/unet.plan was built for TensorRT 10.3.0 on compute capability 8.6 (Fake GPU); "
         "this is TensorRT 10.7.0 on compute capability 9.0 (Fake H100); rebuild it with: latent-ddpm build-engines "
@@ -209,10 +215,7 @@ def test_stale_plan_is_refused_naming_every_field(monkeypatch: pytest.MonkeyPatc
 def test_build_engines_on_a_read_only_bundle_names_every_field(
     monkeypatch: pytest.MonkeyPatch, bundle: Path
 ) -> None:
-    _fake(monkeypatch, version="10.3.0")
-    build_engines(bundle, **SMALL)
-    plan = (bundle / "engines" / "unet.plan").read_bytes()
-    _fake(monkeypatch, version="10.7.0", name="Fake H100", cc=(9, 0))
+    plan = _built_then_upgraded(monkeypatch, bundle)
     monkeypatch.setattr(tensorrt_builder.os, "access", lambda path, mode: False)
     with pytest.raises(BundleError) as info:
         build_engines(bundle, **SMALL)

@@ -55,6 +55,17 @@ def _unet(in_channels: int, num_class_embeds: int | None):
     )
 
 
+# the tiny encoder/decoder both autoencoders use: two 16x16 -> 8x8 blocks
+_AUTOENCODER = {
+    "block_out_channels": (8, 16),
+    "down_block_types": ("DownEncoderBlock2D",) * 2,
+    "up_block_types": ("UpDecoderBlock2D",) * 2,
+    "layers_per_block": 1,
+    "norm_num_groups": 4,
+    "sample_size": 16,
+}
+
+
 def _autoencoder_kl(channels: int, scaling_factor: float, shift_factor: float | None = None):
     from diffusers import AutoencoderKL
 
@@ -62,14 +73,9 @@ def _autoencoder_kl(channels: int, scaling_factor: float, shift_factor: float | 
         in_channels=channels,
         out_channels=channels,
         latent_channels=4,
-        block_out_channels=(8, 16),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        layers_per_block=1,
-        norm_num_groups=4,
-        sample_size=16,
         scaling_factor=scaling_factor,
         shift_factor=shift_factor,
+        **_AUTOENCODER,
     )
 
 
@@ -80,15 +86,10 @@ def _vq(channels: int):
         in_channels=channels,
         out_channels=channels,
         latent_channels=3,
-        block_out_channels=(8, 16),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        layers_per_block=1,
-        norm_num_groups=4,
         num_vq_embeddings=32,
         vq_embed_dim=3,
-        sample_size=16,
         scaling_factor=0.8,
+        **_AUTOENCODER,
     )
 
 

@@ -71,18 +71,9 @@ class TorchReference:
             timings.unet_s += time.perf_counter() - u0
             return out
 
-        cond = bundle.conditioning
+        run = reference.Run.classes(labels, bundle.conditioning, guidance_scale, callback=callback)
         loop_start = time.perf_counter()
-        x = reference.generate(
-            unet,
-            scheduler,
-            torch.from_numpy(latents),
-            steps,
-            labels=None if labels is None else torch.from_numpy(labels),
-            null_class=None if cond is None else cond.null_class,
-            guidance_scale=guidance_scale,
-            callback=callback,
-        )
+        x = reference.generate(unet, scheduler, torch.from_numpy(latents), steps, run)
         timings.denoise_s = time.perf_counter() - loop_start
         timings.steps = len(scheduler.timesteps)
         d0 = time.perf_counter()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -70,34 +71,35 @@ def numpy_step_noise(generators: Sequence[np.random.Generator]) -> StepNoise:
     return lambda shape: torch.from_numpy(normal_per_image(generators, shape))
 
 
-def generate(
-    model: Model,
-    scheduler: Any,
-    noise: torch.Tensor,
-    steps: int,
-    *,
-    labels: torch.Tensor | None = None,
-    null_class: int | None = None,
-    guidance_scale: float = 1.0,
-    eta: float = 0.0,
-    step_noise: StepNoise | None = None,
-    callback: StepCallback | None = None,
-) -> torch.Tensor:
+@dataclass(frozen=True)
+class Run:
+    """What ``generate`` and ``img2img`` take besides the model, the schedule and where to start: the class
+    labels and classifier-free guidance (the null class and the scale), DDIM's eta, the step noise (None:
+    diffusers draws it) and a callback after every step."""
+
+    labels: torch.Tensor | None = None
+    null_class: int | None = None
+    guidance_scale: float = 1.0
+    eta: float = 0.0
+    step_noise: StepNoise | None = None
+    callback: StepCallback | None = None
+
+    @classmethod
+    def classes(cls, labels: np.ndarray | None, conditioning: Any, guidance_scale: float, **more: Any) -> Run:
+        """From NumPy labels and a bundle's or source's ``conditioning`` (its null class; None: unconditional)."""
+        return cls(
+            labels=None if labels is None else torch.from_numpy(labels),
+            null_class=None if conditioning is None else conditioning.null_class,
+            guidance_scale=guidance_scale,
+            **more,
+        )
+
+
+def generate(model: Model, scheduler: Any, noise: torch.Tensor, steps: int, run: Run = Run()) -> torch.Tensor:
     """Sample ``steps`` steps from the initial noise ``noise`` (N(0, I)); returns the final latents."""
     scheduler.set_timesteps(steps)
     latents = noise * scheduler.init_noise_sigma
-    return _denoise(
-        model,
-        scheduler,
-        latents,
-        scheduler.timesteps,
-        labels,
-        null_class,
-        guidance_scale,
-        eta,
-        step_noise,
-        callback,
-    )
+    return _denoise(model, scheduler, latents, scheduler.timesteps, run)
 
 
 def img2img(
@@ -107,13 +109,7 @@ def img2img(
     noise: torch.Tensor,
     steps: int,
     strength: float,
-    *,
-    labels: torch.Tensor | None = None,
-    null_class: int | None = None,
-    guidance_scale: float = 1.0,
-    eta: float = 0.0,
-    step_noise: StepNoise | None = None,
-    callback: StepCallback | None = None,
+    run: Run = Run(),
 ) -> tuple[torch.Tensor, int]:
     """SDEdit from encoded latents: of ``steps`` scheduled steps run the last ``int(steps * strength)``,
     starting from ``init_latents`` noised with ``noise`` to the first of them. Returns (latents, steps run)."""
@@ -125,9 +121,7 @@ def img2img(
     if hasattr(scheduler, "set_begin_index"):  # multistep schedulers count their steps from here
         scheduler.set_begin_index(begin)
     latents = scheduler.add_noise(init_latents, noise, timesteps[:1].repeat(init_latents.shape[0]))
-    latents = _denoise(
-        model, scheduler, latents, timesteps, labels, null_class, guidance_scale, eta, step_noise, callback
-    )
+    latents = _denoise(model, scheduler, latents, timesteps, run)
     return latents, len(timesteps)
 
 
@@ -141,17 +135,9 @@ def decode(
 
 
 def _denoise(
-    model: Model,
-    scheduler: Any,
-    latents: torch.Tensor,
-    timesteps: torch.Tensor,
-    labels: torch.Tensor | None,
-    null_class: int | None,
-    guidance_scale: float,
-    eta: float,
-    step_noise: StepNoise | None,
-    callback: StepCallback | None,
+    model: Model, scheduler: Any, latents: torch.Tensor, timesteps: torch.Tensor, run: Run
 ) -> torch.Tensor:
+    labels, null_class, guidance_scale, eta = run.labels, run.null_class, run.guidance_scale, run.eta
     guided = labels is not None and guidance_scale != 1.0
     if guided and null_class is None:
         raise ValueError(f"guidance_scale={guidance_scale} needs a null class (classifier-free guidance)")
@@ -171,9 +157,9 @@ def _denoise(
             if guided:
                 uncond, cond = out.chunk(2)
                 out = uncond + guidance_scale * (cond - uncond)
-            latents = _step(scheduler, out, t, latents, eta, step_noise)
-            if callback is not None:
-                callback(i, int(t), latents)
+            latents = _step(scheduler, out, t, latents, eta, run.step_noise)
+            if run.callback is not None:
+                run.callback(i, int(t), latents)
     return latents
 
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from latent_ddpm.export.modules import graph_module
 from latent_ddpm.export.reference import (
+    Run,
     decode,
     generate,
     make_scheduler,
@@ -233,18 +234,9 @@ def _reference_images(
     scheduler = make_scheduler(
         sampler, {**source.scheduler_config, "prediction_type": source.prediction_type}
     )
-    cond = source.conditioning
-    latents_out = generate(
-        unet_model(source.unet),
-        scheduler,
-        torch.from_numpy(latents),
-        steps,
-        labels=None if labels is None else torch.from_numpy(labels),
-        null_class=None if cond is None else cond.null_class,
-        guidance_scale=guidance_scale,
-        eta=eta,
-        step_noise=numpy_step_noise(numpy_generators(seed, len(latents))),
-    )
+    noise = numpy_step_noise(numpy_generators(seed, len(latents)))
+    run = Run.classes(labels, source.conditioning, guidance_scale, eta=eta, step_noise=noise)
+    latents_out = generate(unet_model(source.unet), scheduler, torch.from_numpy(latents), steps, run)
     return decode(source.vae, latents_out, source.scaling_factor, source.shift_factor).numpy()
 
 

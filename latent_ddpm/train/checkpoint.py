@@ -130,7 +130,10 @@ def resume(
     errors, other_inputs = [], []
     for path in candidates(root):
         try:
-            info = _load(accelerator, path, model, stateful, inputs, check)
+            info, weights, states = _read(path, inputs, check, list(stateful))
+            _apply(path / MODEL_FILE, accelerator.unwrap_model(model).load_state_dict, weights)
+            for name, obj in stateful.items():
+                _apply(path / TENSORS_FILE, obj.load_state_dict, states[name])
         except _OtherInputs as exc:
             other_inputs.append(str(exc))
             continue
@@ -152,15 +155,11 @@ class _OtherInputs(Exception):
     """A sound checkpoint of this stage, trained on inputs the run directory no longer holds."""
 
 
-def _load(
-    accelerator,
-    path: Path,
-    model: torch.nn.Module,
-    stateful: Mapping[str, Any],
-    inputs: Mapping[str, str],
-    check: Callable[[dict, Path], None],
-) -> dict:
-    """Read and check every file first, then load the objects: a broken file changes nothing."""
+def _read(
+    path: Path, inputs: Mapping[str, str], check: Callable[[dict, Path], None], names: list[str]
+) -> tuple[dict, dict, dict]:
+    """Read and check every file (the info, the model's weights, the ``names``' states) before anything is
+    loaded into an object: a broken file changes nothing."""
     for entry in sorted(path.iterdir()):
         if entry.name not in FILES:
             raise CheckpointError(
@@ -189,14 +188,11 @@ def _load(
     weights = _read_tensors(path / MODEL_FILE)
     tensors = _read_tensors(path / TENSORS_FILE)
     states = {}
-    for name in stateful:
+    for name in names:
         if name not in doc["state"]:
             raise CheckpointError(f"{path / STATE_FILE}: holds no {name} state")
         states[name] = _join(doc["state"][name], tensors, path / TENSORS_FILE)
-    _apply(path / MODEL_FILE, accelerator.unwrap_model(model).load_state_dict, weights)
-    for name, obj in stateful.items():
-        _apply(path / TENSORS_FILE, obj.load_state_dict, states[name])
-    return info
+    return info, weights, states
 
 
 def _apply(path: Path, load: Callable[[Any], Any], state: Any) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from latent_ddpm.export.reference import decode, generate, make_scheduler, unet_model
+from latent_ddpm.export.reference import Run, decode, generate, make_scheduler, unet_model
 
 
 def ddim_sample(
@@ -34,12 +34,14 @@ def ddim_sample(
         make_scheduler("ddim", scheduler_config),
         noise,
         steps,
-        labels=labels,
-        null_class=null_class,
-        guidance_scale=guidance_scale,
-        eta=eta,
-        # diffusers' DDIM draws its eta noise on the generator's device and moves it: the same numbers
-        step_noise=lambda step_shape: torch.randn(step_shape, generator=generator),
+        Run(
+            labels=labels,
+            null_class=null_class,
+            guidance_scale=guidance_scale,
+            eta=eta,
+            # diffusers' DDIM draws its eta noise on the generator's device and moves it: the same numbers
+            step_noise=lambda step_shape: torch.randn(step_shape, generator=generator),
+        ),
     )
     shift = getattr(vae.config, "shift_factor", None)
     return decode(vae, latents, vae.config.scaling_factor, shift).clamp(-1, 1)
