@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
+from latent_ddpm.json_output import add_json_flag, json_output
 from latent_ddpm.runtime.limits import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_IMAGES,
@@ -84,6 +86,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out-dir", type=Path, default=None, help="also write each image as its own PNG here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_json_flag(p)
 
 
 def _class_label(value: str | None, class_names: tuple[str, ...] | None) -> int | str | None:
@@ -96,6 +99,13 @@ def _class_label(value: str | None, class_names: tuple[str, ...] | None) -> int 
 
 
 def run(args: argparse.Namespace) -> int:
+    with json_output("sample", args.json) as doc:
+        doc.update(_sample(args))
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> dict[str, Any]:
+    """Sample, write the PNGs, print a summary for a person and return the ``--json`` document."""
     from latent_ddpm.runtime.images import make_grid, save_png
     from latent_ddpm.runtime.limits import check_count, check_threads
     from latent_ddpm.runtime.outputs import check_output_dir, check_output_file
@@ -134,9 +144,10 @@ def run(args: argparse.Namespace) -> int:
         )
     ncol = min(len(result.images), 10)
     save_png(make_grid(result.images, nrow=ncol), args.out)
+    written = []
     if args.out_dir is not None:
         for i, img in enumerate(result.images):
-            save_png(img, args.out_dir / f"{i:04d}.png")
+            written.append(save_png(img, args.out_dir / f"{i:04d}.png"))
     t = result.timings
     labels = ""
     if result.class_labels is not None and cond is not None:
@@ -149,4 +160,26 @@ def run(args: argparse.Namespace) -> int:
         f"total={t.total_s:.2f}s per_step={t.per_step_ms:.1f}ms decode={t.decode_s * 1000:.1f}ms "
         f"images/s={len(result.images) / t.total_s:.2f}"
     )
-    return 0
+    return {
+        "written": {"out": args.out.absolute(), "images": [p.absolute() for p in written]},
+        "bundle": {"name": pipe.bundle.name, "path": pipe.bundle.root},
+        "seed": result.seed,
+        "seeds": result.seeds,
+        "class_labels": result.class_labels,
+        "sampler": result.sampler,
+        "steps": result.steps,
+        "guidance_scale": result.guidance_scale,
+        "eta": result.eta,
+        "backend": pipe.backend,
+        "providers": pipe.providers,
+        "timings": {
+            "load_s": load_s,
+            "total_s": t.total_s,
+            "denoise_s": t.denoise_s,
+            "unet_s": t.unet_s,
+            "decode_s": t.decode_s,
+            "encode_s": t.encode_s,
+            "per_step_ms": t.per_step_ms,
+            "images_per_s": len(result.images) / t.total_s,
+        },
+    }
