@@ -2,6 +2,7 @@
 
 Arguments left out take the bundle's recommended defaults (sampler, steps, guidance scale), which export
 records in bundle.json. Without --bundle the digits model that ships with the package is used.
+--init-image starts from a picture instead of noise (img2img, SDEdit): --num variations of it.
 """
 
 from __future__ import annotations
@@ -9,25 +10,42 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from latent_ddpm.errors import CLIError
 from latent_ddpm.json_output import add_json_flag, json_output
 from latent_ddpm.runtime.limits import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_IMAGES,
+    DEFAULT_STRENGTH,
     MAX_ETA,
     MAX_GUIDANCE_SCALE,
     MIN_GUIDANCE_SCALE,
+    check_strength,
 )
 
+if TYPE_CHECKING:
+    import numpy as np
+
 HELP = __doc__
+DEFAULT_NUM = 8
+GRID_COLUMNS = 10  # images per row of the grid
+# --scale enlarges pictures for viewing: 16 makes a 32x32 digit 512x512. The enlarged grid is bounded too,
+# since it is built in memory: 64 megapixels is 1024 digits at scale 4, or 64 RGB 256x256 images at scale 3.
+MAX_SCALE = 16
+MAX_SCALED_PIXELS = 64_000_000
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--bundle", type=Path, default=None, help="bundle directory (default: the shipped digits model)"
     )
-    p.add_argument("--num", type=int, default=8, help="number of images (at most --max-images)")
+    p.add_argument(
+        "--num",
+        type=int,
+        default=None,
+        help=f"number of images, at most --max-images; with --init-image, variations of it (default: {DEFAULT_NUM})",
+    )
     p.add_argument(
         "--max-images",
         type=int,
@@ -85,6 +103,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--out", type=Path, default=Path("samples.png"), help="PNG file for the grid of all images"
     )
     p.add_argument("--out-dir", type=Path, default=None, help="also write each image as its own PNG here")
+    p.add_argument(
+        "--scale",
+        type=int,
+        default=None,
+        help=f"enlarge the PNGs N times with nearest neighbour for viewing (every model pixel an NxN square), "
+        f"1..{MAX_SCALE} (default: 1)",
+    )
+    p.add_argument(
+        "--init-image",
+        type=Path,
+        default=None,
+        help="img2img: start from this picture (PNG, JPEG, ...; resized to the model's size) instead of noise",
+    )
+    p.add_argument(
+        "--strength",
+        type=float,
+        default=None,
+        help="img2img: how much of the schedule runs, 0..1: 0 returns the picture as the autoencoder "
+        f"reconstructs it, 1 keeps almost nothing of it (default: {DEFAULT_STRENGTH})",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_json_flag(p)
 
@@ -106,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _sample(args: argparse.Namespace) -> dict[str, Any]:
     """Sample, write the PNGs, print a summary for a person and return the ``--json`` document."""
-    from latent_ddpm.runtime.images import make_grid, save_png
+    from latent_ddpm.runtime.images import make_grid, save_png, upscale
     from latent_ddpm.runtime.limits import check_count, check_threads
     from latent_ddpm.runtime.outputs import check_output_dir, check_output_file
     from latent_ddpm.runtime.pipeline import Pipeline
@@ -114,10 +152,13 @@ def _sample(args: argparse.Namespace) -> dict[str, Any]:
 
     check_threads(args.threads, "--threads")
     max_images = check_count(args.max_images, "--max-images", 2**31 - 1)
-    check_count(args.num, "--num", max_images, "raise --max-images if you have the memory")
+    num = DEFAULT_NUM if args.num is None else args.num
+    check_count(num, "--num", max_images, "raise --max-images if you have the memory")
     check_output_file(args.out, "--out", ".png")
     if args.out_dir is not None:
         check_output_dir(args.out_dir, "--out-dir")
+    scale = _check_scale(args.scale)
+    picture, strength = _init_image(args.init_image, args.strength)
     t0 = time.perf_counter()
     providers = [p.strip() for p in args.providers.split(",")] if args.providers else None
     pipe = Pipeline.from_bundle(
@@ -129,33 +170,37 @@ def _sample(args: argparse.Namespace) -> dict[str, Any]:
         max_images=max_images,
     )
     load_s = time.perf_counter() - t0
+    _check_scaled_size(num, pipe.bundle.image_shape, scale)
     cond = pipe.bundle.conditioning
     steps = args.steps if args.steps is not None else pipe.bundle.defaults.steps
-    with ProgressBar(total=steps, desc="denoising", disable=args.quiet) as bar:
-        result = pipe.generate(
-            num_images=args.num,
-            steps=args.steps,
-            sampler=args.sampler,
-            eta=args.eta,
-            seed=args.seed,
-            class_labels=_class_label(args.class_label, cond.class_names if cond else None),
-            guidance_scale=args.guidance,
-            callback=lambda i, t, x: bar.update(1),
-        )
-    ncol = min(len(result.images), 10)
-    save_png(make_grid(result.images, nrow=ncol), args.out)
+    sampling = {
+        "steps": args.steps,
+        "sampler": args.sampler,
+        "eta": args.eta,
+        "seed": args.seed,
+        "class_labels": _class_label(args.class_label, cond.class_names if cond else None),
+        "guidance_scale": args.guidance,
+    }
+    runs = steps if picture is None else min(int(steps * strength), steps)  # img2img: diffusers' rule
+    with ProgressBar(total=runs, desc="denoising", disable=args.quiet) as bar:
+        progress = lambda i, t, x: bar.update(1)  # noqa: E731
+        if picture is None:
+            result = pipe.generate(num_images=num, callback=progress, **sampling)
+        else:
+            result = pipe.img2img([picture] * num, strength=strength, callback=progress, **sampling)
+    save_png(upscale(make_grid(result.images, nrow=min(num, GRID_COLUMNS)), scale), args.out)
     written = []
     if args.out_dir is not None:
         for i, img in enumerate(result.images):
-            written.append(save_png(img, args.out_dir / f"{i:04d}.png"))
+            written.append(save_png(upscale(img, scale), args.out_dir / f"{i:04d}.png"))
     t = result.timings
     labels = ""
     if result.class_labels is not None and cond is not None:
         labels = " classes=" + ",".join(cond.class_names[k] for k in result.class_labels)
     print(
         f"wrote {args.out} ({len(result.images)} images{', and ' + str(args.out_dir) if args.out_dir else ''})\n"
-        f"seed={result.seed} sampler={result.sampler} steps={result.steps} guidance={result.guidance_scale:g} "
-        f"eta={result.eta:g}{labels}\n"
+        f"seed={result.seed} sampler={result.sampler} steps={steps} guidance={result.guidance_scale:g} "
+        f"eta={result.eta:g}{labels}{'' if picture is None else f' strength={strength:g} ran={result.steps}'}\n"
         f"backend={pipe.backend} providers={','.join(pipe.providers)} load={load_s:.2f}s "
         f"total={t.total_s:.2f}s per_step={t.per_step_ms:.1f}ms decode={t.decode_s * 1000:.1f}ms "
         f"images/s={len(result.images) / t.total_s:.2f}"
@@ -167,9 +212,12 @@ def _sample(args: argparse.Namespace) -> dict[str, Any]:
         "seeds": result.seeds,
         "class_labels": result.class_labels,
         "sampler": result.sampler,
-        "steps": result.steps,
+        "steps": steps,
+        "steps_run": result.steps,
         "guidance_scale": result.guidance_scale,
         "eta": result.eta,
+        "strength": None if picture is None else strength,
+        "scale": scale,
         "backend": pipe.backend,
         "providers": pipe.providers,
         "timings": {
@@ -183,3 +231,42 @@ def _sample(args: argparse.Namespace) -> dict[str, Any]:
             "images_per_s": len(result.images) / t.total_s,
         },
     }
+
+
+def _check_scale(scale: int | None) -> int:
+    if scale is None:
+        return 1
+    if not 1 <= scale <= MAX_SCALE:
+        raise CLIError(f"--scale must be an integer in 1..{MAX_SCALE}, got {scale}")
+    return scale
+
+
+def _check_scaled_size(num: int, image_shape: tuple[int, int, int], scale: int) -> None:
+    """An enlarged grid is built in memory: refuse one beyond MAX_SCALED_PIXELS before sampling."""
+    from latent_ddpm.runtime.images import grid_size
+
+    height, width = grid_size(num, image_shape[1], image_shape[2], min(num, GRID_COLUMNS))
+    pixels = height * width * scale * scale
+    if scale > 1 and pixels > MAX_SCALED_PIXELS:
+        raise CLIError(
+            f"--scale {scale} makes a {width * scale}x{height * scale} grid ({pixels / 1e6:.0f} megapixels); "
+            f"at most {MAX_SCALED_PIXELS / 1e6:.0f} are written: lower --scale or --num"
+        )
+
+
+def _init_image(path: Path | None, strength: float | None) -> tuple[np.ndarray | None, float]:
+    """(the --init-image picture or None, the checked --strength), read and checked before any model loads."""
+    from latent_ddpm.runtime.images import open_picture
+
+    if path is None:
+        if strength is not None:
+            raise CLIError("--strength is for img2img: give the picture to start from with --init-image")
+        return None, DEFAULT_STRENGTH
+    strength = check_strength(DEFAULT_STRENGTH if strength is None else strength, "--strength")
+    try:
+        is_file = path.is_file()
+    except (OSError, ValueError):  # a name the OS cannot take (a NUL byte, too long)
+        is_file = False
+    if not is_file:
+        raise CLIError(f"--init-image {path!s:.200}: no such file")
+    return open_picture(path, f"--init-image {path}", "latent-ddpm sample"), strength
