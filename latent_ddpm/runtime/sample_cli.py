@@ -23,16 +23,18 @@ from latent_ddpm.runtime.limits import (
     MIN_GUIDANCE_SCALE,
     check_strength,
 )
+from latent_ddpm.runtime.png_record import MAX_SCALE
 
 if TYPE_CHECKING:
     import numpy as np
 
+    from latent_ddpm.runtime.png_record import SampleRecord
+
 HELP = __doc__
 DEFAULT_NUM = 8
 GRID_COLUMNS = 10  # images per row of the grid
-# --scale enlarges pictures for viewing: 16 makes a 32x32 digit 512x512. The enlarged grid is bounded too,
-# since it is built in memory: 64 megapixels is 1024 digits at scale 4, or 64 RGB 256x256 images at scale 3.
-MAX_SCALE = 16
+# An enlarged grid is built in memory, so it is bounded: 64 megapixels is 1024 digits at scale 4, or 64 RGB
+# 256x256 images at scale 3.
 MAX_SCALED_PIXELS = 64_000_000
 
 
@@ -123,6 +125,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="img2img: how much of the schedule runs, 0..1: 0 returns the picture as the autoencoder "
         f"reconstructs it, 1 keeps almost nothing of it (default: {DEFAULT_STRENGTH})",
     )
+    p.add_argument(
+        "--from-png",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="make again the images of a PNG that latent-ddpm sample wrote (grid or one image), from the "
+        "generation parameters it carries; --bundle only if its bundle is not found by name, --init-image only "
+        "if its picture moved",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_json_flag(p)
 
@@ -144,25 +155,41 @@ def run(args: argparse.Namespace) -> int:
 
 def _sample(args: argparse.Namespace) -> dict[str, Any]:
     """Sample, write the PNGs, print a summary for a person and return the ``--json`` document."""
-    from latent_ddpm.runtime.images import make_grid, save_png, upscale
+    from latent_ddpm.runtime.bundle import bundle_hash, sha256_file
     from latent_ddpm.runtime.limits import check_count, check_threads
     from latent_ddpm.runtime.outputs import check_output_dir, check_output_file
     from latent_ddpm.runtime.pipeline import Pipeline
+    from latent_ddpm.runtime.png_record import InitImage, SampleRecord, read_record
     from latent_ddpm.runtime.progress import ProgressBar
 
     check_threads(args.threads, "--threads")
     max_images = check_count(args.max_images, "--max-images", 2**31 - 1)
-    num = DEFAULT_NUM if args.num is None else args.num
-    check_count(num, "--num", max_images, "raise --max-images if you have the memory")
     check_output_file(args.out, "--out", ".png")
     if args.out_dir is not None:
         check_output_dir(args.out_dir, "--out-dir")
-    scale = _check_scale(args.scale)
-    picture, strength = _init_image(args.init_image, args.strength)
+    source = None if args.from_png is None else read_record(args.from_png)
+    if source is None:
+        num, layout, scale = DEFAULT_NUM if args.num is None else args.num, "grid", _check_scale(args.scale)
+        init_path, strength = args.init_image, args.strength
+    else:
+        _refuse_flags_the_record_sets(args)
+        num, layout = len(source.seeds), source.layout
+        scale = source.scale if args.scale is None else _check_scale(args.scale)
+        init_path, strength = _init_image_of(source, args)
+    check_count(num, "--num", max_images, "raise --max-images if you have the memory")
+    picture, strength = _init_image(init_path, strength)
+    init = None
+    if picture is not None:
+        init = InitImage(strength, str(init_path), sha256_file(init_path))
+        if source is not None and source.init_image is not None and init.sha256 != source.init_image.sha256:
+            raise CLIError(
+                f"--init-image {init_path} is not the picture {args.from_png} was made from (its sha256 "
+                "differs): pass that picture with --init-image"
+            )
     t0 = time.perf_counter()
     providers = [p.strip() for p in args.providers.split(",")] if args.providers else None
     pipe = Pipeline.from_bundle(
-        args.bundle,
+        _bundle_of(source, args),
         backend=args.backend,
         providers=providers,
         threads=args.threads,
@@ -170,17 +197,33 @@ def _sample(args: argparse.Namespace) -> dict[str, Any]:
         max_images=max_images,
     )
     load_s = time.perf_counter() - t0
-    _check_scaled_size(num, pipe.bundle.image_shape, scale)
+    b_hash = bundle_hash(pipe.bundle)
+    if source is not None and b_hash != source.bundle_hash:
+        raise CLIError(
+            f"--from-png {args.from_png} was made with the bundle {source.bundle_name!r} of hash "
+            f"{source.bundle_hash}; {pipe.bundle.root} has hash {b_hash}: pass the bundle that made it with --bundle"
+        )
+    _check_scaled_size(num if layout == "grid" else 1, pipe.bundle.image_shape, scale)
     cond = pipe.bundle.conditioning
-    steps = args.steps if args.steps is not None else pipe.bundle.defaults.steps
-    sampling = {
-        "steps": args.steps,
-        "sampler": args.sampler,
-        "eta": args.eta,
-        "seed": args.seed,
-        "class_labels": _class_label(args.class_label, cond.class_names if cond else None),
-        "guidance_scale": args.guidance,
-    }
+    if source is None:
+        sampling = {
+            "steps": args.steps,
+            "sampler": args.sampler,
+            "eta": args.eta,
+            "seed": args.seed,
+            "class_labels": _class_label(args.class_label, cond.class_names if cond else None),
+            "guidance_scale": args.guidance,
+        }
+    else:
+        sampling = {
+            "steps": source.steps,
+            "sampler": source.sampler,
+            "eta": source.eta,
+            "seed": list(source.seeds),
+            "class_labels": None if source.class_labels is None else list(source.class_labels),
+            "guidance_scale": source.guidance_scale,
+        }
+    steps = sampling["steps"] if sampling["steps"] is not None else pipe.bundle.defaults.steps
     runs = steps if picture is None else min(int(steps * strength), steps)  # img2img: diffusers' rule
     with ProgressBar(total=runs, desc="denoising", disable=args.quiet) as bar:
         progress = lambda i, t, x: bar.update(1)  # noqa: E731
@@ -188,26 +231,41 @@ def _sample(args: argparse.Namespace) -> dict[str, Any]:
             result = pipe.generate(num_images=num, callback=progress, **sampling)
         else:
             result = pipe.img2img([picture] * num, strength=strength, callback=progress, **sampling)
-    save_png(upscale(make_grid(result.images, nrow=min(num, GRID_COLUMNS)), scale), args.out)
+    labels = None if result.class_labels is None else tuple(int(k) for k in result.class_labels)
+    record = SampleRecord(
+        bundle_name=pipe.bundle.name,
+        bundle_hash=b_hash,
+        sampler=result.sampler,
+        steps=steps,
+        guidance_scale=result.guidance_scale,
+        eta=result.eta,
+        seeds=result.seeds,
+        class_labels=labels if sampling["class_labels"] is not None else None,
+        init_image=init,
+        layout=layout,
+        scale=scale,
+        classes=None if labels is None or cond is None else tuple(cond.class_names[k] for k in labels),
+        backend=pipe.backend,
+        precision=args.precision,
+    )
+    _write(result.images, record, args.out)
     written = []
     if args.out_dir is not None:
-        for i, img in enumerate(result.images):
-            written.append(save_png(upscale(img, scale), args.out_dir / f"{i:04d}.png"))
+        for i in range(num):
+            written.append(_write(result.images[i : i + 1], record.image(i), args.out_dir / f"{i:04d}.png"))
     t = result.timings
-    labels = ""
-    if result.class_labels is not None and cond is not None:
-        labels = " classes=" + ",".join(cond.class_names[k] for k in result.class_labels)
+    names = "" if record.classes is None else " classes=" + ",".join(record.classes)
     print(
         f"wrote {args.out} ({len(result.images)} images{', and ' + str(args.out_dir) if args.out_dir else ''})\n"
         f"seed={result.seed} sampler={result.sampler} steps={steps} guidance={result.guidance_scale:g} "
-        f"eta={result.eta:g}{labels}{'' if picture is None else f' strength={strength:g} ran={result.steps}'}\n"
+        f"eta={result.eta:g}{names}{'' if picture is None else f' strength={strength:g} ran={result.steps}'}\n"
         f"backend={pipe.backend} providers={','.join(pipe.providers)} load={load_s:.2f}s "
         f"total={t.total_s:.2f}s per_step={t.per_step_ms:.1f}ms decode={t.decode_s * 1000:.1f}ms "
         f"images/s={len(result.images) / t.total_s:.2f}"
     )
     return {
         "written": {"out": args.out.absolute(), "images": [p.absolute() for p in written]},
-        "bundle": {"name": pipe.bundle.name, "path": pipe.bundle.root},
+        "bundle": {"name": pipe.bundle.name, "hash": b_hash, "path": pipe.bundle.root},
         "seed": result.seed,
         "seeds": result.seeds,
         "class_labels": result.class_labels,
@@ -230,7 +288,66 @@ def _sample(args: argparse.Namespace) -> dict[str, Any]:
             "per_step_ms": t.per_step_ms,
             "images_per_s": len(result.images) / t.total_s,
         },
+        "parameters": record.to_json(),
     }
+
+
+def _write(images: np.ndarray, record: SampleRecord, path: Path) -> Path:
+    """The PNG ``record`` describes (a grid of ``images``, or its one image), enlarged, with the record in it."""
+    from latent_ddpm.runtime.images import make_grid, save_png, upscale
+
+    picture = (
+        images[0] if record.layout == "image" else make_grid(images, nrow=min(len(images), GRID_COLUMNS))
+    )
+    return save_png(upscale(picture, record.scale), path, text=record.png_text())
+
+
+# --from-png FILE takes these from FILE's record (dest -> flag); giving them too is a contradiction.
+SET_BY_RECORD = {
+    "num": "--num",
+    "steps": "--steps",
+    "sampler": "--sampler",
+    "eta": "--eta",
+    "seed": "--seed",
+    "class_label": "--class",
+    "guidance": "--guidance",
+    "strength": "--strength",
+}
+
+
+def _refuse_flags_the_record_sets(args: argparse.Namespace) -> None:
+    given = [flag for dest, flag in SET_BY_RECORD.items() if getattr(args, dest) is not None]
+    if given:
+        raise CLIError(
+            f"--from-png takes {', '.join(given)} from {args.from_png}: leave {'it' if len(given) == 1 else 'them'} "
+            "out, or sample without --from-png"
+        )
+
+
+def _init_image_of(source: SampleRecord, args: argparse.Namespace) -> tuple[Path | None, float | None]:
+    """--from-png: the picture an img2img PNG started from (--init-image, where it moved) and its strength."""
+    init = source.init_image
+    if init is None:
+        if args.init_image is not None:
+            raise CLIError(f"--init-image: {args.from_png} was not made from a picture (no img2img)")
+        return None, None
+    return (Path(init.path) if args.init_image is None else args.init_image), init.strength
+
+
+def _bundle_of(source: SampleRecord | None, args: argparse.Namespace) -> str | Path | None:
+    """--bundle, else the bundle the --from-png record names (a folder here or a shipped model)."""
+    from latent_ddpm.errors import BundleError
+    from latent_ddpm.runtime.shipped import resolve_bundle
+
+    if args.bundle is not None or source is None:
+        return args.bundle
+    try:
+        return resolve_bundle(source.bundle_name)
+    except BundleError:
+        raise CLIError(
+            f"--from-png {args.from_png} was made with the bundle {source.bundle_name!r}, which is neither a "
+            "folder here nor a shipped model: pass it with --bundle"
+        ) from None
 
 
 def _check_scale(scale: int | None) -> int:
