@@ -29,6 +29,7 @@ from latent_ddpm.export.errors import GateFailedError  # noqa: E402
 from latent_ddpm.export.exporter import export_bundle  # noqa: E402
 from latent_ddpm.export.validate import GateSettings  # noqa: E402
 from latent_ddpm.runtime import BundleError, Pipeline, load_bundle  # noqa: E402
+from latent_ddpm.runtime.bundle import bundle_hash  # noqa: E402
 
 SMALL = GateSettings(batch_sizes=(1, 2), images=2, steps=6)
 
@@ -68,6 +69,7 @@ def test_json_says_what_was_written_and_the_gate_figures(cli_export: tuple[Path,
     meta = json.loads((out / "bundle.json").read_text())
     assert doc["command"] == "export" and doc["written"]["bundle"] == str(out.resolve())
     assert doc["written"]["files"] == sorted(p.name for p in out.iterdir())
+    assert doc["hash"] == bundle_hash(load_bundle(out))
     assert {"bundle.json", "unet.onnx", "vae_decoder.onnx", "validation.json"} <= set(doc["written"]["files"])
     assert {role: m["sha256"] for role, m in doc["models"].items()} == {
         role: m["sha256"] for role, m in meta["models"].items()

@@ -25,6 +25,7 @@ from latent_ddpm.export.exporter import export_bundle  # noqa: E402
 from latent_ddpm.export.quantize import QuantizeOptions, quantize_bundle  # noqa: E402
 from latent_ddpm.files import OutputError  # noqa: E402
 from latent_ddpm.runtime import Pipeline, load_bundle  # noqa: E402
+from latent_ddpm.runtime.bundle import bundle_hash  # noqa: E402
 
 FAST = QuantizeOptions(calibration_runs=1, calibration_batch=2, max_unet_feeds=8, validation_images=2)
 
@@ -171,6 +172,7 @@ def test_json_says_what_was_written_and_the_gate_figures(
     summary = json.loads((out / "bundle.json").read_text())["validation"]["summary"]
     assert doc["validation"] == {**summary, "seed": 0} and doc["validation"]["images"] == 2
     bundle = load_bundle(out)
+    assert doc["hash"] == bundle_hash(bundle)
     assert {role: m["precision"] for role, m in doc["models"].items()} == {
         role: m.precision for role, m in bundle.models.items()
     }

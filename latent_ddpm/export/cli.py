@@ -71,6 +71,7 @@ def _export(args: argparse.Namespace) -> dict[str, Any]:
 
     check_threads(args.threads, "--threads")  # before any work: more threads than cores only contend
     from latent_ddpm.export.exporter import export_bundle
+    from latent_ddpm.runtime.bundle import bundle_hash, load_bundle
 
     result = export_bundle(
         args.src,
@@ -90,6 +91,7 @@ def _export(args: argparse.Namespace) -> dict[str, Any]:
     print(f"wrote {result.path} in {result.seconds:.1f}s: {files}")
     doc = {
         "written": {"bundle": result.path, "files": sorted(p.name for p in result.path.iterdir())},
+        "hash": bundle_hash(load_bundle(result.path, verify_hashes=False)),  # the one sample PNGs record
         "seconds": result.seconds,
         "models": {
             role: {k: m[k] for k in ("file", "precision", "kept_fp32", "sha256")}

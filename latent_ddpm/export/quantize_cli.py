@@ -86,7 +86,7 @@ def _quantize(args: argparse.Namespace) -> dict[str, Any]:
         roles=tuple(args.components),
         threads=args.threads,
     )
-    from latent_ddpm.runtime.bundle import load_bundle
+    from latent_ddpm.runtime.bundle import bundle_hash, load_bundle
 
     started = time.perf_counter()
     out = quantize_bundle(args.bundle, args.out, force=args.force, options=options)
@@ -95,6 +95,7 @@ def _quantize(args: argparse.Namespace) -> dict[str, Any]:
     bundle = load_bundle(out)
     return {
         "written": {"bundle": out, "files": sorted(p.name for p in out.iterdir())},
+        "hash": bundle_hash(bundle),  # the one sample PNGs record
         "seconds": seconds,
         "models": {
             role: {"file": m.path.name, "precision": m.precision, "kept_fp32": m.kept_fp32}
