@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,8 @@ from latent_ddpm.runtime.png_record import MAX_SCALE
 if TYPE_CHECKING:
     import numpy as np
 
-    from latent_ddpm.runtime.png_record import SampleRecord
+    from latent_ddpm.runtime.bundle import Conditioning
+    from latent_ddpm.runtime.png_record import InitImage, SampleRecord
 
 HELP = __doc__
 DEFAULT_NUM = 8
@@ -109,6 +111,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--scale",
         type=int,
         default=None,
+        metavar="N",
         help=f"enlarge the PNGs N times with nearest neighbour for viewing (every model pixel an NxN square), "
         f"1..{MAX_SCALE} (default: 1)",
     )
@@ -116,12 +119,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--init-image",
         type=Path,
         default=None,
+        metavar="PATH",
         help="img2img: start from this picture (PNG, JPEG, ...; resized to the model's size) instead of noise",
     )
     p.add_argument(
         "--strength",
         type=float,
         default=None,
+        metavar="S",
         help="img2img: how much of the schedule runs, 0..1: 0 returns the picture as the autoencoder "
         f"reconstructs it, 1 keeps almost nothing of it (default: {DEFAULT_STRENGTH})",
     )
@@ -153,20 +158,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sample(args: argparse.Namespace) -> dict[str, Any]:
-    """Sample, write the PNGs, print a summary for a person and return the ``--json`` document."""
-    from latent_ddpm.runtime.bundle import bundle_hash, sha256_file
-    from latent_ddpm.runtime.limits import check_count, check_threads
-    from latent_ddpm.runtime.outputs import check_output_dir, check_output_file
-    from latent_ddpm.runtime.pipeline import Pipeline
-    from latent_ddpm.runtime.png_record import InitImage, SampleRecord, read_record
-    from latent_ddpm.runtime.progress import ProgressBar
+@dataclass(frozen=True)
+class _Plan:
+    """What to sample, from the flags or from a --from-png record, checked before any model loads."""
 
-    check_threads(args.threads, "--threads")
-    max_images = check_count(args.max_images, "--max-images", 2**31 - 1)
-    check_output_file(args.out, "--out", ".png")
-    if args.out_dir is not None:
-        check_output_dir(args.out_dir, "--out-dir")
+    source: SampleRecord | None  # the --from-png record
+    num: int
+    layout: str  # of --out: "grid", or "image" when --from-png makes one image again
+    scale: int
+    picture: np.ndarray | None  # img2img's starting picture
+    init: InitImage | None  # ... its strength, path and sha256
+
+
+def _plan(args: argparse.Namespace, max_images: int) -> _Plan:
+    from latent_ddpm.runtime.bundle import sha256_file
+    from latent_ddpm.runtime.limits import check_count
+    from latent_ddpm.runtime.png_record import InitImage, read_record
+
     source = None if args.from_png is None else read_record(args.from_png)
     if source is None:
         num, layout, scale = DEFAULT_NUM if args.num is None else args.num, "grid", _check_scale(args.scale)
@@ -179,17 +187,57 @@ def _sample(args: argparse.Namespace) -> dict[str, Any]:
     check_count(num, "--num", max_images, "raise --max-images if you have the memory")
     picture, strength = _init_image(init_path, strength)
     init = None
-    if picture is not None:
+    if init_path is not None:
         init = InitImage(strength, str(init_path), sha256_file(init_path))
         if source is not None and source.init_image is not None and init.sha256 != source.init_image.sha256:
             raise CLIError(
                 f"--init-image {init_path} is not the picture {args.from_png} was made from (its sha256 "
                 "differs): pass that picture with --init-image"
             )
+    return _Plan(source, num, layout, scale, picture, init)
+
+
+def _sampling(plan: _Plan, args: argparse.Namespace, cond: Conditioning | None) -> dict[str, Any]:
+    """generate's and img2img's keyword arguments (None: the bundle's default)."""
+    if plan.source is None:
+        return {
+            "steps": args.steps,
+            "sampler": args.sampler,
+            "eta": args.eta,
+            "seed": args.seed,
+            "class_labels": _class_label(args.class_label, cond.class_names if cond else None),
+            "guidance_scale": args.guidance,
+        }
+    r = plan.source
+    return {
+        "steps": r.steps,
+        "sampler": r.sampler,
+        "eta": r.eta,
+        "seed": list(r.seeds),
+        "class_labels": None if r.class_labels is None else list(r.class_labels),
+        "guidance_scale": r.guidance_scale,
+    }
+
+
+def _sample(args: argparse.Namespace) -> dict[str, Any]:
+    """Sample, write the PNGs, print a summary for a person and return the ``--json`` document."""
+    from latent_ddpm.runtime.bundle import bundle_hash
+    from latent_ddpm.runtime.limits import check_count, check_threads
+    from latent_ddpm.runtime.outputs import check_output_dir, check_output_file
+    from latent_ddpm.runtime.pipeline import Pipeline
+    from latent_ddpm.runtime.png_record import SampleRecord
+    from latent_ddpm.runtime.progress import ProgressBar
+
+    check_threads(args.threads, "--threads")
+    max_images = check_count(args.max_images, "--max-images", 2**31 - 1)
+    check_output_file(args.out, "--out", ".png")
+    if args.out_dir is not None:
+        check_output_dir(args.out_dir, "--out-dir")
+    plan = _plan(args, max_images)
     t0 = time.perf_counter()
     providers = [p.strip() for p in args.providers.split(",")] if args.providers else None
     pipe = Pipeline.from_bundle(
-        _bundle_of(source, args),
+        _bundle_of(plan.source, args),
         backend=args.backend,
         providers=providers,
         threads=args.threads,
@@ -198,39 +246,25 @@ def _sample(args: argparse.Namespace) -> dict[str, Any]:
     )
     load_s = time.perf_counter() - t0
     b_hash = bundle_hash(pipe.bundle)
-    if source is not None and b_hash != source.bundle_hash:
+    if plan.source is not None and b_hash != plan.source.bundle_hash:
         raise CLIError(
-            f"--from-png {args.from_png} was made with the bundle {source.bundle_name!r} of hash "
-            f"{source.bundle_hash}; {pipe.bundle.root} has hash {b_hash}: pass the bundle that made it with --bundle"
+            f"--from-png {args.from_png} was made with the bundle {plan.source.bundle_name!r} of hash "
+            f"{plan.source.bundle_hash}; {pipe.bundle.root} has hash {b_hash}: pass the bundle that made it with "
+            "--bundle"
         )
-    _check_scaled_size(num if layout == "grid" else 1, pipe.bundle.image_shape, scale)
+    _check_scaled_size(plan.num if plan.layout == "grid" else 1, pipe.bundle.image_shape, plan.scale)
     cond = pipe.bundle.conditioning
-    if source is None:
-        sampling = {
-            "steps": args.steps,
-            "sampler": args.sampler,
-            "eta": args.eta,
-            "seed": args.seed,
-            "class_labels": _class_label(args.class_label, cond.class_names if cond else None),
-            "guidance_scale": args.guidance,
-        }
-    else:
-        sampling = {
-            "steps": source.steps,
-            "sampler": source.sampler,
-            "eta": source.eta,
-            "seed": list(source.seeds),
-            "class_labels": None if source.class_labels is None else list(source.class_labels),
-            "guidance_scale": source.guidance_scale,
-        }
-    steps = sampling["steps"] if sampling["steps"] is not None else pipe.bundle.defaults.steps
-    runs = steps if picture is None else min(int(steps * strength), steps)  # img2img: diffusers' rule
+    sampling = _sampling(plan, args, cond)
+    steps = pipe.bundle.defaults.steps if sampling["steps"] is None else sampling["steps"]
+    init = plan.init
+    runs = steps if init is None else min(int(steps * init.strength), steps)  # img2img: diffusers' rule
     with ProgressBar(total=runs, desc="denoising", disable=args.quiet) as bar:
         progress = lambda i, t, x: bar.update(1)  # noqa: E731
-        if picture is None:
-            result = pipe.generate(num_images=num, callback=progress, **sampling)
+        if init is None:
+            result = pipe.generate(num_images=plan.num, callback=progress, **sampling)
         else:
-            result = pipe.img2img([picture] * num, strength=strength, callback=progress, **sampling)
+            pictures = [plan.picture] * plan.num
+            result = pipe.img2img(pictures, strength=init.strength, callback=progress, **sampling)
     labels = None if result.class_labels is None else tuple(int(k) for k in result.class_labels)
     record = SampleRecord(
         bundle_name=pipe.bundle.name,
@@ -242,8 +276,8 @@ def _sample(args: argparse.Namespace) -> dict[str, Any]:
         seeds=result.seeds,
         class_labels=labels if sampling["class_labels"] is not None else None,
         init_image=init,
-        layout=layout,
-        scale=scale,
+        layout=plan.layout,
+        scale=plan.scale,
         classes=None if labels is None or cond is None else tuple(cond.class_names[k] for k in labels),
         backend=pipe.backend,
         precision=args.precision,
@@ -251,14 +285,15 @@ def _sample(args: argparse.Namespace) -> dict[str, Any]:
     _write(result.images, record, args.out)
     written = []
     if args.out_dir is not None:
-        for i in range(num):
+        for i in range(plan.num):
             written.append(_write(result.images[i : i + 1], record.image(i), args.out_dir / f"{i:04d}.png"))
     t = result.timings
     names = "" if record.classes is None else " classes=" + ",".join(record.classes)
+    img2img = "" if init is None else f" strength={init.strength:g} ran={result.steps}"
     print(
         f"wrote {args.out} ({len(result.images)} images{', and ' + str(args.out_dir) if args.out_dir else ''})\n"
         f"seed={result.seed} sampler={result.sampler} steps={steps} guidance={result.guidance_scale:g} "
-        f"eta={result.eta:g}{names}{'' if picture is None else f' strength={strength:g} ran={result.steps}'}\n"
+        f"eta={result.eta:g}{names}{img2img}\n"
         f"backend={pipe.backend} providers={','.join(pipe.providers)} load={load_s:.2f}s "
         f"total={t.total_s:.2f}s per_step={t.per_step_ms:.1f}ms decode={t.decode_s * 1000:.1f}ms "
         f"images/s={len(result.images) / t.total_s:.2f}"
@@ -274,8 +309,8 @@ def _sample(args: argparse.Namespace) -> dict[str, Any]:
         "steps_run": result.steps,
         "guidance_scale": result.guidance_scale,
         "eta": result.eta,
-        "strength": None if picture is None else strength,
-        "scale": scale,
+        "strength": None if init is None else init.strength,
+        "scale": plan.scale,
         "backend": pipe.backend,
         "providers": pipe.providers,
         "timings": {
