@@ -40,7 +40,7 @@ import numpy as np
 from latent_ddpm.errors import BusyError, InputError
 from latent_ddpm.runtime.batching import Batcher, TickReport
 from latent_ddpm.runtime.handles import Cancelled, Event, Failed, Finished, Progress, RequestHandle
-from latent_ddpm.runtime.limits import DEFAULT_MAX_PENDING_IMAGES, check_count
+from latent_ddpm.runtime.limits import DEFAULT_MAX_PENDING_IMAGES, DEFAULT_STRENGTH, check_count
 from latent_ddpm.runtime.pipeline import Pipeline, result_of
 from latent_ddpm.runtime.requests import Labels, SamplingRequest, Seed
 from latent_ddpm.runtime.results import Preview, Timings
@@ -128,7 +128,7 @@ class SamplingEngine:
     def submit_img2img(
         self,
         images: Any,
-        strength: float = 0.6,
+        strength: float = DEFAULT_STRENGTH,
         steps: int | None = None,
         sampler: str | None = None,
         eta: float | None = None,
