@@ -6,6 +6,8 @@ was written: no OUT, no temporary folder beside it, an existing OUT byte-identic
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 from collections.abc import Callable
@@ -27,6 +29,7 @@ from latent_ddpm.export.errors import GateFailedError  # noqa: E402
 from latent_ddpm.export.exporter import export_bundle  # noqa: E402
 from latent_ddpm.export.validate import GateSettings  # noqa: E402
 from latent_ddpm.runtime import BundleError, Pipeline, load_bundle  # noqa: E402
+from latent_ddpm.runtime.bundle import bundle_hash  # noqa: E402
 
 SMALL = GateSettings(batch_sizes=(1, 2), images=2, steps=6)
 
@@ -47,10 +50,35 @@ def _no_leftovers(out: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def cli_bundle(tiny_model_dir: Callable, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def cli_export(tiny_model_dir: Callable, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """The tiny bundle the CLI wrote, and the document its --json printed on stdout."""
     out = tmp_path_factory.mktemp("cli_export") / "tiny"
-    assert _export(str(tiny_model_dir("kl_bin")), str(out), "--name", "tiny-bin") == 0
-    return out
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        assert _export(str(tiny_model_dir("kl_bin")), str(out), "--name", "tiny-bin", "--json") == 0
+    return out, json.loads(stdout.getvalue())
+
+
+@pytest.fixture(scope="module")
+def cli_bundle(cli_export: tuple[Path, dict]) -> Path:
+    return cli_export[0]
+
+
+def test_json_says_what_was_written_and_the_gate_figures(cli_export: tuple[Path, dict]) -> None:
+    out, doc = cli_export
+    meta = json.loads((out / "bundle.json").read_text())
+    assert doc["command"] == "export" and doc["written"]["bundle"] == str(out.resolve())
+    assert doc["written"]["files"] == sorted(p.name for p in out.iterdir())
+    assert doc["hash"] == bundle_hash(load_bundle(out))
+    assert {"bundle.json", "unet.onnx", "vae_decoder.onnx", "validation.json"} <= set(doc["written"]["files"])
+    assert {role: m["sha256"] for role, m in doc["models"].items()} == {
+        role: m["sha256"] for role, m in meta["models"].items()
+    }
+    report = json.loads((out / "validation.json").read_text())
+    assert doc["validation"]["passed"] is True and doc["validation"]["sampling"] == report["sampling"]
+    assert doc["validation"]["sampling"]["max_abs_diff"] <= validate.FP32_MAX_IMAGE_DIFF
+    assert "seed" in doc["validation"]["sampling"] and doc["seconds"] > 0
+    assert set(doc["validation"]["components"]) == set(meta["models"])
 
 
 def test_export_then_sample(cli_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

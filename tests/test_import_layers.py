@@ -1,7 +1,7 @@
 """A stage imports only the stages below it and the ground floor (read from the source, nothing is imported).
 
 The pipeline is train -> export -> runtime; demo and the tools (eval, bench) sit on top of what they use.
-The ground floor (errors, provenance, file helpers, the extras check) imports no stage, only itself. Lazy imports inside functions count:
+The ground floor (errors, provenance, file helpers, the extras check, --json output) imports no stage, only itself. Lazy imports inside functions count:
 they are still a dependency, only a later one.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import latent_ddpm
 
 PACKAGE = Path(latent_ddpm.__file__).parent
-GROUND = {"errors", "provenance", "files", "extras"}
+GROUND = {"errors", "provenance", "files", "extras", "json_output"}
 # stage -> the stages it may import besides the ground floor
 BELOW = {
     "runtime": set(),

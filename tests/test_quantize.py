@@ -25,6 +25,7 @@ from latent_ddpm.export.exporter import export_bundle  # noqa: E402
 from latent_ddpm.export.quantize import QuantizeOptions, quantize_bundle  # noqa: E402
 from latent_ddpm.files import OutputError  # noqa: E402
 from latent_ddpm.runtime import Pipeline, load_bundle  # noqa: E402
+from latent_ddpm.runtime.bundle import bundle_hash  # noqa: E402
 
 FAST = QuantizeOptions(calibration_runs=1, calibration_batch=2, max_unet_feeds=8, validation_images=2)
 
@@ -155,3 +156,24 @@ def test_openvino_runs_the_int8_bundle_in_int8_as_closely_as_onnxruntime(
     # OpenVINO and ONNX Runtime round int8 differently; neither may stray further from fp32 than the other.
     ov_db, ort_db = image_metrics(on_ov, fp32)["psnr_db"], image_metrics(on_ort, fp32)["psnr_db"]
     assert ov_db >= ort_db - 3.0, (ov_db, ort_db)
+
+
+def test_json_says_what_was_written_and_the_gate_figures(
+    fp32_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "int8"
+    argv = ["quantize", str(fp32_bundle), str(out), "--calibration-runs", "1", "--calibration-batch", "2"]
+    assert main([*argv, "--validation-images", "2", "--json"]) == 0
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)  # the document alone: the progress lines went to stderr
+    assert "calibrating on 1 sampling runs" in captured.err
+    assert doc["command"] == "quantize" and doc["written"]["bundle"] == str(out.resolve())
+    assert doc["written"]["files"] == sorted(p.name for p in out.iterdir())
+    summary = json.loads((out / "bundle.json").read_text())["validation"]["summary"]
+    assert doc["validation"] == {**summary, "seed": 0} and doc["validation"]["images"] == 2
+    bundle = load_bundle(out)
+    assert doc["hash"] == bundle_hash(bundle)
+    assert {role: m["precision"] for role, m in doc["models"].items()} == {
+        role: m.precision for role, m in bundle.models.items()
+    }
+    assert doc["seconds"] > 0

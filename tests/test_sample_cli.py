@@ -280,3 +280,94 @@ def test_unusable_bundle_paths_are_one_line(
     rc = main(["sample", "--bundle", bundle_arg, "--out", str(out), "--quiet"])
     assert message in _one_line_error(capsys, rc)
     assert not out.exists()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "latent_ddpm", "sample", "--quiet", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image)
+
+
+def test_init_image_runs_img2img_as_the_api_does(bundle: Path, tmp_path: Path) -> None:
+    from latent_ddpm.runtime import Pipeline
+    from latent_ddpm.runtime.images import open_picture
+
+    picture = tmp_path / "start.png"
+    Image.fromarray(np.tile(np.arange(0, 256, 8, dtype=np.uint8), (40, 2))).save(picture)  # 64x40, resized
+    each = tmp_path / "each"
+    args = ["--bundle", str(bundle), "--init-image", str(picture), "--strength", "0.5", "--num", "2"]
+    proc = _cli(
+        *args, "--steps", "6", "--seed", "3", "--out", str(tmp_path / "g.png"), "--out-dir", str(each)
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "strength=0.5 ran=3" in proc.stdout
+    pipe = Pipeline.from_bundle(bundle)
+    want = pipe.img2img([open_picture(picture, "x", "y")] * 2, strength=0.5, steps=6, seed=3).images
+    got = np.stack([_pixels(each / f"{i:04d}.png") for i in range(2)])
+    np.testing.assert_array_equal(got, want[..., 0])
+    noise = pipe.generate(num_images=2, steps=6, seed=3).images
+    assert not np.array_equal(got, noise[..., 0])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--init-image", "{tmp}/missing.png"], "--init-image {tmp}/missing.png: no such file"),
+        (["--init-image", "{tmp}"], "--init-image {tmp}: no such file"),
+        (["--init-image", "{tmp}/notes.txt"], "--init-image {tmp}/notes.txt is not an image Pillow can read"),
+        (["--init-image", "{tmp}/ok.png", "--strength", "1.5"], "--strength must be in [0, 1], got 1.5"),
+        (["--init-image", "{tmp}/ok.png", "--strength", "nan"], "--strength must be in [0, 1], got nan"),
+        (
+            ["--strength", "0.5"],
+            "--strength is for img2img: give the picture to start from with --init-image",
+        ),
+        (["--scale", "0"], "--scale must be an integer in 1..16, got 0"),
+        (["--scale", "17"], "--scale must be an integer in 1..16, got 17"),
+        (
+            ["--scale", "16", "--num", "1024"],
+            "--scale 16 makes a 5472x56064 grid (307 megapixels); at most 64",
+        ),
+    ],
+)
+def test_bad_init_image_strength_or_scale_is_one_line_before_any_work(
+    bundle: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
+    (tmp_path / "notes.txt").write_text("not a picture")
+    Image.new("L", (8, 8)).save(tmp_path / "ok.png")
+    out = tmp_path / "out" / "x.png"
+    proc = _cli("--bundle", str(bundle), "--out", str(out), *[a.format(tmp=tmp_path) for a in args])
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and message.format(tmp=tmp_path) in proc.stderr, proc.stderr
+    assert not out.parent.exists()
+
+
+def test_init_image_needs_a_bundle_with_an_encoder(tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path / "no-encoder", with_encoder=False)
+    Image.new("L", (8, 8)).save(tmp_path / "ok.png")
+    out = tmp_path / "x.png"
+    proc = _cli("--bundle", str(bundle), "--out", str(out), "--init-image", str(tmp_path / "ok.png"))
+    assert proc.returncode == 2 and "has no vae_encoder.onnx, so img2img is not available" in proc.stderr
+    assert not out.exists()
+
+
+def test_scale_enlarges_grid_and_images_with_nearest_neighbour(bundle: Path, tmp_path: Path) -> None:
+    common = ["--bundle", str(bundle), "--num", "3", "--steps", "3", "--seed", "9"]
+    assert _cli(*common, "--out", str(tmp_path / "small.png")).returncode == 0
+    proc = _cli(
+        *common, "--scale", "3", "--out", str(tmp_path / "big.png"), "--out-dir", str(tmp_path / "each")
+    )
+    assert proc.returncode == 0, proc.stderr
+    small, big = _pixels(tmp_path / "small.png"), _pixels(tmp_path / "big.png")
+    assert small.shape == (36, 3 * 34 + 2) and big.shape == (3 * 36, 3 * (3 * 34 + 2))
+    np.testing.assert_array_equal(big, small.repeat(3, axis=0).repeat(3, axis=1))
+    first = _pixels(tmp_path / "each" / "0000.png")
+    assert first.shape == (96, 96)
+    np.testing.assert_array_equal(first[::3, ::3], small[2:34, 2:34])

@@ -116,18 +116,19 @@ def test_killing_a_replica_mid_burst_fails_only_its_requests_and_it_comes_back(
 ) -> None:
     client = ServeClient(served.url, timeout=REQUEST_TIMEOUT_S)
     victim = _replicas()[0]
-    burst = {"num_images": 4, "steps": 50}
+    # Request 0 is short; the 15 long ones run together in the two replicas' engines for 50 steps.
+    bursts = [{"num_images": 2, "steps": STEPS if i == 0 else 50} for i in range(16)]
 
     def one(seed: int) -> np.ndarray | str:
         try:
-            return client.generate(seed=seed, **burst).images
+            return client.generate(seed=seed, **bursts[seed]).images
         except ServerError as exc:  # a 5xx: the message must say what happened
             return str(exc)
 
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         futures = [pool.submit(one, i) for i in range(16)]
-        # Once the first request is back, both replicas are busy with the rest: kill one there.
-        concurrent.futures.wait(futures, timeout=REQUEST_TIMEOUT_S, return_when="FIRST_COMPLETED")
+        # Once the short request is back, both replicas are in the middle of the long ones: kill one there.
+        futures[0].result(timeout=REQUEST_TIMEOUT_S)
         os.kill(victim["pid"], signal.SIGKILL)
         done, hanging = concurrent.futures.wait(futures, timeout=2 * REQUEST_TIMEOUT_S)
     assert not hanging, f"{len(hanging)} requests never finished"
@@ -135,10 +136,10 @@ def test_killing_a_replica_mid_burst_fails_only_its_requests_and_it_comes_back(
     failed = [o for o in outcomes if isinstance(o, str)]
     assert failed, "the killed replica was running nothing"
     assert all(o.startswith("HTTP 503") and "the replica running this request stopped" in o for o in failed)
-    assert len(failed) < len(outcomes), "the surviving replica served nothing"
+    assert any(not isinstance(o, str) for o in outcomes[1:]), "the surviving replica served nothing"
     for seed, images in enumerate(outcomes):
         if not isinstance(images, str):
-            np.testing.assert_array_equal(images, pipe.generate(seed=seed, **burst).images)
+            np.testing.assert_array_equal(images, pipe.generate(seed=seed, **bursts[seed]).images)
 
     deadline = time.monotonic() + 2 * REQUEST_TIMEOUT_S
     replicas: list[dict[str, Any]] = []

@@ -1,10 +1,10 @@
 """`latent-ddpm serve` on one machine, driven over real HTTP by the official OpenAI client and our own client.
 
 One server (its own local Ray) serves the whole module: two models, the shipped digits bundle (by its
-name) and an unconditional factory bundle (tests/bundle_factory.py, by its path), each with a replica that
-holds one request and a queue of two, so that a burst overflows into 503s, and at most 64 images a request. Its images are compared with ``Pipeline.generate`` in
-this process: PNG is lossless and both run ONNX Runtime with one thread, so they must be equal. Stopping it
-with SIGTERM (`docker stop`) must leave no Ray process behind.
+name) and an unconditional factory bundle (tests/bundle_factory.py, by its path), each with one replica
+whose engine holds at most 16 images (8 a request), so that a burst overflows into 503s. Its images are
+compared with ``Pipeline.generate`` in this process: PNG is lossless and both run ONNX Runtime with one
+thread, so they must be equal. Stopping it with SIGTERM (`docker stop`) must leave no Ray process behind.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ from latent_ddpm.serve.metrics import exported_names  # noqa: E402
 
 pytestmark = pytest.mark.slow
 STEPS = 4
+MAX_IMAGES = 8  # per request
+CAPACITY = 16  # images a replica's engine holds
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +51,8 @@ def factory(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(factory: Path) -> Iterator[tuple[ServeProcess, int]]:
     metrics_port = free_port()
     with ray_tmpdir() as tmpdir:
-        args = ["--bundle", "digits", "--bundle", str(factory), "--max-images", "64"]
-        args += ["--max-ongoing", "1", "--max-queued", "2", "--metrics-port", str(metrics_port)]
+        args = ["--bundle", "digits", "--bundle", str(factory), "--max-images", str(MAX_IMAGES)]
+        args += ["--max-pending-images", str(CAPACITY), "--metrics-port", str(metrics_port)]
         with serve_process(args, tmpdir, free_port(), stop_with=signal.SIGTERM) as served:
             yield served, metrics_port
         assert served.returncode == 0, "\n".join(served.output[-30:])
@@ -110,7 +112,7 @@ def test_openai_client_gets_four_pngs_equal_to_the_pipeline(client: openai.OpenA
 @pytest.mark.parametrize(
     ("fields", "param", "words"),
     [
-        ({"n": 100000}, "n", "num_images=100000 is more than the limit of 64"),  # --max-images 64
+        ({"n": 100000}, "n", "num_images=100000 is more than the limit of 8"),  # --max-images 8
         ({"prompt": "cat"}, "prompt", "'cat'"),
         ({"size": "64x64"}, "size", "32x32"),
         ({"response_format": "url"}, "response_format", "b64_json"),
@@ -159,7 +161,7 @@ def test_native_client_matches_the_pipeline(url: str, pipe: Pipeline) -> None:
     np.testing.assert_array_equal(result.images, expected.images)
     assert result.seed == 99 and result.class_labels.tolist() == [3, 5] and result.class_names == ["3", "5"]
     assert (result.sampler, result.steps, result.eta) == ("ddim", STEPS, 0.5)
-    assert result.timings.steps == STEPS and result.timings.unet_s > 0 and result.queue_s >= 0
+    assert result.timings.steps == STEPS and result.timings.unet_s > 0 and result.timings.queue_s >= 0
     assert result.model == "digits" and result.served_by["pid"] > 0
 
 
@@ -182,31 +184,82 @@ def test_native_client_raises_the_servers_message(url: str) -> None:
         ServeClient(f"http://127.0.0.1:{free_port()}", timeout=5).generate()
 
 
-def test_a_burst_beyond_the_queue_gets_503_then_serving_resumes(url: str, client: openai.OpenAI) -> None:
-    """One request runs, two wait (--max-ongoing 1 --max-queued 2): of eight at once, some are refused."""
+def test_concurrent_requests_share_unet_calls_on_one_replica(url: str, pipe: Pipeline) -> None:
+    """Eight one-image requests at once on the one digits replica: its engine runs them in shared U-Net calls
+    (fewer calls than the requests' steps added up, read from the engine's counters that come back with
+    every native reply), and each gets the image Pipeline.generate gives it alone."""
+    native = ServeClient(url, timeout=REQUEST_TIMEOUT_S)
+    steps, seeds = 60, range(100, 108)
+    before = native.generate(steps=STEPS, model="digits").served_by["engine"]
+    with concurrent.futures.ThreadPoolExecutor(len(seeds)) as pool:
+        results = list(
+            pool.map(
+                lambda s: native.generate(seed=s, steps=steps, class_labels=s % 10, model="digits"), seeds
+            )
+        )
+    after = max((r.served_by["engine"] for r in results), key=lambda c: c["unet_calls"])
+    rows = 2 * steps * len(seeds)  # guided: [null; cond], two rows an image and step
+    assert after["unet_rows"] - before["unet_rows"] == rows  # nothing else ran meanwhile
+    calls = after["unet_calls"] - before["unet_calls"]
+    assert calls < steps * len(seeds), "every request ran alone"
+    print(f"{len(seeds)} requests x {steps} steps: {calls} U-Net calls, {rows / calls:.1f} rows per call")
+    for seed, result in zip(seeds, results, strict=True):
+        expected = pipe.generate(seed=seed, steps=steps, class_labels=seed % 10)
+        np.testing.assert_array_equal(result.images, expected.images, err_msg=f"seed {seed}")
+
+
+def test_a_burst_beyond_the_engines_capacity_gets_503_then_serving_resumes(
+    url: str, client: openai.OpenAI
+) -> None:
+    """The engine holds 16 images: of eight 8-image requests at once, two run and the rest are refused."""
     native = ServeClient(url, timeout=REQUEST_TIMEOUT_S)
 
     def one(i: int) -> str:
         try:
-            native.generate(num_images=8, steps=50, seed=i, model="digits")
+            native.generate(num_images=MAX_IMAGES, steps=50, seed=i, model="digits")
             return "ok"
         except ServerBusyError as exc:
-            assert "queue is full" in str(exc)
+            assert "the sampling engine is busy" in str(exc)
             return "busy"
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         outcomes = list(pool.map(one, range(8)))
-    assert outcomes.count("ok") >= 1 and outcomes.count("busy") >= 1, outcomes
+    assert outcomes.count("ok") >= 2 and outcomes.count("busy") >= 1, outcomes
     # The OpenAI client sees the same 503 as an InternalServerError with OpenAI's error body.
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         futures = [
-            pool.submit(client.images.generate, model="digits", prompt="1", n=8, extra_body={"steps": 50})
+            pool.submit(
+                client.images.generate, model="digits", prompt="1", n=MAX_IMAGES, extra_body={"steps": 50}
+            )
             for _ in range(8)
         ]
         errors = [f.exception() for f in futures if f.exception() is not None]
     assert errors and all(isinstance(e, openai.InternalServerError) for e in errors), errors
-    assert {(e.status_code, e.code) for e in errors} == {(503, "queue_full")}
+    assert {(e.status_code, e.code, e.response.headers.get("retry-after")) for e in errors} == {
+        (503, "queue_full", "1")
+    }
     assert len(client.images.generate(model="digits", prompt="2", extra_body={"steps": STEPS}).data) == 1
+
+
+def test_a_client_that_disconnects_cancels_its_request_in_the_engine(url: str) -> None:
+    """A client gives up on a long request (8 images x 500 steps) after a few seconds: Ray Serve cancels
+    the request, the replica cancels it in the engine, and the engine is empty again long before those
+    steps could have run (counted in U-Net rows, not timed)."""
+    native = ServeClient(url, timeout=REQUEST_TIMEOUT_S)
+    long = {"num_images": MAX_IMAGES, "steps": 500, "sampler": "ddim", "model": "digits"}
+    before = native.generate(steps=STEPS, model="digits").served_by["engine"]
+    with pytest.raises(ServerError, match="did not answer within"):
+        ServeClient(url, timeout=3).generate(**long)
+    polls = 0
+    while True:  # until the engine holds nothing (its counters come back with every reply)
+        polls += 1
+        after = native.generate(steps=STEPS, model="digits").served_by["engine"]
+        if after["pending_images"] == 0:
+            break
+        assert polls < 1000, "the engine never let go of the abandoned request"
+    long_rows = after["unet_rows"] - before["unet_rows"] - polls * 2 * STEPS  # less the polls' own rows
+    print(f"the abandoned request ran {long_rows} of its {2 * MAX_IMAGES * long['steps']} U-Net rows")
+    assert long_rows < 2 * MAX_IMAGES * long["steps"], "the abandoned request ran to the end"
 
 
 def test_healthz_and_openai_error_shape_for_unknown_paths(url: str) -> None:

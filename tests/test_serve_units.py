@@ -1,20 +1,25 @@
 """The serve package's parts without a Ray cluster: flags, config, cards, request mapping, the runner, errors.
 
-The runner runs the real shipped bundle; nothing here starts Ray (the CLI refuses bad flags before it would).
+The runner runs a real SamplingEngine on the shipped bundle, whose U-Net is wrapped only to hold its first
+call until the test has queued requests behind it; nothing here starts Ray (the CLI refuses bad flags before
+it would).
 """
 
 from __future__ import annotations
 
 import asyncio
 import shutil
+import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from demo_server import free_port
 
 from latent_ddpm.cli import main
-from latent_ddpm.errors import BundleError, InputError
+from latent_ddpm.errors import BundleError, BusyError, InputError
+from latent_ddpm.runtime.engine import SamplingEngine
 from latent_ddpm.runtime.pipeline import Pipeline
 from latent_ddpm.runtime.shipped import shipped_bundle_path
 
@@ -33,6 +38,7 @@ from latent_ddpm.serve.runner import ImageRequest, Runner  # noqa: E402
 from latent_ddpm.serve.schemas import GenerateRequest, ImagesRequest, check_size  # noqa: E402
 
 STEPS = 3
+WAIT = 120  # seconds: a bound on any one wait, so that a bug fails the test instead of hanging
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +57,12 @@ def card() -> ModelCard:
         (["--min-replicas", "3", "--max-replicas", "2"], "min_replicas (3) is more than max_replicas (2)"),
         (["--replicas", "0"], "--replicas: Input should be greater than or equal to 1"),
         (["--max-queued", "0"], "--max-queued"),
+        (["--max-rows", "1"], "--max-rows: Input should be greater than or equal to 2"),
+        (
+            ["--max-images", "8", "--max-pending-images", "4"],
+            "max_pending_images (4) is below max_images (8)",
+        ),
+        (["--precision", "bf16"], "precision='bf16' is available with the openvino backend only"),
         (["--port", "70000"], "--port must be in 1..65535, got 70000"),
         (["--detach"], "--detach needs --address"),
         (["--address", "auto", "--metrics-port", "9000"], "--metrics-port applies"),
@@ -95,14 +107,20 @@ def test_replica_options_fixed_and_autoscaling() -> None:
     assert fixed["num_replicas"] == 3 and "autoscaling_config" not in fixed
     assert fixed["ray_actor_options"] == {"num_cpus": 2, "num_gpus": 0}
     assert ServeConfig().model_options()["num_replicas"] == 1
-    auto = ServeConfig(min_replicas=0, max_replicas=4, max_ongoing=8).model_options()
+    auto = ServeConfig(
+        min_replicas=0, max_replicas=4, max_rows=16, max_images=64, max_pending_images=100
+    ).model_options()
     assert "num_replicas" not in auto
     assert auto["autoscaling_config"] == {
         "min_replicas": 0,
         "max_replicas": 4,
-        "target_ongoing_requests": 4.0,
+        "target_ongoing_requests": 8,  # the one-image guided requests that fill a 16-row U-Net call
     }
-    assert (auto["max_ongoing_requests"], auto["max_queued_requests"]) == (8, 128)
+    # a replica is routed as many requests as its engine may hold images (each request has at least one)
+    assert (auto["max_ongoing_requests"], auto["max_queued_requests"]) == (100, 128)
+    with SamplingEngine(Pipeline.from_bundle()) as engine:
+        assert ServeConfig().capacity == engine.max_pending_images  # the engine's own default
+    assert ServeConfig(max_images=5000).capacity == 5000  # as the engine's own default follows max_images
     assert ServeConfig(cpus_per_replica=0.5).replica_threads == 1
     assert ServeConfig(cpus_per_replica=4).replica_threads == 4
     assert ServeConfig().max_images == Pipeline.from_bundle().max_images  # the runtime's own default
@@ -165,8 +183,9 @@ def test_runtime_refusals_become_openai_errors(card: ModelCard) -> None:
     assert cls.param == "prompt"
     assert _from_replica(card, InputError("class 'cat' is not one of 0, 1"), {}).param == "class"
     assert _from_replica(card, InputError("got 3 class labels for 4 images"), {}).param is None
-    busy = _from_replica(card, ServerBusyError("full"), {})
+    busy = _from_replica(card, BusyError("the sampling engine is busy"), {})
     assert (busy.status, busy.code, busy.headers) == (503, "queue_full", {"Retry-After": "1"})
+    assert busy.message == "model 'digits': the sampling engine is busy"
     bug = _from_replica(card, ZeroDivisionError("x"), {})
     assert bug.status == 500 and "ZeroDivisionError" in bug.message
 
@@ -195,60 +214,105 @@ def test_png_is_lossless(shape: tuple[int, int, int]) -> None:
 # ---------------------------------------------------------------- the runner (the seam to the runtime)
 
 
-class Recorder:
-    """The runner's Observer, recording what the metrics would show."""
+class HeldUNet:
+    """The real U-Net engine, recording the rows of each call; its calls wait until ``go`` is set, so that
+    the test can queue requests behind a running one."""
 
-    def __init__(self) -> None:
-        self.depths: list[int] = []
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
         self.rows: list[int] = []
+        self.entered = threading.Event()
+        self.go = threading.Event()
 
-    def queue_depth(self, waiting: int) -> None:
-        self.depths.append(waiting)
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine, name)
 
-    def unet_rows(self, rows: int) -> None:
-        self.rows.append(rows)
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.rows.append(len(feed["sample"]))
+        self.entered.set()
+        assert self.go.wait(WAIT), "the test never let the U-Net go on"
+        return self.engine.run(feed)
 
 
-def test_runner_gives_the_pipelines_images_and_reports_rows_and_depth() -> None:
-    seen = Recorder()
-    runner = Runner(Pipeline.from_bundle(threads=1), capacity=3, observer=seen)
-    request = ImageRequest(num_images=2, class_labels=("3", 4), seed=11, steps=STEPS)
+def held_runner(max_rows: int, max_images: int = 8) -> tuple[Runner, HeldUNet]:
+    pipe = Pipeline.from_bundle(threads=1, max_rows=max_rows, max_images=max_images)
+    unet = HeldUNet(pipe.unet)
+    pipe.unet = unet
+    return Runner(pipe, max_pending_images=max_images), unet
+
+
+async def until(condition: Any) -> None:
+    for _ in range(WAIT * 100):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition never held")
+
+
+def test_concurrent_requests_share_unet_calls_and_get_the_pipelines_images() -> None:
+    """Three 2-image guided requests (4 rows each) under an 8-row budget: the first runs, the others queue
+    (the engine's queue depth and images held show it), then they share calls, each with its own images."""
+    runner, unet = held_runner(max_rows=8)
+    requests = [ImageRequest(num_images=2, class_labels=("3", 4), seed=s, steps=STEPS) for s in (1, 2, 3)]
 
     async def three() -> list:
-        return await asyncio.gather(*(runner.generate(request) for _ in range(3)))
+        tasks = [asyncio.create_task(runner.generate(r)) for r in requests]
+        await until(lambda: unet.entered.is_set() and runner.stats.pending_images == 6)
+        held = runner.stats
+        unet.go.set()
+        return [held, *await asyncio.gather(*tasks)]
 
     try:
-        results = asyncio.run(three())
+        held, *results = asyncio.run(three())
     finally:
         runner.close()
-    expected = Pipeline.from_bundle(threads=1).generate(
-        num_images=2, class_labels=["3", 4], seed=11, steps=STEPS
-    )
-    for result in results:
+    assert held.queued >= 1  # at most two fit the first call: the third waits in the engine's queue
+    assert max(unet.rows) == 8  # rows of two requests in one call
+    alone = Pipeline.from_bundle(threads=1)
+    for request, result in zip(requests, results, strict=True):
+        expected = alone.generate(**request.arguments())
         np.testing.assert_array_equal(result.images, expected.images)
-        assert (result.seed, result.class_labels, result.steps) == (11, [3, 4], STEPS)
-        assert result.timings.steps == STEPS and result.queue_s >= 0
-    # guidance 1.5 stacks [null; cond]: 4 rows per call, STEPS calls per request
-    assert seen.rows == [4] * (3 * STEPS)
-    assert max(seen.depths) == 2 and seen.depths[-1] == 0
+        assert (result.seed, result.class_labels.tolist(), result.steps) == (request.seed, [3, 4], STEPS)
+        assert result.timings.steps == STEPS and result.timings.queue_s >= 0
+    assert runner.stats.queued == runner.stats.pending_images == 0
 
 
-def test_runner_refuses_beyond_capacity_and_passes_runtime_errors_through() -> None:
-    runner = Runner(Pipeline.from_bundle(threads=1), capacity=1)
+def test_a_cancelled_caller_takes_its_request_out_of_the_engine() -> None:
+    """What Ray Serve does when the HTTP client disconnects: the replica's task is cancelled."""
+    runner, unet = held_runner(max_rows=8)
 
-    async def two() -> list:
-        return await asyncio.gather(
-            runner.generate(ImageRequest(steps=STEPS)),  # admitted: it holds the one place until it is done
-            runner.generate(ImageRequest(steps=STEPS)),
-            return_exceptions=True,
-        )
+    async def cancel_one() -> None:
+        task = asyncio.create_task(runner.generate(ImageRequest(num_images=2, seed=1, steps=50)))
+        await until(unet.entered.is_set)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        unet.go.set()
+        await until(lambda: runner.stats.pending_images == 0)  # its rows left the batch
+        assert unet.rows == [4]  # no call after the one it was in when cancelled
 
     try:
-        first, second = asyncio.run(two())
-        assert first.images.shape[0] == 1
-        assert isinstance(second, ServerBusyError) and "already holds 1 requests" in str(second)
+        asyncio.run(cancel_one())
+    finally:
+        runner.close()
+
+
+def test_a_full_engine_is_busy_and_bad_arguments_are_the_runtimes() -> None:
+    runner, unet = held_runner(max_rows=8, max_images=2)
+
+    async def two() -> None:
+        first = asyncio.create_task(runner.generate(ImageRequest(num_images=2, seed=1, steps=STEPS)))
+        await until(unet.entered.is_set)
+        with pytest.raises(BusyError, match="holds 2 images"):
+            await runner.generate(ImageRequest(seed=2, steps=STEPS))
         with pytest.raises(InputError, match="steps must be"):
-            asyncio.run(runner.generate(ImageRequest(steps=0)))
+            await runner.generate(ImageRequest(steps=0))
+        unet.go.set()
+        assert (await first).images.shape[0] == 2
+        assert (await runner.generate(ImageRequest(seed=2, steps=STEPS))).images.shape[0] == 1  # room again
+
+    try:
+        asyncio.run(two())
     finally:
         runner.close()
 

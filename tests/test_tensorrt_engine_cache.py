@@ -94,6 +94,25 @@ def test_build_writes_plans_manifest_and_timing_cache(monkeypatch: pytest.Monkey
     assert read_manifest(bundle / "engines") == manifest
 
 
+def test_build_engines_json_lists_the_plans(
+    monkeypatch: pytest.MonkeyPatch, bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _fake(monkeypatch)
+    argv = ["build-engines", str(bundle), "--min-batch", "1", "--opt-batch", "2", "--max-batch", "4"]
+    assert main([*argv, "--json"]) == 0
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)  # the document alone: the summary and progress went to stderr
+    assert "engines in" in captured.err and "building engines/unet.plan" in captured.err
+    engines = bundle / "engines"
+    assert doc["written"] == {
+        "engines": str(engines),
+        "manifest": str(engines / "manifest.json"),
+        "plans": [str(engines / f"{role}.plan") for role in ("unet", "vae_decoder", "vae_encoder")],
+    }
+    assert doc["settings"] == {"precision": "fp16", "workspace_gb": None, **SMALL}
+    assert doc["engines"] == _engines(bundle) and doc["seconds"] > 0
+
+
 def test_valid_plans_are_kept_force_and_new_settings_rebuild(
     monkeypatch: pytest.MonkeyPatch, bundle: Path
 ) -> None:

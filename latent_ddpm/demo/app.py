@@ -27,7 +27,7 @@ from latent_ddpm.demo.handlers import (  # noqa: E402
     SAMPLERS,
     Handlers,
 )
-from latent_ddpm.demo.imaging import MAX_INPUT_PIXELS  # noqa: E402
+from latent_ddpm.runtime.images import MAX_INPUT_PIXELS  # noqa: E402
 from latent_ddpm.runtime.limits import MAX_ETA, MAX_GUIDANCE_SCALE, MIN_GUIDANCE_SCALE  # noqa: E402
 from latent_ddpm.runtime.pipeline import Pipeline  # noqa: E402
 

@@ -6,33 +6,22 @@ enlarges them itself with nearest-neighbour, which keeps every model pixel a sha
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
-from latent_ddpm.errors import InputError
+from latent_ddpm.runtime.images import open_picture as _open_picture
+from latent_ddpm.runtime.images import upscale
 
 # Display images at least this many pixels high.
 DISPLAY_MIN_SIZE = 128
-# Uploads larger than this are refused from their header, before a byte of pixels is decoded: 4096x4096 takes
-# any phone photo (12 MP) and is 64 MB as RGBA; a 13000x13000 PNG of a few hundred kB would decode to 676 MB.
-MAX_INPUT_PIXELS = 4096 * 4096
-# Decoded pictures are shrunk to fit this square at once (JPEGs decode at reduced size directly): sketches are
-# cropped and resized to the model's 32 to 256 pixels anyway, and the clean-up below works in float32.
-WORKING_SIDE = 1024
 
 
 def display_scale(height: int) -> int:
     """The integer nearest-neighbour factor that makes an image of ``height`` pixels comfortably visible."""
     return max(1, -(-DISPLAY_MIN_SIZE // height))
-
-
-def upscale(image: np.ndarray, scale: int) -> np.ndarray:
-    """HxWxC uint8 -> (H*scale)x(W*scale)xC by repeating pixels (nearest neighbour)."""
-    return image.repeat(scale, axis=0).repeat(scale, axis=1)
 
 
 def for_display(image: np.ndarray) -> np.ndarray:
@@ -62,37 +51,8 @@ def save_gif(frames: Sequence[np.ndarray], path: Path, frame_ms: int = 120, hold
 
 
 def open_picture(path: str | Path) -> np.ndarray:
-    """An uploaded picture as an HxW / HxWx3 / HxWx4 uint8 array, at most WORKING_SIDE pixels a side.
-
-    Pillow's ``Image.open`` reads only the header, so the pixel count is checked before anything is decoded.
-    """
-    try:
-        picture = Image.open(path)
-    except Image.DecompressionBombError as exc:  # Pillow's own check, at the same limit in the server
-        pixels = re.search(r"\((\d+) pixels\)", str(exc))
-        raise _too_large(int(pixels.group(1)) if pixels else MAX_INPUT_PIXELS + 1) from None
-    except (OSError, ValueError) as exc:
-        raise InputError(f"the uploaded file is not an image Pillow can read ({exc})") from None
-    with picture:
-        width, height = picture.size
-        if width * height > MAX_INPUT_PIXELS:
-            raise _too_large(width * height)
-        if width == 0 or height == 0:
-            raise InputError(f"the image is {width}x{height} pixels: nothing to draw from")
-        picture.thumbnail((WORKING_SIDE, WORKING_SIDE))  # decodes (a JPEG at a reduced scale) and shrinks
-        picture = ImageOps.exif_transpose(picture)
-        if picture.mode not in ("L", "RGB", "RGBA"):
-            picture = picture.convert(
-                "RGBA" if "A" in picture.getbands() or "transparency" in picture.info else "RGB"
-            )
-        return np.asarray(picture)
-
-
-def _too_large(pixels: int) -> InputError:
-    return InputError(
-        f"the image has {pixels / 1e6:.1f} megapixels; the demo takes at most {MAX_INPUT_PIXELS / 1e6:.1f} "
-        "(scale it down first)"
-    )
+    """An uploaded picture as an HxW / HxWx3 / HxWx4 uint8 array, bounded before it is decoded."""
+    return _open_picture(path, "the uploaded file", "the demo")
 
 
 def to_model_polarity(image: np.ndarray) -> np.ndarray:

@@ -15,6 +15,9 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+from latent_ddpm.json_output import add_json_flag, json_output
 
 HELP = __doc__
 
@@ -43,9 +46,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--force", action="store_true", help="rebuild every plan even if it is still valid")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
+    add_json_flag(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    with json_output("build-engines", args.json) as doc:
+        doc.update(_build(args))
+    return 0
+
+
+def _build(args: argparse.Namespace) -> dict[str, Any]:
+    """Build, print a summary for a person, and return the plans and their figures for ``--json``."""
     from latent_ddpm.export.tensorrt_build import build_engines
     from latent_ddpm.runtime.backends.tensorrt_manifest import BuildSettings
 
@@ -68,4 +79,14 @@ def run(args: argparse.Namespace) -> int:
             f"  {rec.file:<18} {rec.plan_bytes / 2**20:8.1f} MiB  built {rec.built_at} in {rec.build_seconds:.1f}s  "
             f"TensorRT {f.get('tensorrt_version')} on {f.get('device_name')} (sm {f.get('compute_capability')})"
         )
-    return 0
+    engines = args.bundle / "engines"
+    return {
+        "written": {
+            "engines": engines,
+            "manifest": engines / "manifest.json",
+            "plans": [engines / rec.file for rec in manifest.engines.values()],
+        },
+        "seconds": time.perf_counter() - start,
+        "settings": s.to_json(),
+        "engines": {role: rec.to_json() for role, rec in manifest.engines.items()},
+    }

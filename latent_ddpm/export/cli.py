@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
+
+from latent_ddpm.json_output import add_json_flag, json_output
 
 HELP = __doc__
 
@@ -50,9 +53,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--threads", type=int, default=None, help="torch and ONNX Runtime threads (default: all cores)"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_json_flag(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    with json_output("export", args.json) as doc:
+        doc.update(_export(args))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> dict[str, Any]:
+    """Export, print what was done for a person, and return it for ``--json``."""
     from latent_ddpm.extras import require_extra
 
     require_extra("export", "export")
@@ -60,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_threads(args.threads, "--threads")  # before any work: more threads than cores only contend
     from latent_ddpm.export.exporter import export_bundle
+    from latent_ddpm.runtime.bundle import bundle_hash, load_bundle
 
     result = export_bundle(
         args.src,
@@ -77,9 +89,24 @@ def run(args: argparse.Namespace) -> int:
         f"{m['file']} ({m['precision']}, {len(m['kept_fp32'])} kept fp32)" for m in models.values()
     )
     print(f"wrote {result.path} in {result.seconds:.1f}s: {files}")
+    doc = {
+        "written": {"bundle": result.path, "files": sorted(p.name for p in result.path.iterdir())},
+        "hash": bundle_hash(load_bundle(result.path, verify_hashes=False)),  # the one sample PNGs record
+        "seconds": result.seconds,
+        "models": {
+            role: {k: m[k] for k in ("file", "precision", "kept_fp32", "sha256")}
+            for role, m in models.items()
+        },
+        "validation": None,
+    }
     if result.report is None:
         print("not validated (--no-validate)")
-        return 0
+        return doc
+    doc["validation"] = {
+        "passed": True,  # a bundle that failed the gate is not written
+        "sampling": result.report["sampling"],
+        "components": {role: c["worst"] for role, c in result.report["components"].items()},
+    }
     s = result.report["sampling"]
     psnr = "identical" if s["psnr_db"] is None else f"PSNR {s['psnr_db']:.1f} dB"
     worst = ", ".join(
@@ -89,4 +116,4 @@ def run(args: argparse.Namespace) -> int:
         f"validation passed: {s['images']} images x {s['steps']} DDIM steps vs diffusers: max diff "
         f"{s['max_abs_diff']}/255, {psnr}; {worst}"
     )
-    return 0
+    return doc

@@ -9,7 +9,11 @@ OUT is written atomically; an existing OUT is refused unless --force.
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
+from typing import Any
+
+from latent_ddpm.json_output import add_json_flag, json_output
 
 HELP = __doc__
 
@@ -51,9 +55,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)"
     )
+    add_json_flag(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    with json_output("quantize", args.json) as doc:
+        doc.update(_quantize(args))
+    return 0
+
+
+def _quantize(args: argparse.Namespace) -> dict[str, Any]:
+    """Quantize, print where for a person, and return what was written and the gate's figures for ``--json``."""
     from latent_ddpm.runtime.limits import check_threads
 
     check_threads(args.threads, "--threads")  # before any work: more threads than cores only contend
@@ -74,6 +86,20 @@ def run(args: argparse.Namespace) -> int:
         roles=tuple(args.components),
         threads=args.threads,
     )
+    from latent_ddpm.runtime.bundle import bundle_hash, load_bundle
+
+    started = time.perf_counter()
     out = quantize_bundle(args.bundle, args.out, force=args.force, options=options)
+    seconds = time.perf_counter() - started
     print(f"wrote {out}")
-    return 0
+    bundle = load_bundle(out)
+    return {
+        "written": {"bundle": out, "files": sorted(p.name for p in out.iterdir())},
+        "hash": bundle_hash(bundle),  # the one sample PNGs record
+        "seconds": seconds,
+        "models": {
+            role: {"file": m.path.name, "precision": m.precision, "kept_fp32": m.kept_fp32}
+            for role, m in bundle.models.items()
+        },
+        "validation": {**bundle.validation["summary"], "seed": options.seed},
+    }

@@ -190,6 +190,18 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+# The bundle.json keys that decide the images a bundle samples (graphs by sha256, latent and image layout,
+# schedule, classes); its name, sampling defaults and validation records do not.
+IMAGE_KEYS = ("models", "latent", "image", "prediction_type", "scheduler", "conditioning")
+
+
+def bundle_hash(bundle: Bundle) -> str:
+    """16 hex digits of sha256 over what decides the bundle's images: equal hashes, equal images from equal
+    arguments on the same backend. Recorded in every sample PNG, checked by ``sample --from-png``."""
+    what = {key: bundle.raw.get(key) for key in IMAGE_KEYS}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+
+
 def load_bundle(path: str | Path, *, verify_hashes: bool = True) -> Bundle:
     """Read and check ``bundle.json`` and the files it names. Raises BundleError on the first problem."""
     root = Path(path).expanduser()

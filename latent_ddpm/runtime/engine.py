@@ -50,13 +50,16 @@ __all__ = ["EngineStats", "SamplingEngine"]
 
 @dataclass(frozen=True)
 class EngineStats:
-    """Counters since the engine started (``SamplingEngine.stats``), for benchmarks and monitoring."""
+    """Counters since the engine started (``SamplingEngine.stats``), for benchmarks and monitoring, and the
+    queue at the moment of the snapshot (what a server's queue-depth gauge shows)."""
 
     ticks: int = 0
     unet_calls: int = 0
     unet_rows: int = 0
     unet_s: float = 0.0  # inside U-Net calls
     step_s: float = 0.0  # the ticks' step phases (U-Net calls + per-request bookkeeping + previews)
+    queued: int = 0  # requests with parts still waiting for room in the batch
+    pending_images: int = 0  # images held, queued or running: submissions beyond max_pending_images are busy
 
     @property
     def rows_per_call(self) -> float:
@@ -201,7 +204,7 @@ class _Worker:
 
     def stats_snapshot(self) -> EngineStats:
         with self._cond:
-            return self._stats
+            return replace(self._stats, queued=len(self._queue), pending_images=self._pending_images)
 
     def _on_done(self, job: _Job, future: Future) -> None:
         if future.cancelled():

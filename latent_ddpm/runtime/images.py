@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -90,12 +92,18 @@ def _check_array(array: np.ndarray, what: str, batch_ok: bool) -> None:
         raise InputError(f"{what} has shape {list(array.shape)}: an image needs at least one pixel")
 
 
+def grid_size(n: int, h: int, w: int, nrow: int | None = None, padding: int = 2) -> tuple[int, int]:
+    """(height, width) of ``make_grid``'s grid of ``n`` images of ``h``x``w`` pixels."""
+    ncol = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / ncol)
+    return rows * (h + padding) + padding, ncol * (w + padding) + padding
+
+
 def make_grid(images: np.ndarray, nrow: int | None = None, padding: int = 2) -> np.ndarray:
     """NHWC uint8 -> one HxWxC uint8 grid, ``nrow`` images per row (default: as square as possible)."""
     n, h, w, c = images.shape
     ncol = nrow or math.ceil(math.sqrt(n))
-    rows = math.ceil(n / ncol)
-    grid = np.zeros((rows * (h + padding) + padding, ncol * (w + padding) + padding, c), dtype=np.uint8)
+    grid = np.zeros((*grid_size(n, h, w, ncol, padding), c), dtype=np.uint8)
     for i, img in enumerate(images):
         r, col = divmod(i, ncol)
         y, x = padding + r * (h + padding), padding + col * (w + padding)
@@ -103,11 +111,68 @@ def make_grid(images: np.ndarray, nrow: int | None = None, padding: int = 2) -> 
     return grid
 
 
-def save_png(image: np.ndarray, path: str | Path) -> Path:
-    """Write an HxWxC (C=1 or 3) uint8 array as PNG, creating the parent folder."""
-    from PIL import Image
+def upscale(image: np.ndarray, scale: int) -> np.ndarray:
+    """HxWxC uint8 -> (H*scale)x(W*scale)xC by repeating pixels (nearest neighbour): every model pixel stays a
+    sharp square, where viewers and browsers blur a small image they enlarge."""
+    return image.repeat(scale, axis=0).repeat(scale, axis=1)
 
+
+def save_png(image: np.ndarray, path: str | Path, text: dict[str, str] | None = None) -> Path:
+    """Write an HxWxC (C=1 or 3) uint8 array as PNG, creating the parent folder; ``text``: tEXt chunks."""
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    for key, value in (text or {}).items():
+        info.add_text(key, value)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path, pnginfo=info)
     return path
+
+
+# Pictures larger than this are refused from their header, before a byte of pixels is decoded: 4096x4096 takes
+# any phone photo (12 MP) and is 64 MB as RGBA; a 13000x13000 PNG of a few hundred kB would decode to 676 MB.
+MAX_INPUT_PIXELS = 4096 * 4096
+# Decoded pictures are shrunk to fit this square at once (JPEGs decode at reduced size directly): they are
+# resized to the model's 32 to 256 pixels anyway.
+WORKING_SIDE = 1024
+
+
+def open_picture(path: str | Path, what: str, reader: str) -> np.ndarray:
+    """A picture file as an HxW / HxWx3 / HxWx4 uint8 array, at most WORKING_SIDE pixels a side.
+
+    Pillow's ``Image.open`` reads only the header, so the pixel count is checked before anything is decoded.
+    ``what`` names the file and ``reader`` the program in the messages ("the uploaded file", "the demo").
+    """
+    from PIL import Image, ImageOps
+
+    picture: Image.Image
+    try:
+        with warnings.catch_warnings():  # Pillow warns below its own limit; ours, lower, is enforced next
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            picture = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        raise _too_large(int(pixels.group(1)) if pixels else MAX_INPUT_PIXELS + 1, reader) from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{what} is not an image Pillow can read ({exc})") from None
+    with picture:
+        width, height = picture.size
+        if width * height > MAX_INPUT_PIXELS:
+            raise _too_large(width * height, reader)
+        if width == 0 or height == 0:
+            raise InputError(f"the image is {width}x{height} pixels: nothing to draw from")
+        picture.thumbnail((WORKING_SIDE, WORKING_SIDE))  # decodes (a JPEG at a reduced scale) and shrinks
+        picture = ImageOps.exif_transpose(picture)
+        if picture.mode not in ("L", "RGB", "RGBA"):
+            picture = picture.convert(
+                "RGBA" if "A" in picture.getbands() or "transparency" in picture.info else "RGB"
+            )
+        return np.asarray(picture)
+
+
+def _too_large(pixels: int, reader: str) -> InputError:
+    return InputError(
+        f"the image has {pixels / 1e6:.1f} megapixels; {reader} takes at most {MAX_INPUT_PIXELS / 1e6:.1f} "
+        "(scale it down first)"
+    )

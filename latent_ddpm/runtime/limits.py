@@ -34,6 +34,8 @@ from latent_ddpm.provenance import usable_cores
 MIN_GUIDANCE_SCALE = 0.0
 MAX_GUIDANCE_SCALE = 20.0
 MAX_ETA = 1.0
+# img2img: the share of the schedule that runs (SDEdit); 0.6 keeps the picture's layout and redraws its strokes.
+DEFAULT_STRENGTH = 0.6
 # Images per generate/img2img call unless the caller raises it. 1024 digits are 1 MB of images; 1024 images of
 # a 256x256 RGB model are 200 MB of images plus ~50 MB per copy of their 3x64x64 latents.
 DEFAULT_MAX_IMAGES = 1024
@@ -68,6 +70,13 @@ def check_eta(value: Any, name: str = "eta") -> float:
         raise InputError(
             f"{name} must be a number in 0..{MAX_ETA:g} (0 deterministic, 1 DDPM-like), got {value!r}"
         )
+    return float(value)
+
+
+def check_strength(value: Any, name: str = "strength") -> float:
+    """img2img's strength in [0, 1]: 0 returns the picture's reconstruction, 1 starts from (almost) pure noise."""
+    if not _real(value) or not 0.0 <= value <= 1.0:
+        raise InputError(f"{name} must be in [0, 1], got {value!r}")
     return float(value)
 
 

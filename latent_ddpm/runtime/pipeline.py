@@ -25,6 +25,7 @@ from latent_ddpm.runtime.limits import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_IMAGES,
     DEFAULT_MAX_ROWS,
+    DEFAULT_STRENGTH,
     check_count,
     check_max_rows,
     check_threads,
@@ -146,7 +147,7 @@ class Pipeline:
     def img2img(
         self,
         images: Any,
-        strength: float = 0.6,
+        strength: float = DEFAULT_STRENGTH,
         steps: int | None = None,
         sampler: str | None = None,
         eta: float | None = None,

@@ -19,7 +19,13 @@ import numpy as np
 from latent_ddpm.errors import InputError
 from latent_ddpm.runtime.bundle import Bundle
 from latent_ddpm.runtime.images import prepare_images
-from latent_ddpm.runtime.limits import check_eta, check_guidance_scale, check_num_images
+from latent_ddpm.runtime.limits import (
+    DEFAULT_STRENGTH,
+    check_eta,
+    check_guidance_scale,
+    check_num_images,
+    check_strength,
+)
 from latent_ddpm.runtime.schedulers import SAMPLERS, make_scheduler
 from latent_ddpm.runtime.seeds import check_seeds
 
@@ -120,7 +126,7 @@ class RequestChecker:
     def img2img(
         self,
         images: Any,
-        strength: float = 0.6,
+        strength: float = DEFAULT_STRENGTH,
         steps: int | None = None,
         sampler: str | None = None,
         eta: float | None = None,
@@ -133,12 +139,7 @@ class RequestChecker:
             raise InputError(
                 f"bundle {self.bundle.root} has no vae_encoder.onnx, so img2img is not available"
             )
-        if (
-            isinstance(strength, bool)
-            or not isinstance(strength, numbers.Real)
-            or not 0.0 <= float(strength) <= 1.0
-        ):
-            raise InputError(f"strength must be in [0, 1], got {strength!r}")
+        strength = check_strength(strength)
         sampling = self._sampling(sampler, steps, eta, guidance_scale)
         preview = _check_preview_steps(preview_steps)
         pixels = self.pixels(images)  # bounded by max_images before any picture is converted
@@ -146,7 +147,7 @@ class RequestChecker:
             **sampling,
             **self._images(pixels.shape[0], seed, class_labels),
             pixels=pixels,
-            strength=float(strength),
+            strength=strength,
             preview_steps=preview,
         )
 

@@ -37,7 +37,10 @@ def model_deployment(model_id: str) -> str:
 def build_app(config: ServeConfig, cards: Sequence[ModelCard] | None = None) -> Application:
     """The application for ``config``; ``cards`` when the caller has loaded (and checked) the bundles."""
     if cards is None:
-        cards = load_cards(config.bundles, verify_hashes=False)  # each replica verifies its bundle
+        # each replica verifies its bundle's hashes
+        cards = load_cards(
+            config.bundles, verify_hashes=False, backend=config.backend, precision=config.precision
+        )
     models = {
         card.id: ModelReplica.options(name=model_deployment(card.id), **config.model_options()).bind(
             card, config

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from latent_ddpm.errors import BundleError
+from latent_ddpm.runtime.backends import DEFAULT_BACKEND, check_precision
 from latent_ddpm.runtime.bundle import Bundle, load_bundle
 from latent_ddpm.runtime.shipped import resolve_bundle, shipped_bundle_path, shipped_models
 
@@ -72,17 +73,24 @@ class ModelCard:
         }
 
 
-def load_cards(bundles: Sequence[str | Path], *, verify_hashes: bool = True) -> list[ModelCard]:
+def load_cards(
+    bundles: Sequence[str | Path],
+    *,
+    verify_hashes: bool = True,
+    backend: str = DEFAULT_BACKEND,
+    precision: str = "fp32",
+) -> list[ModelCard]:
     """One card per ``--bundle`` value, a directory or a shipped model's name (none: the shipped default
-    model); BundleError names a bad bundle or two with one name."""
+    model); BundleError names a bad bundle or two with one name, and the runtime's own check refuses a
+    ``precision`` that ``backend`` or a bundle's precision gate does not allow."""
     shipped = {path.resolve(): name for name, path in shipped_models().items()}
     cards: dict[str, ModelCard] = {}
     for value in bundles or [None]:
         root = resolve_bundle(value).resolve()
         name = shipped.get(root)
-        card = ModelCard.from_bundle(
-            load_bundle(root, verify_hashes=verify_hashes), None if name else str(root), name
-        )
+        bundle = load_bundle(root, verify_hashes=verify_hashes)
+        check_precision(bundle, backend, precision)
+        card = ModelCard.from_bundle(bundle, None if name else str(root), name)
         if "#" in card.id or not card.id.strip():
             raise BundleError(f"{root}: bundle name {card.id!r} cannot be a model id (empty or has '#')")
         if card.id in cards:

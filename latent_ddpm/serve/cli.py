@@ -78,10 +78,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="comma-separated ONNX Runtime execution providers, e.g. CUDAExecutionProvider,CPUExecutionProvider",
     )
     p.add_argument(
+        "--precision",
+        default=options.DEFAULTS["precision"],
+        choices=options.EXECUTION_PRECISIONS,
+        help=options.HELP["precision"],
+    )
+    p.add_argument(
         "--max-images", type=int, default=options.DEFAULTS["max_images"], help=options.HELP["max_images"]
     )
     p.add_argument(
-        "--max-ongoing", type=int, default=options.DEFAULTS["max_ongoing"], help=options.HELP["max_ongoing"]
+        "--max-rows", type=int, default=options.DEFAULTS["max_rows"], help=options.HELP["max_rows"]
+    )
+    p.add_argument(
+        "--max-pending-images",
+        type=int,
+        default=options.DEFAULTS["max_pending_images"],
+        help=options.HELP["max_pending_images"],
     )
     p.add_argument(
         "--max-queued", type=int, default=options.DEFAULTS["max_queued"], help=options.HELP["max_queued"]
@@ -118,8 +130,10 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         "threads": args.threads,
         "backend": args.backend,
         "providers": [p.strip() for p in args.providers.split(",")] if args.providers else None,
+        "precision": args.precision,
         "max_images": args.max_images,
-        "max_ongoing": args.max_ongoing,
+        "max_rows": args.max_rows,
+        "max_pending_images": args.max_pending_images,
         "max_queued": args.max_queued,
     }
     try:
@@ -186,7 +200,8 @@ def run(args: argparse.Namespace) -> int:
     from latent_ddpm.serve.cards import load_cards
 
     config = config_from_args(args)
-    cards = load_cards(config.bundles)  # every bundle checked (hashes too) before Ray starts
+    # every bundle checked (hashes, precision gate) before Ray starts
+    cards = load_cards(config.bundles, backend=config.backend, precision=config.precision)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # Ray would otherwise report usage online
     import ray
     from ray import serve

@@ -35,7 +35,7 @@ from latent_ddpm.serve.png import decode_png, from_b64
 
 @dataclass
 class RemoteResult:
-    """``GenerationResult``'s fields that travel, plus where and how long the request waited."""
+    """``GenerationResult``'s fields that travel, plus the model and where it ran (``served_by``)."""
 
     images: np.ndarray  # (N, H, W, C) uint8
     seed: int
@@ -45,8 +45,7 @@ class RemoteResult:
     steps: int
     guidance_scale: float
     eta: float
-    timings: Timings
-    queue_s: float
+    timings: Timings  # the runtime's, queue_s included: waiting in the replica's engine for room
     model: str
     served_by: dict[str, Any]
 
@@ -97,7 +96,6 @@ class ServeClient:
             guidance_scale=out["guidance_scale"],
             eta=out["eta"],
             timings=Timings(**{k: v for k, v in timings.items() if k in names}),
-            queue_s=timings.get("queue_s", 0.0),
             model=out["model"],
             served_by=out.get("served_by", {}),
         )

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from latent_ddpm.runtime.backends import BACKENDS
+from latent_ddpm.runtime.backends import BACKENDS, EXECUTION_PRECISIONS
+from latent_ddpm.runtime.limits import DEFAULT_MAX_PENDING_IMAGES
 from latent_ddpm.serve.options import DEFAULTS, HELP
 
 
@@ -31,16 +32,21 @@ class ServeConfig(BaseModel):
     threads: int | None = Field(default=None, ge=1, description=HELP["threads"])
     backend: str = Field(default=DEFAULTS["backend"], description=HELP["backend"])
     providers: list[str] | None = Field(default=None, description=HELP["providers"])
+    precision: str = Field(default=DEFAULTS["precision"], description=HELP["precision"])
     max_images: int = Field(default=DEFAULTS["max_images"], ge=1, description=HELP["max_images"])
-    max_ongoing: int = Field(default=DEFAULTS["max_ongoing"], ge=1, description=HELP["max_ongoing"])
+    max_rows: int = Field(default=DEFAULTS["max_rows"], ge=2, description=HELP["max_rows"])
+    max_pending_images: int | None = Field(
+        default=DEFAULTS["max_pending_images"], ge=1, description=HELP["max_pending_images"]
+    )
     max_queued: int = Field(default=DEFAULTS["max_queued"], ge=1, description=HELP["max_queued"])
 
-    @field_validator("backend")
+    @field_validator("backend", "precision")
     @classmethod
-    def _known_backend(cls, backend: str) -> str:
-        if backend not in BACKENDS:
-            raise ValueError(f"{backend!r} is not one of {', '.join(BACKENDS)}")
-        return backend
+    def _one_of_the_runtimes(cls, value: str, info: ValidationInfo) -> str:
+        known = {"backend": BACKENDS, "precision": EXECUTION_PRECISIONS}[str(info.field_name)]
+        if value not in known:
+            raise ValueError(f"{value!r} is not one of {', '.join(known)}")
+        return value
 
     @model_validator(mode="after")
     def _replicas_one_way(self) -> ServeConfig:
@@ -53,7 +59,19 @@ class ServeConfig(BaseModel):
             raise ValueError(
                 f"min_replicas ({self.min_replicas}) is more than max_replicas ({self.max_replicas})"
             )
+        if self.max_pending_images is not None and self.max_pending_images < self.max_images:
+            raise ValueError(
+                f"max_pending_images ({self.max_pending_images}) is below max_images ({self.max_images}): a "
+                "request of max_images images could never be admitted"
+            )
         return self
+
+    @property
+    def capacity(self) -> int:
+        """Images a replica's engine holds at once (queued or running): the engine's default unless set."""
+        if self.max_pending_images is not None:
+            return self.max_pending_images
+        return max(DEFAULT_MAX_PENDING_IMAGES, self.max_images)
 
     @property
     def min_replica_count(self) -> int:
@@ -68,7 +86,9 @@ class ServeConfig(BaseModel):
         """``Deployment.options`` of each model's deployment."""
         options: dict[str, Any] = {
             "ray_actor_options": {"num_cpus": self.cpus_per_replica, "num_gpus": self.gpus_per_replica},
-            "max_ongoing_requests": self.max_ongoing,
+            # Every request holds at least one image, so the engine never holds more requests than its
+            # capacity in images: Ray Serve hands a replica all it can hold, which then batch together.
+            "max_ongoing_requests": self.capacity,
             "max_queued_requests": self.max_queued,
         }
         if self.max_replicas is None:
@@ -77,7 +97,8 @@ class ServeConfig(BaseModel):
             options["autoscaling_config"] = {
                 "min_replicas": self.min_replica_count,
                 "max_replicas": self.max_replicas,
-                # Scale out before a replica's queue fills: at half of what it may hold.
-                "target_ongoing_requests": max(1.0, self.max_ongoing / 2),
+                # Scale out once a replica holds more requests than fill one U-Net call (one-image guided
+                # requests, two rows each): beyond that they wait in its engine's queue.
+                "target_ongoing_requests": max(1, self.max_rows // 2),
             }
         return options

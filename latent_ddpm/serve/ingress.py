@@ -4,8 +4,10 @@ It holds no model: it checks the request's shape, picks the model's deployment b
 that model's replicas through a Ray Serve handle, and turns every failure into OpenAI's error JSON:
 
 - 400 a field the API or the runtime refuses (``param`` names it), 404 an unknown model or path;
-- 503 ``queue_full`` when the model's queue is full (Ray Serve's ``max_queued_requests``, or a replica's own
-  bound), 503 ``replica_unavailable`` when the replica running the request died (Ray Serve replaces it);
+- 503 ``queue_full`` when the model is full: its replica's engine holds as many images as it may
+  (``BusyError``), or Ray Serve's queue in front of the replicas is (``max_queued_requests``); with
+  ``Retry-After``. 503 ``replica_unavailable`` when the replica running the request died (Ray Serve
+  replaces it);
 - 500 a model failure the runtime reports (NaN images), or a bug.
 """
 
@@ -26,14 +28,13 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
 from latent_ddpm import __version__
-from latent_ddpm.errors import InputError, LatentDDPMError
+from latent_ddpm.errors import BusyError, InputError, LatentDDPMError
 from latent_ddpm.serve import routes
 from latent_ddpm.serve.cards import ModelCard
 from latent_ddpm.serve.errors import (
     MODEL_NOT_FOUND,
     REPLICA_LOST,
     ApiError,
-    ServerBusyError,
     bad_request,
     busy,
     server_error,
@@ -112,8 +113,8 @@ async def _record(request: Request, call_next: Any) -> Any:
 # as it is defined, with the module globals that exist at that moment.
 def _from_replica(card: ModelCard, cause: BaseException, names: dict[str, str]) -> ApiError:
     """An exception raised in a replica -> the HTTP error the client sees."""
-    if isinstance(cause, ServerBusyError):
-        return busy(str(cause))
+    if isinstance(cause, BusyError):
+        return busy(f"model {card.id!r}: {cause}")
     if isinstance(cause, InputError):
         word = re.match(r"[a-z_]+", str(cause))
         arg = word[0] if word and word[0] in RUNTIME_ARGS else None

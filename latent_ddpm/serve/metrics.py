@@ -8,17 +8,25 @@ Serve. Ray Serve's own metrics (``ray_serve_*``: HTTP requests, router queue, re
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+
 from ray.serve.metrics import Counter, Gauge, Histogram
+
+from latent_ddpm.runtime.engine import EngineStats
 
 PREFIX = "latent_ddpm_"
 REQUESTS = PREFIX + "requests"
 IMAGES = PREFIX + "images"
 LATENCY = PREFIX + "request_seconds"
 QUEUE_DEPTH = PREFIX + "queue_depth"
-UNET_ROWS = PREFIX + "unet_rows_per_call"
+PENDING_IMAGES = PREFIX + "pending_images"
+UNET_CALLS = PREFIX + "unet_calls"
+UNET_ROWS = PREFIX + "unet_rows"
 
 LATENCY_BOUNDARIES = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0]
-ROWS_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+# How often a replica copies its engine's counters into the metrics (Ray's agent exports every few seconds).
+ENGINE_REPORT_S = 1.0
 
 
 def exported_names() -> list[str]:
@@ -28,7 +36,9 @@ def exported_names() -> list[str]:
         f"ray_{IMAGES}_total",
         f"ray_{LATENCY}_bucket",
         f"ray_{QUEUE_DEPTH}",
-        f"ray_{UNET_ROWS}_bucket",
+        f"ray_{PENDING_IMAGES}",
+        f"ray_{UNET_CALLS}_total",
+        f"ray_{UNET_ROWS}_total",
     ]
 
 
@@ -57,26 +67,51 @@ class IngressMetrics:
 
 
 class ReplicaMetrics:
-    """What a model replica sees (the runner's ``Observer``): its queue and the batch of each U-Net call."""
+    """What a replica's SamplingEngine reports (``EngineStats``), copied every ``ENGINE_REPORT_S`` by a
+    thread of its own: the queue, the images held, and its U-Net calls and rows, whose rates' ratio is the
+    rows per U-Net call (how well concurrent requests share calls)."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, read: Callable[[], EngineStats]) -> None:
         self._queue = Gauge(
             QUEUE_DEPTH,
-            description="Requests waiting inside a replica for the runtime, by model.",
+            description="Requests in a replica's engine waiting for room in the batch, by model.",
             tag_keys=("model",),
         )
-        self._rows = Histogram(
+        self._pending = Gauge(
+            PENDING_IMAGES,
+            description="Images a replica's engine holds, queued or running, by model (beyond its capacity: "
+            "503).",
+            tag_keys=("model",),
+        )
+        self._calls = Counter(UNET_CALLS, description="U-Net calls, by model.", tag_keys=("model",))
+        self._rows = Counter(
             UNET_ROWS,
-            description="Rows (latents, both guidance halves) per U-Net call, by model.",
-            boundaries=ROWS_BOUNDARIES,
+            description="Rows (latents, both guidance halves) in U-Net calls, by model; divided by the calls: "
+            "rows per call.",
             tag_keys=("model",),
         )
-        self._queue.set_default_tags({"model": model})
-        self._rows.set_default_tags({"model": model})
-        self._queue.set(0)
+        for metric in (self._queue, self._pending, self._calls, self._rows):
+            metric.set_default_tags({"model": model})  # a dict each: Ray Serve adds its own tags to it
+        self._read, self._last = read, EngineStats()
+        self._stop = threading.Event()
+        self.update()
+        threading.Thread(target=self._loop, name="latent-ddpm-metrics", daemon=True).start()
 
-    def queue_depth(self, waiting: int) -> None:
-        self._queue.set(waiting)
+    def update(self) -> None:
+        stats = self._read()
+        self._queue.set(stats.queued)
+        self._pending.set(stats.pending_images)
+        for counter, new, old in (
+            (self._calls, stats.unet_calls, self._last.unet_calls),
+            (self._rows, stats.unet_rows, self._last.unet_rows),
+        ):
+            if new > old:  # Ray's counters take positive increments only
+                counter.inc(new - old)
+        self._last = stats
 
-    def unet_rows(self, rows: int) -> None:
-        self._rows.observe(rows)
+    def close(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(ENGINE_REPORT_S):
+            self.update()

@@ -1,8 +1,10 @@
-"""A model's Ray Serve deployment: each replica loads its bundle once and runs requests through the runner.
+"""A model's Ray Serve deployment: each replica loads its bundle once and runs one ``SamplingEngine`` on it.
 
-Ray Serve routes at most ``max_ongoing`` requests to a replica (the runner's own bound is the same), keeps
-the rest in a bounded queue in front of the replicas, places replicas on nodes by their CPUs and GPUs, and
-replaces one that dies. Images leave the replica as PNG bytes, encoded here where the CPUs are reserved.
+Every request routed to a replica goes into its engine at once (``runner.py``), so concurrent requests share
+each U-Net call step by step. Ray Serve routes a replica as many requests as its engine may hold images
+(``ServeConfig.capacity``), keeps the rest in a bounded queue in front of the replicas, places replicas on
+nodes by their CPUs and GPUs, and replaces one that dies. Images leave the replica as PNG bytes, encoded
+here where the CPUs are reserved.
 """
 
 from __future__ import annotations
@@ -42,10 +44,13 @@ class ModelReplica:
             backend=config.backend,
             providers=config.providers,
             threads=config.replica_threads,
+            precision=config.precision,
             max_images=config.max_images,
+            max_rows=config.max_rows,
         )
         self._card = card
-        self._runner = Runner(pipe, capacity=config.max_ongoing, observer=ReplicaMetrics(card.id))
+        self._runner = Runner(pipe, max_pending_images=config.capacity)
+        self._metrics = ReplicaMetrics(card.id, lambda: self._runner.stats)
         self._where = {
             "node_id": ray.get_runtime_context().get_node_id(),
             "replica": serve.get_replica_context().replica_id.unique_id,
@@ -53,20 +58,31 @@ class ModelReplica:
         }
 
     async def generate(self, request: ImageRequest) -> Reply | LatentDDPMError:
-        """The images, or the runtime's refusal (bad argument, full queue, NaN) returned as a value: raised,
+        """The images, or the runtime's refusal (bad argument, full engine, NaN) returned as a value: raised,
         Ray Serve would log a traceback as for a crashed replica each time a client sends a bad request."""
         try:
-            images = await self._runner.generate(request)
+            result = await self._runner.generate(request)
         except LatentDDPMError as exc:
             return exc
-        pngs = await asyncio.to_thread(lambda: [encode_png(img) for img in images.images])
-        return Reply(pngs, describe(images, self._card), self._where)
+        pngs = await asyncio.to_thread(lambda: [encode_png(img) for img in result.images])
+        return Reply(pngs, describe(result, self._card), {**self._where, "engine": self._engine_counters()})
+
+    def _engine_counters(self) -> dict[str, int]:
+        """The engine's counters when the reply leaves: rows per U-Net call = unet_rows / unet_calls."""
+        stats = self._runner.stats
+        return {
+            "ticks": stats.ticks,
+            "unet_calls": stats.unet_calls,
+            "unet_rows": stats.unet_rows,
+            "queued": stats.queued,
+            "pending_images": stats.pending_images,
+        }
 
     def where(self) -> dict[str, Any]:
         """The node, replica id and process of this replica (for operators and the placement tests)."""
         return {"model": self._card.id, **self._where}
 
     def __del__(self) -> None:
-        runner = getattr(self, "_runner", None)
-        if runner is not None:
-            runner.close()
+        for part in ("_metrics", "_runner"):
+            if hasattr(self, part):
+                getattr(self, part).close()

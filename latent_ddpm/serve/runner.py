@@ -1,26 +1,22 @@
-"""The seam between serving and the runtime: a request in, images out, and nothing else calls the runtime.
+"""The seam between serving and the runtime: a replica's requests go into one ``SamplingEngine``.
 
-Today a replica runs ``Pipeline.generate`` one request at a time on a worker thread, behind a bounded queue
-of its own (``capacity`` requests inside the replica, running or waiting). The runtime's serving engine
-(issue 11: step-level batching across requests, a bounded queue, futures) replaces the body of this module:
-``Runner.__init__`` builds the engine instead of the thread, ``generate`` awaits the engine's future, the
-engine's "busy" error becomes ``ServerBusyError`` and the engine reports its own rows per U-Net call and
-queue depth to the same ``Observer``. HTTP, Ray Serve and the metrics above this module stay as they are.
+Every request a replica holds is submitted to the engine at once and awaited on the replica's event loop, so
+concurrent requests share U-Net calls step by step (docs/serving-engine.md) instead of waiting for each other.
+``submit`` checks the arguments (``InputError``) and the engine's bound on images held (``BusyError``) before
+any work, in the caller's thread; both come back to the ingress as values and become a 400 or a 503. A caller
+that goes away (Ray Serve cancels the request when its HTTP client disconnects) cancels the engine request,
+whose rows leave the batch at the next step.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
-
-from latent_ddpm.runtime.pipeline import Pipeline, Timings
-from latent_ddpm.serve.errors import ServerBusyError
+from latent_ddpm.runtime.engine import EngineStats, SamplingEngine
+from latent_ddpm.runtime.pipeline import Pipeline
+from latent_ddpm.runtime.results import GenerationResult
 
 
 @dataclass(frozen=True)
@@ -39,106 +35,39 @@ class ImageRequest:
     guidance_scale: float | None = None
     eta: float | None = None
 
-
-@dataclass
-class Images:
-    """A finished request: the images and everything needed to make them again."""
-
-    images: np.ndarray  # (N, H, W, C) uint8
-    seed: int
-    class_labels: list[int] | None
-    sampler: str
-    steps: int
-    guidance_scale: float
-    eta: float
-    timings: Timings
-    queue_s: float  # admitted by the replica -> started running
-
-
-class Observer(Protocol):
-    """Where the runner reports what the metrics show (``serve/metrics.py`` implements it)."""
-
-    def queue_depth(self, waiting: int) -> None: ...
-
-    def unet_rows(self, rows: int) -> None: ...
-
-
-class _CountingEngine:
-    """The pipeline's U-Net engine, reporting the rows (batch size) of every call before making it."""
-
-    def __init__(self, engine: Any, report: Callable[[int], None]) -> None:
-        self._engine, self._report = engine, report
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._engine, name)
-
-    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self._report(len(feed["sample"]))
-        return self._engine.run(feed)
+    def arguments(self) -> dict[str, Any]:
+        """``SamplingEngine.submit``'s (and ``Pipeline.generate``'s) keyword arguments."""
+        labels = self.class_labels
+        return {
+            "num_images": self.num_images,
+            "class_labels": list(labels) if isinstance(labels, tuple) else labels,
+            "seed": self.seed,
+            "steps": self.steps,
+            "sampler": self.sampler,
+            "guidance_scale": self.guidance_scale,
+            "eta": self.eta,
+        }
 
 
 class Runner:
-    """Runs requests on one pipeline, one at a time, refusing more than ``capacity`` inside at once.
+    """One replica's engine. ``max_pending_images`` is its capacity: images held at once, queued or running;
+    a request that does not fit is refused with ``BusyError``."""
 
-    ``generate`` must be awaited from one event loop (a replica's): admission is counted on that loop.
-    """
-
-    def __init__(self, pipe: Pipeline, capacity: int, observer: Observer | None = None) -> None:
-        if capacity < 1:
-            raise ValueError(f"capacity must be >= 1, got {capacity}")
-        self.pipe, self.capacity, self._observer = pipe, capacity, observer
-        if observer is not None:
-            pipe.unet = _CountingEngine(pipe.unet, observer.unet_rows)
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="latent-ddpm-runner")
-        self._inside = 0
+    def __init__(self, pipe: Pipeline, max_pending_images: int) -> None:
+        self.engine = SamplingEngine(pipe, max_pending_images=max_pending_images)
 
     @property
-    def waiting(self) -> int:
-        """Requests admitted and not yet running (one runs at a time)."""
-        return max(0, self._inside - 1)
+    def stats(self) -> EngineStats:
+        return self.engine.stats
 
-    async def generate(self, request: ImageRequest) -> Images:
-        if self._inside >= self.capacity:
-            raise ServerBusyError(
-                f"model {self.pipe.bundle.name!r}: this replica already holds {self._inside} requests, its "
-                "limit; retry later"
-            )
-        self._inside += 1
-        self._report_depth()
-        admitted = time.perf_counter()
+    async def generate(self, request: ImageRequest) -> GenerationResult:
+        handle = self.engine.submit(**request.arguments())
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, self._run, request, admitted)
-        finally:
-            self._inside -= 1
-            self._report_depth()
+            return await handle
+        except asyncio.CancelledError:
+            handle.cancel()
+            raise
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-    def _report_depth(self) -> None:
-        if self._observer is not None:
-            self._observer.queue_depth(self.waiting)
-
-    def _run(self, request: ImageRequest, admitted: float) -> Images:
-        queue_s = time.perf_counter() - admitted
-        labels = request.class_labels
-        result = self.pipe.generate(
-            num_images=request.num_images,
-            steps=request.steps,
-            sampler=request.sampler,
-            eta=request.eta,
-            seed=request.seed,
-            class_labels=list(labels) if isinstance(labels, tuple) else labels,
-            guidance_scale=request.guidance_scale,
-        )
-        return Images(
-            images=result.images,
-            seed=int(result.seed),  # generate() draws one when the request has none
-            class_labels=None if result.class_labels is None else [int(k) for k in result.class_labels],
-            sampler=result.sampler,
-            steps=result.steps,
-            guidance_scale=result.guidance_scale,
-            eta=result.eta,
-            timings=result.timings,
-            queue_s=queue_s,
-        )
+        """Stop the engine, cancelling what it holds (the replica is going away)."""
+        self.engine.close(cancel=True)

@@ -13,9 +13,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
+from latent_ddpm.runtime.results import GenerationResult
 from latent_ddpm.serve.cards import ModelCard
 from latent_ddpm.serve.errors import bad_request
-from latent_ddpm.serve.runner import ImageRequest, Images
+from latent_ddpm.serve.runner import ImageRequest
 
 _SIZE = re.compile(r"(\d+)x(\d+)")
 
@@ -105,17 +106,17 @@ def check_size(size: str | None, card: ModelCard) -> None:
         )
 
 
-def describe(images: Images, card: ModelCard) -> dict[str, Any]:
+def describe(result: GenerationResult, card: ModelCard) -> dict[str, Any]:
     """The native response's fields besides the images: all that is needed to make them again."""
-    labels = images.class_labels
+    labels = None if result.class_labels is None else [int(k) for k in result.class_labels]
     names = card.class_names
     return {
-        "seed": images.seed,
+        "seed": result.seed,  # the engine draws one when the request has none
         "class_labels": labels,
         "class_names": [names[k] for k in labels] if labels is not None and names is not None else None,
-        "sampler": images.sampler,
-        "steps": images.steps,
-        "guidance_scale": images.guidance_scale,
-        "eta": images.eta,
-        "timings": {**dataclasses.asdict(images.timings), "queue_s": images.queue_s},
+        "sampler": result.sampler,
+        "steps": result.steps,
+        "guidance_scale": result.guidance_scale,
+        "eta": result.eta,
+        "timings": dataclasses.asdict(result.timings),  # queue_s: waiting in the engine for room
     }
