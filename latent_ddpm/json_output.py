@@ -14,7 +14,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,20 @@ JSON_HELP = (
 
 def add_json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
+def json_command(
+    command: str, body: Callable[[argparse.Namespace], Mapping[str, Any]]
+) -> Callable[[argparse.Namespace], int]:
+    """A command's ``run(args)``: ``body`` does the work, prints for a person and returns the document's
+    contents, which ``--json`` prints on stdout."""
+
+    def run(args: argparse.Namespace) -> int:
+        with json_output(command, args.json) as doc:
+            doc.update(body(args))
+        return 0
+
+    return run
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from latent_ddpm.json_output import add_json_flag, json_output
+from latent_ddpm.json_output import add_json_flag, json_command
 
 HELP = __doc__
 
@@ -47,12 +47,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="rebuild every plan even if it is still valid")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
     add_json_flag(p)
-
-
-def run(args: argparse.Namespace) -> int:
-    with json_output("build-engines", args.json) as doc:
-        doc.update(_build(args))
-    return 0
 
 
 def _build(args: argparse.Namespace) -> dict[str, Any]:
@@ -90,3 +84,6 @@ def _build(args: argparse.Namespace) -> dict[str, Any]:
         "settings": s.to_json(),
         "engines": {role: rec.to_json() for role, rec in manifest.engines.items()},
     }
+
+
+run = json_command("build-engines", _build)

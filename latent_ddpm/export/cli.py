@@ -17,7 +17,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from latent_ddpm.json_output import add_json_flag, json_output
+from latent_ddpm.json_output import add_json_flag, json_command
 
 HELP = __doc__
 
@@ -54,12 +54,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_json_flag(p)
-
-
-def run(args: argparse.Namespace) -> int:
-    with json_output("export", args.json) as doc:
-        doc.update(_export(args))
-    return 0
 
 
 def _export(args: argparse.Namespace) -> dict[str, Any]:
@@ -117,3 +111,6 @@ def _export(args: argparse.Namespace) -> dict[str, Any]:
         f"{s['max_abs_diff']}/255, {psnr}; {worst}"
     )
     return doc
+
+
+run = json_command("export", _export)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from latent_ddpm.json_output import add_json_flag, json_output
+from latent_ddpm.json_output import add_json_flag, json_command
 
 HELP = __doc__
 
@@ -58,12 +58,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_json_flag(p)
 
 
-def run(args: argparse.Namespace) -> int:
-    with json_output("quantize", args.json) as doc:
-        doc.update(_quantize(args))
-    return 0
-
-
 def _quantize(args: argparse.Namespace) -> dict[str, Any]:
     """Quantize, print where for a person, and return what was written and the gate's figures for ``--json``."""
     from latent_ddpm.runtime.limits import check_threads
@@ -103,3 +97,6 @@ def _quantize(args: argparse.Namespace) -> dict[str, Any]:
         },
         "validation": {**bundle.validation["summary"], "seed": options.seed},
     }
+
+
+run = json_command("quantize", _quantize)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from latent_ddpm.errors import CLIError
-from latent_ddpm.json_output import add_json_flag, json_output
+from latent_ddpm.json_output import add_json_flag, json_command
 from latent_ddpm.runtime.limits import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_IMAGES,
@@ -151,12 +151,6 @@ def _class_label(value: str | None, class_names: tuple[str, ...] | None) -> int 
         return int(value)
     except ValueError:
         return value  # the pipeline reports the unknown name with the list of valid ones
-
-
-def run(args: argparse.Namespace) -> int:
-    with json_output("sample", args.json) as doc:
-        doc.update(_sample(args))
-    return 0
 
 
 @dataclass(frozen=True)
@@ -326,6 +320,9 @@ def _sample(args: argparse.Namespace) -> dict[str, Any]:
         },
         "parameters": record.to_json(),
     }
+
+
+run = json_command("sample", _sample)
 
 
 def _write(images: np.ndarray, record: SampleRecord, path: Path) -> Path:
