@@ -67,17 +67,10 @@ def _export(args: argparse.Namespace) -> dict[str, Any]:
     from latent_ddpm.export.exporter import export_bundle
     from latent_ddpm.runtime.bundle import bundle_hash, load_bundle
 
+    options = {k: getattr(args, k) for k in ("precision", "opset", "validate", "force", "name", "threads")}
     result = export_bundle(
-        args.src,
-        args.out,
-        precision=args.precision,
-        opset=args.opset,
-        validate=args.validate,
-        force=args.force,
-        name=args.name,
-        threads=args.threads,
-        progress=not args.quiet,
-    )
+        args.src, args.out, **options, progress=not args.quiet
+    )  # flags named as parameters
     models = result.bundle["models"]
     files = ", ".join(
         f"{m['file']} ({m['precision']}, {len(m['kept_fp32'])} kept fp32)" for m in models.values()

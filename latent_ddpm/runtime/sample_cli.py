@@ -61,12 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--steps", type=int, default=None, help="denoising steps (default: the bundle's recommendation)"
     )
-    p.add_argument(
-        "--sampler",
-        choices=SAMPLERS,
-        default=None,
-        help="sampling loop (default: bundle's)",
-    )
+    p.add_argument("--sampler", choices=SAMPLERS, default=None, help="sampling loop (default: bundle's)")
     p.add_argument(
         "--eta",
         type=float,
