@@ -34,13 +34,14 @@ def _default_work() -> Path:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from latent_ddpm.bench.models import MODELS
     from latent_ddpm.bench.runtimes import RUNTIMES
 
     p.add_argument(
         "--models",
         nargs="+",
-        default=["digits", "ldm-celebahq-256", "pixel-256", "serving"],
-        choices=["digits", "ldm-celebahq-256", "pixel-256", "serving"],
+        default=[*MODELS, "serving"],
+        choices=[*MODELS, "serving"],
         help="which models (and the serving scenario) to measure",
     )
     p.add_argument(

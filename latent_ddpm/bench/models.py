@@ -16,7 +16,7 @@ from typing import Any
 
 from latent_ddpm.bench.configs import ldm_celebahq_256 as ldm
 
-MODELS = ("digits", "ldm-celebahq-256", "pixel-256")
+MODELS = ("digits", "ldm-celebahq-256", "pixel-256")  # what `latent-ddpm bench --models` measures
 
 
 def pixel_unet_config() -> dict[str, Any]:

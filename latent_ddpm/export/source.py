@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from latent_ddpm.export.errors import ExportError
-from latent_ddpm.runtime.bundle import PREDICTION_TYPES, SAMPLERS
+from latent_ddpm.runtime.bundle import PREDICTION_TYPES, SAMPLERS, SamplingDefaults
 
 METADATA_FILE = "latent_ddpm.json"
 MODEL_INDEX_FILE = "model_index.json"
@@ -29,7 +29,7 @@ WEIGHT_FILES = (
     "diffusion_pytorch_model.bin",
     "diffusion_pytorch_model.bin.index.json",
 )
-DEFAULTS = {"sampler": "ddim", "steps": 50, "guidance_scale": 1.0, "eta": 0.0}
+DEFAULTS = asdict(SamplingDefaults())  # what a bundle says when latent_ddpm.json gives no defaults
 
 
 @dataclass(frozen=True)

@@ -415,11 +415,12 @@ def _parse_conditioning(r: _Reader) -> Conditioning | None:
 def _parse_defaults(
     d: _Reader, scheduler_config: Mapping[str, Any], conditioning: Conditioning | None
 ) -> SamplingDefaults:
+    unset = SamplingDefaults()  # a key bundle.json leaves out takes the dataclass's default
     out = SamplingDefaults(
-        sampler=d.get("sampler", str, default="ddim"),
-        steps=d.get("steps", int, default=50),
-        guidance_scale=d.checked("guidance_scale", check_guidance_scale, default=1.0),
-        eta=d.checked("eta", check_eta, default=0.0),
+        sampler=d.get("sampler", str, default=unset.sampler),
+        steps=d.get("steps", int, default=unset.steps),
+        guidance_scale=d.checked("guidance_scale", check_guidance_scale, default=unset.guidance_scale),
+        eta=d.checked("eta", check_eta, default=unset.eta),
     )
     if out.sampler not in SAMPLERS:
         raise BundleError(f"{d.where}.sampler {out.sampler!r} is not one of {', '.join(SAMPLERS)}")
