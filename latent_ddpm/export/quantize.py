@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from latent_ddpm.export.errors import ExportError
+from latent_ddpm.export.metrics import image_metrics
 from latent_ddpm.export.output import check_bundle_output, publish_bundle
 from latent_ddpm.runtime.bundle import (
     BUNDLE_FILE,
@@ -104,13 +105,12 @@ class _Feeds:
 
 
 def image_agreement(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
-    """PSNR (dB, uint8 peak 255) and max / mean abs difference of two uint8 image batches."""
-    diff = reference.astype(np.float64) - candidate.astype(np.float64)
-    mse = float(np.mean(diff**2))
+    """``metrics.image_metrics`` with identical images at an infinite PSNR, which the gate compares."""
+    m = image_metrics(candidate, reference)
     return {
-        "psnr_db": math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse),
-        "max_abs": float(np.abs(diff).max()),
-        "mean_abs": float(np.abs(diff).mean()),
+        "psnr_db": math.inf if m["psnr_db"] is None else m["psnr_db"],
+        "max_abs": float(m["max_abs_diff"]),
+        "mean_abs": m["mean_abs_diff"],
     }
 
 

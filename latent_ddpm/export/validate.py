@@ -16,7 +16,6 @@ checks overflow per float16 tensor for that reason).
 
 from __future__ import annotations
 
-import math
 import platform
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from latent_ddpm.export.metrics import image_metrics, psnr_db
 from latent_ddpm.export.modules import graph_module
 from latent_ddpm.export.reference import (
     Run,
@@ -80,22 +80,8 @@ def tensor_metrics(out: np.ndarray, ref: np.ndarray) -> dict[str, Any]:
         "max_abs": float(err.max(initial=0.0)),
         "max_rel": float(err.max(initial=0.0) / peak) if peak > 0 else None,
         "cosine": float(a @ b / norms) if norms > 0 else float(np.array_equal(a, b)),
-        "psnr_db": _db(peak**2, mse),
+        "psnr_db": psnr_db(peak**2, mse),
     }
-
-
-def image_metrics(out: np.ndarray, ref: np.ndarray) -> dict[str, Any]:
-    diff = np.abs(out.astype(np.int32) - ref.astype(np.int32))
-    return {
-        "max_abs_diff": int(diff.max(initial=0)),
-        "mean_abs_diff": float(diff.mean()),
-        "psnr_db": _db(255.0**2, float(np.mean(diff.astype(np.float64) ** 2))),
-    }
-
-
-def _db(peak_sq: float, mse: float) -> float | None:
-    """PSNR in dB; None stands for infinity (identical outputs), which JSON cannot hold."""
-    return None if mse == 0 else 10.0 * math.log10(max(peak_sq, 1e-30) / mse)
 
 
 def validate_components(
