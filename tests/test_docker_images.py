@@ -56,6 +56,7 @@ from docker_buildah import (
     stop,
 )
 from PIL import Image
+from serve_harness import START_TIMEOUT_S
 
 from latent_ddpm.demo.imaging import display_scale
 from latent_ddpm.runtime import Pipeline, load_bundle, shipped_bundle_path
@@ -187,7 +188,7 @@ def _wait_for(url: str, server, log: Path, seconds: float = 180) -> None:
         except httpx.HTTPError:
             pass
         if server.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"the image's demo did not come up:\n{log.read_text()[-4000:]}")
+            pytest.fail(f"the image's server did not come up:\n{log.read_text()[-4000:]}")
         time.sleep(1)
 
 
@@ -338,7 +339,7 @@ def test_serve_image_serves_the_api_and_its_healthcheck_follows_it(built: Callab
         run = _with_ports(command, ports)
         server = ctr.start(*run, log=log)
         try:
-            _wait_for(api + "/healthz", server, log)
+            _wait_for(api + "/healthz", server, log, START_TIMEOUT_S)  # Ray: slower than the demo
             check = ctr.run(*health, timeout=60)
             assert check.returncode == 0, f"HEALTHCHECK failed on a live server: {check.stderr[-2000:]}"
             assert httpx.get(api + "/healthz", timeout=30).json()["models"] == [bundle.name]
