@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--bundle",
         type=Path,
         default=None,
-        help=f"bundle directory; None = ${BUNDLE_ENV} if set, else the shipped digits model",
+        help=f"bundle directory or shipped model name (default: ${BUNDLE_ENV} if set, else the shipped digits model)",
     )
     p.add_argument("--backend", default="onnxruntime", help="inference backend: onnxruntime or tensorrt")
     p.add_argument(
@@ -32,7 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="comma-separated ONNX Runtime execution providers, e.g. CUDAExecutionProvider,CPUExecutionProvider",
     )
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads per model; None = all cores")
+    p.add_argument(
+        "--threads", type=int, default=None, help="intra-op threads per model (default: all cores)"
+    )
     p.add_argument(
         "--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 serves other machines (Docker)"
     )

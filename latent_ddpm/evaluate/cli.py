@@ -36,7 +36,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=100, help="images per generate call")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")
     p.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def summary(report: Any) -> str:

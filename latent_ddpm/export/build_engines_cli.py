@@ -41,7 +41,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="builder scratch memory limit in GiB (default: TensorRT's)",
     )
     p.add_argument("--force", action="store_true", help="rebuild every plan even if it is still valid")
-    p.add_argument("--quiet", action="store_true", help="print only the summary")
 
 
 def run(args: argparse.Namespace) -> int:

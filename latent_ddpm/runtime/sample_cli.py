@@ -83,7 +83,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--out", type=Path, default=Path("samples.png"), help="PNG file for the grid of all images"
     )
     p.add_argument("--out-dir", type=Path, default=None, help="also write each image as its own PNG here")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _class_label(value: str | None, class_names: tuple[str, ...] | None) -> int | str | None:
