@@ -50,16 +50,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--bundle",
-        type=Path,
+        type=_bundle,
         default=None,
-        help="its bundle (default: the shipped digits bundle, else exported from --source)",
+        help="its bundle, a folder or a shipped model's name (default: the shipped digits bundle, else "
+        "exported from --source)",
     )
     p.add_argument(
         "--also-bundle",
-        type=Path,
+        type=_bundle,
         action="append",
         default=[],
-        help="another bundle of the same model to time beside it (e.g. an int8 one); repeatable",
+        help="another bundle of the same model to time beside it (e.g. an int8 one), a folder or a shipped "
+        "model's name; repeatable",
     )
     p.add_argument(
         "--runtimes",
@@ -95,6 +97,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks"), help="folder for the results")
     p.add_argument("--name", default="bench", help="file name stem of the results")
+
+
+def _bundle(value: str) -> Path:
+    """A --bundle value as a folder (shipped names resolved), or argparse's one-line usage error."""
+    from latent_ddpm.errors import LatentDDPMError
+    from latent_ddpm.runtime.shipped import resolve_bundle
+
+    try:
+        return resolve_bundle(value)
+    except LatentDDPMError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def run(args: argparse.Namespace) -> int:

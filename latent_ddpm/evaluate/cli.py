@@ -21,7 +21,9 @@ HELP = __doc__
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--bundle", type=Path, default=None, help="bundle directory (default: the shipped digits model)"
+        "--bundle",
+        default=None,
+        help="bundle directory, or a shipped model's name (default: the shipped digits model)",
     )
     p.add_argument("--per-class", type=int, default=100, help="images generated per class (>= 2)")
     p.add_argument(
