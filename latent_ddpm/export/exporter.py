@@ -45,6 +45,7 @@ from latent_ddpm.runtime.bundle import (
     load_bundle,
     sha256_file,
 )
+from latent_ddpm.runtime.progress import ProgressBar
 
 PRECISIONS = ("fp32", "fp16")
 VALUE_RANGE = [-1.0, 1.0]  # diffusers autoencoders decode to [-1, 1]; LDMPipeline maps it with x / 2 + 0.5
@@ -459,25 +460,19 @@ def _run_phrase(run: dict[str, Any]) -> str:
 
 
 class _Stages:
-    """A tqdm bar over the export's stages, one tick each (the export extra installs tqdm)."""
+    """A progress bar over the export's stages, one tick each, named after the stage under way."""
 
     def __init__(self, enabled: bool, total: int) -> None:
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(
-            total=total, disable=not enabled, unit="stage", bar_format="{desc:<42}{bar:20} {n}/{total}"
-        )
+        self.bar = ProgressBar(total=total, disable=not enabled, width=20)
         self.started = False
 
     def next(self, description: str) -> None:
-        if self.started:
-            self.bar.update(1)
+        self.bar.set_description(f"{description:<42}")
+        self.bar.update(1 if self.started else 0)
         self.started = True
-        self.bar.set_description_str(description)
 
     def add(self, n: int) -> None:
         self.bar.total += n
-        self.bar.refresh()
 
     def close(self) -> None:
         if self.started:
