@@ -66,14 +66,24 @@ def common_options() -> argparse.ArgumentParser:
     return common
 
 
+class LogFormatter(logging.Formatter):
+    """Information as plain lines, the rest marked with its level (and, when debugging, its logger)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record)
+        if record.levelno == logging.INFO:
+            return message
+        if record.levelno == logging.DEBUG:
+            return f"debug {record.name}: {message}"
+        return f"{record.levelname.lower()}: {message}"
+
+
 def configure_logging(verbose: bool, quiet: bool) -> None:
     """latent_ddpm's loggers at INFO (DEBUG with --verbose, WARNING with --quiet); other libraries' at WARNING
     (INFO with --verbose), all on stderr."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LogFormatter())
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.getLogger("latent_ddpm").setLevel(level)
 

@@ -77,5 +77,5 @@ def test_verbose_sets_the_logging_level(loudness, shown, tmp_path) -> None:
         argv + ([loudness] if loudness else []), capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 2 and "--num" in proc.stderr
-    assert ("DEBUG latent_ddpm: latent-ddpm sample with" in proc.stderr) == shown
+    assert ("debug latent_ddpm: latent-ddpm sample with" in proc.stderr) == shown
     assert not (tmp_path / "x.png").exists()

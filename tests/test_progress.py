@@ -78,3 +78,14 @@ def test_sample_into_a_log(tmp_path: Path) -> None:
     assert "\r" not in proc.stderr
     progress = [line for line in proc.stderr.splitlines() if line.startswith("denoising |")]
     assert progress and "3/3" in progress[-1]
+
+
+def test_a_message_takes_the_terminal_line_and_the_bar_comes_back_below_it() -> None:
+    out = Terminal()
+    with ProgressBar(total=3, desc="export", stream=out, interval=3600.0) as bar:
+        bar.update()
+        bar.clear()
+        out.write("a message\n")
+        bar.update()  # drawn at once, whatever the interval
+    after = out.getvalue().split("a message\n")[1]
+    assert out.getvalue().count("\r\x1b[K") == 1 and after.startswith("\rexport |") and "2/3" in after

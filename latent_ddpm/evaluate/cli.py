@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     check_threads(args.threads, "--threads")  # before any work: more threads than cores only contend
     from latent_ddpm.evaluate.classifier import DigitClassifier
     from latent_ddpm.evaluate.measure import RealReference, Settings, check_settings, evaluate
+    from latent_ddpm.files import atomic_write
     from latent_ddpm.provenance import environment
     from latent_ddpm.runtime.pipeline import Pipeline
 
@@ -85,8 +86,7 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate(pipe, classifier, RealReference(classifier), settings, progress=not args.quiet).report
     print(summary(report))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         doc = {"report": report.to_json(), "environment": environment()}
-        args.json.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+        atomic_write(args.json, json.dumps(doc, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0

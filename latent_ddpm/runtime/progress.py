@@ -67,6 +67,13 @@ class ProgressBar:
         self.stream.flush()
         self._last_draw, self._drawn_n = now, self.n
 
+    def clear(self) -> None:
+        """Blank the terminal's bar line so that a message can take it; the next update draws the bar again."""
+        if self.tty and self._drawn_n is not None and not self.disable:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self._last_draw = None
+
     def close(self) -> None:
         """Draws the final count if it was not drawn yet; ends the terminal's line."""
         if self.disable or self._drawn_n is None and self.n == self._start_n:
