@@ -127,5 +127,13 @@ def run(args: argparse.Namespace) -> int:
         concurrency_limit=args.concurrency,
         max_queue=args.max_queue,
     )
-    launch(app, host=args.host, port=args.port, share=args.share)
+    # Gradio's own start-up lines end with "set `share=True` in `launch()`", advice for Python callers;
+    # a command-line user is told about --share instead.
+    launch(app, host=args.host, port=args.port, share=args.share, quiet=True, prevent_thread_lock=True)
+    print(f"Demo running at {app.local_url} (Ctrl-C stops it)", flush=True)
+    if app.share_url:
+        print(f"Public link: {app.share_url}", flush=True)
+    elif not args.share:
+        print("For a public *.gradio.live link (needs the internet), start it with --share", flush=True)
+    app.block_thread()  # until Ctrl-C or SIGTERM, which close the server
     return 0
