@@ -58,3 +58,18 @@ def test_an_unknown_name_is_one_line_before_any_work(tmp_path: Path) -> None:
     assert line.startswith("latent-ddpm quantize: error: bundle directory not found: nosuch and no shipped")
     assert "digits" in line
     assert not (tmp_path / "int8").exists()
+
+
+def test_build_engines_and_validate_precision_find_a_shipped_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """Both check the bundle first; with the name found, each stops at its next check (no TensorRT here;
+    --images 0), before writing anything into the package."""
+    from latent_ddpm.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # as on a machine without TensorRT
+    assert main(["build-engines", "digits"]) == 2
+    assert "error: TensorRT engines need NVIDIA TensorRT" in capsys.readouterr().err
+    assert main(["validate-precision", "digits", "--images", "0"]) == 2
+    assert "error: images must be an integer >= 1, got 0" in capsys.readouterr().err

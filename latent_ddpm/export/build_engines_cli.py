@@ -23,7 +23,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from latent_ddpm.runtime.backends.tensorrt_manifest import ENGINE_PRECISIONS
 
     p.add_argument(
-        "bundle", type=Path, metavar="BUNDLE", help="bundle directory (written by latent-ddpm export)"
+        "bundle",
+        type=Path,
+        metavar="BUNDLE",
+        help="bundle directory (written by latent-ddpm export), or a shipped model's name (digits)",
     )
     p.add_argument(
         "--precision",
@@ -45,6 +48,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from latent_ddpm.export.tensorrt_build import build_engines
+    from latent_ddpm.runtime.shipped import resolve_bundle
+
+    args.bundle = resolve_bundle(
+        args.bundle
+    )  # a shipped model's name: its engines go beside it, in the package
 
     start = time.perf_counter()
 
