@@ -52,8 +52,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 def common_options() -> argparse.ArgumentParser:
     """The flags every command takes, defined once: how much it logs, and whether it draws progress bars."""
     common = argparse.ArgumentParser(add_help=False)
-    group = common.add_argument_group("output")
-    loudness = group.add_mutually_exclusive_group()
+    loudness = common.add_mutually_exclusive_group()
     loudness.add_argument(
         "-v", "--verbose", action="store_true", help="log debugging detail (Python logging level DEBUG)"
     )
