@@ -21,7 +21,9 @@ HELP = __doc__
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--bundle", type=Path, default=None, help="bundle directory (default: the shipped digits model)"
+        "--bundle",
+        default=None,
+        help="bundle directory, or a shipped model's name (default: the shipped digits model)",
     )
     p.add_argument("--per-class", type=int, default=100, help="images generated per class (>= 2)")
     p.add_argument(
@@ -36,7 +38,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=100, help="images per generate call")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")
     p.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def summary(report: Any) -> str:
@@ -66,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     check_threads(args.threads, "--threads")  # before any work: more threads than cores only contend
     from latent_ddpm.evaluate.classifier import DigitClassifier
     from latent_ddpm.evaluate.measure import RealReference, Settings, check_settings, evaluate
+    from latent_ddpm.files import atomic_write
     from latent_ddpm.provenance import environment
     from latent_ddpm.runtime.pipeline import Pipeline
 
@@ -84,8 +86,7 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate(pipe, classifier, RealReference(classifier), settings, progress=not args.quiet).report
     print(summary(report))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         doc = {"report": report.to_json(), "environment": environment()}
-        args.json.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+        atomic_write(args.json, json.dumps(doc, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0

@@ -19,8 +19,10 @@ plus checkpoints/, logs/ (loss CSV and curve) and samples/ (preview grids) for p
 Checkpoints are atomic, hold tensors and JSON only (--resume never unpickles, so a run folder from
 someone else cannot run code), and --resume continues a killed run exactly where the uninterrupted run
 would be.
-The same command runs on one CPU, one GPU, or several processes:
+
+The same command runs on one CPU, one GPU, or several processes. Four GPUs:
   accelerate launch --multi_gpu --num_processes 4 -m latent_ddpm train --config digits
+Two CPU processes:
   python -m torch.distributed.run --nproc_per_node 2 -m latent_ddpm train --config digits --cpu
 """
 
