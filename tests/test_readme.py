@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -56,7 +58,10 @@ def test_every_latent_ddpm_command_parses() -> None:
     commands = [p for p in parts if p.startswith("latent-ddpm ")]
     assert len(commands) >= 10
     for command in commands:
-        build_parser().parse_args(shlex.split(command)[1:])  # SystemExit(2) with argparse's message if not
+        words = list(
+            itertools.takewhile(lambda w: w not in {">", "|", "2>"}, shlex.split(command))
+        )  # no redirection
+        build_parser().parse_args(words[1:])  # SystemExit(2) with argparse's message if not
 
 
 def test_pictures_and_links_exist() -> None:
@@ -75,14 +80,23 @@ def test_embed_the_runtime_runs_as_written(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
 
 
-def test_the_sample_command_runs_as_written(tmp_path: Path) -> None:
-    (command,) = [c for c in _commands() if c.startswith("latent-ddpm sample ")]
+def test_the_sample_commands_run_as_written(tmp_path: Path) -> None:
+    """Every ``latent-ddpm sample`` line, in order, in one folder; the reader's own picture for img2img is the
+    grid the first line wrote."""
+    commands = [c for c in _commands() if c.startswith("latent-ddpm sample ")]
+    assert commands[0].endswith("--out threes.png")
     bin_dir = Path(sys.executable).parent
     if not (bin_dir / "latent-ddpm").exists():
         pytest.skip("the latent-ddpm script is not installed beside this Python")
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.run(
-        command, shell=True, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env
-    )
-    assert proc.returncode == 0, proc.stderr
+    for command in commands:
+        if "--init-image my-digit.png" in command:
+            shutil.copyfile(tmp_path / "threes.png", tmp_path / "my-digit.png")
+        proc = subprocess.run(
+            command, shell=True, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env
+        )
+        assert proc.returncode == 0, (command, proc.stderr)
     assert (tmp_path / "threes.png").stat().st_size > 0
+    assert (tmp_path / "big.png").read_bytes() == (
+        tmp_path / "same.png"
+    ).read_bytes()  # --from-png, as it says
