@@ -1,4 +1,4 @@
-"""Rebuild the shipped emoji data set (``latent_ddpm/data/emoji_32.npz``) from two Debian packages.
+r"""Rebuild the shipped emoji data set (``latent_ddpm/data/emoji_32.npz``) from two Debian packages.
 
     apt-get install fonts-noto-color-emoji unicode-data
     python -m latent_ddpm.train.datasets.emoji --out latent_ddpm/data/emoji_32.npz \
@@ -221,8 +221,9 @@ def _source_facts(package: str, path: Path) -> dict[str, str | None]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m latent_ddpm.train.datasets.emoji",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="\n\n".join(__doc__.split("\n\n")[:2])
+        + "\n\nWhat is kept and how it is drawn: docs/emoji.md.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--out", type=Path, help="build the data set into this .npz (a .json lands beside it)"
@@ -230,7 +231,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--grid", type=Path, help="draw a PNG of it, one row per class (without --out: of the shipped array)"
     )
-    parser.add_argument("--size", type=int, default=32, help="image side in pixels (8..136)")
+    parser.add_argument("--size", type=int, default=32, help="image side in pixels, 8..136 (default: 32)")
     parser.add_argument(
         "--font", type=Path, help=f"{FONT_SOURCE[1]} (default: the one of Debian's {FONT_SOURCE[0]})"
     )
