@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+from importlib import resources
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from latent_ddpm.cli import main
 from latent_ddpm.train.config import SCHEMA, load_recipe
 from latent_ddpm.train.datasets.emoji import SHIPPED
 
-GROUPS = ["Smileys & Emotion", "People & Body", "Animals & Nature", "Food & Drink", "Travel & Places"]
-GROUPS += ["Activities", "Objects", "Symbols", "Flags"]
+with resources.as_file(resources.files("latent_ddpm.data") / SHIPPED) as _path, np.load(_path) as _npz:
+    GROUPS = _npz["class_names"].tolist()  # checked against Unicode's groups in test_emoji_data.py
 
 
 def test_recipe_sets_every_knob_and_builds_the_documented_models():
@@ -30,7 +32,7 @@ def test_recipe_sets_every_knob_and_builds_the_documented_models():
         vae = build_vae(recipe)
         unet = build_unet(recipe, recipe.vae.latent_channels, 8, len(GROUPS))
     assert (vae.config.in_channels, vae.config.out_channels, vae.config.latent_channels) == (3, 3, 4)
-    assert unet.config.num_class_embeds == 10  # 9 groups + the null class
+    assert len(GROUPS) == 9 and unet.config.num_class_embeds == 10  # 9 groups + the null class
     millions = [round(sum(p.numel() for p in m.parameters()) / 1e6, 1) for m in (vae, unet)]
     assert millions == [2.7, 6.8]  # as the recipe's comments say
 
