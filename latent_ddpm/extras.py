@@ -14,9 +14,9 @@ from latent_ddpm.errors import LatentDDPMError
 
 # The modules each extra provides, by import name (tests/test_extras.py ties them to pyproject.toml).
 EXTRAS: dict[str, tuple[str, ...]] = {
-    "export": ("torch", "diffusers", "onnx", "onnxruntime", "safetensors", "tqdm"),
-    "train": ("torch", "diffusers", "accelerate", "safetensors", "tqdm", "matplotlib"),
-    "bench": ("torch", "diffusers", "onnx", "onnxruntime", "safetensors", "tqdm", "psutil", "matplotlib"),
+    "export": ("torch", "diffusers", "onnx", "onnxruntime", "safetensors"),
+    "train": ("torch", "diffusers", "accelerate", "safetensors", "matplotlib"),
+    "bench": ("torch", "diffusers", "onnx", "onnxruntime", "safetensors", "psutil", "matplotlib"),
     "serve": ("ray", "fastapi", "pydantic"),
 }
 

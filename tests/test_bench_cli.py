@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,12 @@ from latent_ddpm.cli import main  # noqa: E402
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Run without --out or --cache, as a user would: the reports land in the current folder, and the models
+    bench builds live in a temporary folder that is gone afterwards (nothing in the home or cache folder)."""
     root = tmp_path_factory.mktemp("bench")
+    (cwd := root / "cwd").mkdir()
+    (home := root / "home").mkdir()
+    (scratch := root / "tmp").mkdir()
     src = build_tiny_model("kl_cond", root / "src")
     argv = [
         "bench",
@@ -48,9 +54,17 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     argv += ["--clients", "1", "3", "--serving-requests", "2", "--max-rows", "4"]
     argv += ["--warmup", "1", "--runs", "1", "--no-compile", "--no-validate", "--threads", "1"]
     argv += ["--runtimes", *RUNTIMES] if OPENVINO else ["--runtimes", "onnxruntime", "onnxruntime-static"]
-    argv += ["--work", str(root / "work"), "--out", str(root / "out"), "--name", "tiny"]
-    assert main(argv) == 0
-    return root / "out"
+    argv += ["--name", "tiny"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(cwd)
+        mp.setenv("HOME", str(home))
+        mp.setenv("XDG_CACHE_HOME", str(home / ".cache"))
+        mp.setattr(tempfile, "tempdir", str(scratch))
+        assert main(argv) == 0
+    assert sorted(p.name for p in cwd.iterdir()) == ["tiny.json", "tiny.md", "tiny.png"]
+    # matplotlib's font cache and ONNX Runtime's device id do land in ~/.cache; nothing of ours does
+    assert not list(home.rglob("*latent*")) and not any(scratch.iterdir())
+    return cwd
 
 
 def test_json_has_every_figure(report: Path) -> None:

@@ -94,4 +94,8 @@ def test_sigterm_stops_the_server_and_removes_its_scratch_folder(tmp_path: Path)
         if proc.poll() is None:
             proc.kill()
     assert not scratch.exists(), f"{scratch} left behind after SIGTERM"
-    assert "Traceback" not in log.read_text()
+    printed = log.read_text()
+    assert "Traceback" not in printed
+    # the project's words for a command-line user, not Gradio's advice to Python callers
+    assert f"Demo running at http://127.0.0.1:{port}/" in printed and "start it with --share" in printed
+    assert "share=True" not in printed

@@ -1,4 +1,4 @@
-"""The Dockerfile's `cpu` and `export` images, built for real and used as their users use them.
+"""The Dockerfile's `cpu`, `serve` and `export` images, built for real and used as their users use them.
 
 Built with buildah on a Debian bookworm base made here by debootstrap (tests/docker_buildah.py says how,
 and where the cache lives); the `gpu` target needs NVIDIA's base image and a GPU, so only hadolint reads it
@@ -9,13 +9,18 @@ and where the cache lives); the `gpu` target needs NVIDIA's base image and a GPU
   server is up and fails once it is down; no torch, a non-root user, no pip, pip settings, caches, source
   tree or compilers; its size is recorded (goal: under CPU_IMAGE_GOAL_MB); `latent-ddpm sample` writes
   into a mounted folder as the caller's uid (docs/docker.md runs subcommands with --user).
+- serve: the image's own entrypoint and command (`latent-ddpm serve`, Ray started inside the container)
+  answers from the host: /healthz, /v1/models, and /v1/images/generations gives PNGs of the shipped model's
+  size; Ray's metrics answer on the image's metrics port; the HEALTHCHECK passes while it serves; SIGTERM
+  (`docker stop`) shuts it down with exit status 0 and no Ray process left; the HEALTHCHECK then fails;
+  no torch, no Gradio, a non-root user, no leftovers; its size is recorded.
 - export: torch is the CPU build; `latent-ddpm export` of a tiny diffusers model, run inside the image as
   the caller's uid on mounted folders only that uid can read, writes a bundle that passed the export's
   validation gate and that this machine's runtime samples.
 
-Two deliberate departures from `docker run`: the demo listens on 127.0.0.1 and a free port instead of the
-command's 0.0.0.0:7860, because a chroot container shares the host's network (the test checks the image
-says 0.0.0.0:7860 and rewrites both values, in the HEALTHCHECK too); and TORCH_INDEX_URL points at PyPI when
+Two deliberate departures from `docker run`: the demo and the API listen on 127.0.0.1 and free ports instead
+of the command's 0.0.0.0 and the image's ports, because a chroot container shares the host's network (the
+test checks the image's values and rewrites them, in the HEALTHCHECK too); and TORCH_INDEX_URL points at PyPI when
 download.pytorch.org is out of reach (as here), the CPU wheel then coming from this machine's pip settings.
 
 Sizes and build times go to test-artifacts/docker-images.json (docs/docker.md quotes them).
@@ -23,9 +28,13 @@ Sizes and build times go to test-artifacts/docker-images.json (docs/docker.md qu
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import io
 import json
 import os
 import shutil
+import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -47,14 +56,18 @@ from docker_buildah import (
     stop,
 )
 from PIL import Image
+from serve_harness import START_TIMEOUT_S
 
 from latent_ddpm.demo.imaging import display_scale
-from latent_ddpm.runtime import Pipeline, load_bundle
+from latent_ddpm.runtime import Pipeline, load_bundle, shipped_bundle_path
+from latent_ddpm.serve.options import DEFAULT_PORT
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts" / "docker-images.json"
 CPU_IMAGE_GOAL_MB = 600
 DEMO_PORT = 7860
+SERVE_PORT = DEFAULT_PORT  # the API: `latent-ddpm serve`'s own default
+METRICS_PORT = 8080  # Ray's metrics, as in docs/serving.md and deploy/kuberay/rayservice.yaml
 CALLER_UID = 4242  # stands for `docker run --user "$(id -u):$(id -g)"`: neither root nor the image's user
 
 pytestmark = [
@@ -142,20 +155,26 @@ def _runs_as_non_root(ctr: Container) -> None:
 # ---------------------------------------------------------------- cpu
 
 
-def _with_port(args: list[str], port: int) -> list[str]:
-    """The image's command or HEALTHCHECK on 127.0.0.1:port instead of the container's 0.0.0.0:7860."""
-    out = [a.replace(f"127.0.0.1:{DEMO_PORT}", f"127.0.0.1:{port}") for a in args]
-    for flag, value in (("--host", "127.0.0.1"), ("--port", str(port))):
-        if flag in out:
-            out[out.index(flag) + 1] = value
+def _with_ports(args: list[str], ports: dict[int, int]) -> list[str]:
+    """The image's command or HEALTHCHECK on 127.0.0.1 and free ports (container port -> host port) instead
+    of 0.0.0.0 and the image's own ports, which a chroot container would take on the host itself."""
+    out = list(args)
+    for inside, outside in ports.items():
+        out = [a.replace(f"127.0.0.1:{inside}", f"127.0.0.1:{outside}") for a in out]
+    for i, flag in enumerate(out[:-1]):
+        if flag == "--host":
+            out[i + 1] = "127.0.0.1"
+        elif flag.startswith("--") and flag.endswith("port"):  # --port, --metrics-port: every one mapped
+            out[i + 1] = str(ports[int(out[i + 1])])
     return out
 
 
-def _healthcheck(config: dict, port: int) -> list[str]:
+def _healthcheck(config: dict, ports: dict[int, int], probed: int) -> list[str]:
+    """The image's HEALTHCHECK command, which must probe the container's port ``probed``, on ``ports``."""
     test = config["Healthcheck"]["Test"]
     assert test[0] in ("CMD", "CMD-SHELL"), test
-    assert any(f"127.0.0.1:{DEMO_PORT}" in a for a in test), f"the HEALTHCHECK probes another port: {test}"
-    return _with_port(test[1:] if test[0] == "CMD" else ["/bin/sh", "-c", test[1]], port)
+    assert any(f"127.0.0.1:{probed}" in a for a in test), f"the HEALTHCHECK probes another port: {test}"
+    return _with_ports(test[1:] if test[0] == "CMD" else ["/bin/sh", "-c", test[1]], ports)
 
 
 def _wait_for(url: str, server, log: Path, seconds: float = 180) -> None:
@@ -169,7 +188,7 @@ def _wait_for(url: str, server, log: Path, seconds: float = 180) -> None:
         except httpx.HTTPError:
             pass
         if server.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"the image's demo did not come up:\n{log.read_text()[-4000:]}")
+            pytest.fail(f"the image's server did not come up:\n{log.read_text()[-4000:]}")
         time.sleep(1)
 
 
@@ -186,9 +205,9 @@ def test_cpu_image_serves_the_demo_and_its_healthcheck_follows_it(built: Callabl
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     with container(image) as ctr:
-        health = _healthcheck(config, port)
+        health = _healthcheck(config, {DEMO_PORT: port}, DEMO_PORT)
         log = tmp_path / "demo.log"
-        server = ctr.start(*_with_port(command, port), log=log)
+        server = ctr.start(*_with_ports(command, {DEMO_PORT: port}), log=log)
         try:
             _wait_for(url, server, log)
             check = ctr.run(*health, timeout=60)
@@ -262,6 +281,116 @@ def test_cpu_image_runs_any_subcommand_as_the_caller(built: Callable, tmp_path: 
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     png = out / "samples.png"
     assert png.stat().st_uid == CALLER_UID and np.asarray(Image.open(png)).std() > 0
+
+
+# ---------------------------------------------------------------- serve
+
+
+def _session(leader: int) -> list[int]:
+    """Every live process in the session ``buildah run`` leads: the container's command and all it started
+    (Ray's GCS, raylet, workers: they leave buildah's process group, not its session)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and os.getsid(int(proc.name)) == leader and int(proc.name) != leader:
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def _main_process(leader: int, command: list[str]) -> int:
+    """The pid of the container's command (what `docker stop` signals): the python running the entrypoint."""
+    for pid in _session(leader):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+        except OSError:
+            continue
+        if argv[-len(command) :] == command and not argv[0].startswith("buildah"):
+            return pid
+    raise AssertionError(f"no process runs {command} in the container")
+
+
+def _kill_session(leader: int) -> None:
+    """What a failed test leaves running in the container (the test's own processes), ended."""
+    for pid in _session(leader):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_serve_image_serves_the_api_and_its_healthcheck_follows_it(built: Callable, tmp_path: Path) -> None:
+    import httpx
+
+    image = built("serve").image
+    config = image_config(image)
+    command = config["Entrypoint"] + config["Cmd"]
+    assert command[:2] == ["latent-ddpm", "serve"] and "--bundle" not in command, "the shipped model"
+    assert command[command.index("--host") + 1] == "0.0.0.0"
+    assert command[command.index("--port") + 1] == str(SERVE_PORT)
+    assert command[command.index("--metrics-port") + 1] == str(METRICS_PORT)
+    assert {f"{SERVE_PORT}/tcp", f"{METRICS_PORT}/tcp"} <= set(config["ExposedPorts"])
+    ports = {SERVE_PORT: free_port(), METRICS_PORT: free_port()}
+    api, metrics = (f"http://127.0.0.1:{ports[p]}" for p in (SERVE_PORT, METRICS_PORT))
+    bundle = load_bundle(shipped_bundle_path())
+    _, h, w = bundle.image_shape
+    with container(image) as ctr:
+        health = _healthcheck(config, ports, SERVE_PORT)
+        log = tmp_path / "serve.log"
+        run = _with_ports(command, ports)
+        server = ctr.start(*run, log=log)
+        try:
+            _wait_for(api + "/healthz", server, log, START_TIMEOUT_S)  # Ray: slower than the demo
+            check = ctr.run(*health, timeout=60)
+            assert check.returncode == 0, f"HEALTHCHECK failed on a live server: {check.stderr[-2000:]}"
+            assert httpx.get(api + "/healthz", timeout=30).json()["models"] == [bundle.name]
+            models = httpx.get(api + "/v1/models", timeout=30).json()["data"]
+            assert [(m["id"], m["size"]) for m in models] == [(bundle.name, f"{w}x{h}")]
+            reply = httpx.post(
+                api + "/v1/images/generations",
+                json={"model": bundle.name, "prompt": "7", "n": 2, "steps": TEST_STEPS, "seed": 3},
+                timeout=180,
+            )
+            assert reply.status_code == 200, reply.text
+            for item in reply.json()["data"]:
+                with Image.open(io.BytesIO(base64.b64decode(item["b64_json"]))) as png:
+                    assert png.format == "PNG" and png.size == (w, h)
+                    assert np.asarray(png).std() > 0
+            # Ray's metrics agent on the image's metrics port; it exports every few seconds, so wait for ours.
+            deadline = time.monotonic() + 120
+            while "ray_latent_ddpm_images_total" not in (
+                text := httpx.get(metrics + "/metrics", timeout=30).text
+            ):
+                assert time.monotonic() < deadline, (
+                    f"no latent-ddpm metrics on the metrics port:\n{text[:2000]}"
+                )
+                time.sleep(2)
+            # `docker stop`: SIGTERM to the container's command, which shuts Ray down and exits 0.
+            os.kill(_main_process(server.pid, run[1:]), signal.SIGTERM)
+            assert server.wait(timeout=180) == 0, log.read_text()[-4000:]
+            deadline = time.monotonic() + 60
+            while left := _session(server.pid):
+                assert time.monotonic() < deadline, f"processes left after the server stopped: {left}"
+                time.sleep(1)
+        finally:
+            stop(server)
+            _kill_session(server.pid)
+        down = ctr.run(*health, timeout=60)
+        assert down.returncode != 0, "HEALTHCHECK passed with the server stopped"
+
+
+def test_serve_image_is_torch_and_gradio_free_and_non_root(built: Callable) -> None:
+    image = built("serve").image
+    with container(image) as ctr:
+        _runs_as_non_root(ctr)
+        _no_leftovers(ctr)
+        found = ctr.run(
+            "python",
+            "-c",
+            "import importlib.util as u; print([m for m in ('torch', 'gradio') if u.find_spec(m)])",
+        )
+        assert found.returncode == 0 and found.stdout.strip() == "[]", found.stdout + found.stderr
+        ray = ctr.run("python", "-c", "import ray.serve, onnxruntime")
+        assert ray.returncode == 0, ray.stderr[-2000:]
 
 
 # ---------------------------------------------------------------- export

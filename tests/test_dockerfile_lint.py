@@ -1,8 +1,10 @@
 """The Dockerfiles, checked without a Docker daemon: hadolint (any finding fails) and the image policy.
 
-Policy (docs/docker.md): the cpu image has no torch; the demo images run as a non-root numeric user, expose
-7860 and have a HEALTHCHECK; the gpu image points LATENT_DDPM_BUNDLE at a writable bundle; the build
-context allow-list in .dockerignore lets through exactly what the Dockerfile copies.
+Policy (docs/docker.md): the cpu and serve images have no torch; the demo images and the serve image run as
+a non-root numeric user, expose their ports and have a HEALTHCHECK on them; the serve image installs the serve
+extra and starts `latent-ddpm serve` on the CLI's default port; the gpu image points LATENT_DDPM_BUNDLE at a
+writable bundle and says TensorRT engines are built first (build-engines); the build context allow-list in
+.dockerignore lets through exactly what the Dockerfile copies.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
+from latent_ddpm.serve.options import DEFAULT_PORT
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILES = sorted(ROOT.glob("Dockerfile*"))
@@ -55,17 +59,27 @@ def test_images_follow_the_policy() -> None:
     assert re.search(r"^ARG BASE_IMAGE=python:3\.\d+-slim", text, re.MULTILINE), "default base: Python slim"
     stages = _stages(ROOT / "Dockerfile")
     assert list(stages)[-1] == "cpu", "`docker build .` must give the CPU demo image (the last stage)"
-    assert {"cpu", "gpu", "export"} <= set(stages)
+    assert {"cpu", "gpu", "export", "serve"} <= set(stages)
     assert "[cpu,demo]" in stages["cpu"] and "torch" not in stages["cpu"]
+    assert (
+        "[cpu,serve]" in stages["serve"] and "torch" not in stages["serve"] and "demo" not in stages["serve"]
+    )
+    assert "build-engines" in text.split("AS gpu", 1)[1].split("\nFROM ", 1)[0], "gpu: say engines come first"
     assert "torch" in stages["export"] and "[export" in stages["export"]
     assert "[gpu,demo,tensorrt]" in stages["gpu"] and "LATENT_DDPM_BUNDLE=" in stages["gpu"]
-    for name in ("cpu", "gpu"):
+    port = str(DEFAULT_PORT)
+    for name, command, ports, probe in (
+        ("cpu", "demo", "7860", "7860/"),
+        ("gpu", "demo", "7860", "7860/"),
+        ("serve", "serve", f"{port} 8080", f"{port}/healthz"),
+    ):
         body = stages[name]
         user = re.findall(r"^USER\s+(\S+)", body, re.MULTILINE)
         assert user and user[-1].isdigit() and user[-1] != "0", f"{name}: must run as a non-root uid"
-        assert re.search(r"^EXPOSE\s+7860$", body, re.MULTILINE), name
-        assert re.search(r"^HEALTHCHECK\s.*7860", body, re.MULTILINE), name
-        assert re.search(r'^CMD\s.*"demo".*"--host", "0\.0\.0\.0"', body, re.MULTILINE), name
+        assert re.search(rf"^EXPOSE\s+{ports}$", body, re.MULTILINE), name
+        assert re.search(rf"^HEALTHCHECK\s.*127\.0\.0\.1:{probe}", body, re.MULTILINE), name
+        assert re.search(rf'^CMD\s.*"{command}".*"--host", "0\.0\.0\.0"', body, re.MULTILINE), name
+    assert f'"--port", "{port}"' in stages["serve"], "serve: the CLI's default port, as docs/serving.md says"
 
 
 def test_build_context_allows_what_the_dockerfile_copies() -> None:

@@ -2,7 +2,9 @@
 
 Measures, per model and batch size: U-Net call latency, images/s end to end, the loop's overhead outside
 the U-Net, achieved U-Net GFLOP/s against this machine's measured fp32 matmul peak, cold start and peak
-memory (fresh processes). Writes NAME.json, NAME.md and NAME.png into --out.
+memory (fresh processes). Writes NAME.json, NAME.md and NAME.png into --out (default: the current folder);
+the models it builds (random weights, and their bundles: about 60 MB) go into a temporary folder removed at
+the end, unless --cache names a folder to keep them in for the next run.
 
 Models: `digits` (the shipped bundle, against PyTorch on the weights it was exported from; or --bundle /
 --source; failing those, runs/digits or the digits architecture with random weights), `ldm-celebahq-256` (CompVis's LDM scale, random weights, batch 1 and fewer steps by
@@ -18,19 +20,15 @@ numbers within one run only.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 HELP = __doc__
 TRAINING_OUTPUT = Path("runs/digits")
-
-
-def _default_work() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "latent-ddpm" / "bench"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -52,16 +50,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--bundle",
-        type=Path,
+        type=_bundle,
         default=None,
-        help="its bundle (default: the shipped digits bundle, else exported from --source)",
+        help="its bundle, a folder or a shipped model's name (default: the shipped digits bundle, else "
+        "exported from --source)",
     )
     p.add_argument(
         "--also-bundle",
-        type=Path,
+        type=_bundle,
         action="append",
         default=[],
-        help="another bundle of the same model to time beside it (e.g. an int8 one); repeatable",
+        help="another bundle of the same model to time beside it (e.g. an int8 one), a folder or a shipped "
+        "model's name; repeatable",
     )
     p.add_argument(
         "--runtimes",
@@ -93,10 +93,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cold-start", action="store_true", help="skip cold-start and memory probes")
     p.add_argument("--no-validate", action="store_true", help="export bundles without the validation gate")
     p.add_argument(
-        "--work", type=Path, default=_default_work(), help="random-weight models and bundles are cached here"
+        "--cache",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="keep the models bench builds (random weights and their bundles, about 60 MB) in DIR and reuse "
+        "them next time, e.g. ~/.cache/latent-ddpm/bench (delete DIR to clear it); default: a temporary "
+        "folder, removed at the end",
     )
-    p.add_argument("--out", type=Path, default=Path("docs/benchmarks"), help="folder for the results")
+    p.add_argument(
+        "--out", type=Path, default=Path("."), help="folder for the results (default: the current folder)"
+    )
     p.add_argument("--name", default="bench", help="file name stem of the results")
+
+
+def _bundle(value: str) -> Path:
+    """A --bundle value as a folder (shipped names resolved), or argparse's one-line usage error."""
+    from latent_ddpm.errors import LatentDDPMError
+    from latent_ddpm.runtime.shipped import resolve_bundle
+
+    try:
+        return resolve_bundle(value)
+    except LatentDDPMError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,10 +125,8 @@ def run(args: argparse.Namespace) -> int:
     from latent_ddpm.runtime.limits import check_threads
 
     check_threads(args.threads, "--threads")  # before any work: more threads than cores only contend
-    from latent_ddpm.bench.machine import matmul_peak, torch_matmul_gflops
-    from latent_ddpm.bench.report import write_all
     from latent_ddpm.errors import CLIError
-    from latent_ddpm.provenance import load_average, machine_info, usable_cores
+    from latent_ddpm.runtime.outputs import check_output_dir
 
     for flag in ("runs", "warmup", "steps", "ldm_steps", "pixel_calls", "serving_requests"):
         value = getattr(args, flag)
@@ -120,6 +137,20 @@ def run(args: argparse.Namespace) -> int:
     for flag in ("batches", "ldm_batches", "clients"):
         if min(getattr(args, flag)) < 1:
             raise CLIError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
+    check_output_dir(args.out, "--out")
+    if args.cache is not None:
+        check_output_dir(args.cache, "--cache")
+        return _measure(args)
+    with tempfile.TemporaryDirectory(prefix="latent-ddpm-bench-") as scratch:
+        args.cache = Path(scratch)
+        return _measure(args)
+
+
+def _measure(args: argparse.Namespace) -> int:
+    from latent_ddpm.bench.machine import matmul_peak, torch_matmul_gflops
+    from latent_ddpm.bench.report import write_all
+    from latent_ddpm.provenance import load_average, machine_info, usable_cores
+
     threads = args.threads or usable_cores()
     log = _log
     log(f"machine: load average {load_average()}, {threads} threads")
@@ -247,7 +278,7 @@ def _prepare(name: str, args: argparse.Namespace, log) -> tuple[Path, Path, str]
     from latent_ddpm.runtime.shipped import shipped_models
 
     if name == "ldm-celebahq-256":
-        work = args.work / name
+        work = args.cache / name
         source = work / "source"
         _write_once(
             source,
@@ -274,7 +305,7 @@ def _prepare(name: str, args: argparse.Namespace, log) -> tuple[Path, Path, str]
         source, description = TRAINING_OUTPUT, f"the trained digits model ({TRAINING_OUTPUT})"
         bundle = args.bundle
     else:
-        source = args.work / name / "random" / "source"
+        source = args.cache / name / "random" / "source"
         what = "no trained digits model: writing the digits architecture with random weights"
         _write_once(source, "latent_ddpm.json", models.write_digits_arch_source, log, what)
         description = (
@@ -284,7 +315,7 @@ def _prepare(name: str, args: argparse.Namespace, log) -> tuple[Path, Path, str]
         bundle = args.bundle
     if bundle is not None:
         return source, bundle, description
-    work = args.work / name / _slug(source)
+    work = args.cache / name / _slug(source)
     return source, _bundle_for(source, work / "bundle", args.no_validate, log), description
 
 

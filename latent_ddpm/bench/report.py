@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
 
+from latent_ddpm.files import atomic_write
+
 
 def write_all(result: dict[str, Any], out_dir: Path, name: str) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{name}.json", out_dir / f"{name}.md", out_dir / f"{name}.png"]
-    paths[0].write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    paths[1].write_text(markdown(result), encoding="utf-8")
-    plot(result, paths[2])
-    return paths
+    """Each file written whole or not at all (an interrupted run leaves the previous report)."""
+    png = io.BytesIO()
+    plot(result, png)
+    return [
+        atomic_write(out_dir / f"{name}.json", json.dumps(result, indent=2) + "\n"),
+        atomic_write(out_dir / f"{name}.md", markdown(result)),
+        atomic_write(out_dir / f"{name}.png", png.getvalue()),
+    ]
 
 
 def _ms(s: dict[str, Any]) -> str:
@@ -160,7 +165,7 @@ def _clients(s: dict[str, Any]) -> list[int]:
     return sorted({r["clients"] for r in s["rows"]})
 
 
-def plot(result: dict[str, Any], path: Path) -> None:
+def plot(result: dict[str, Any], path: Path | io.BytesIO) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

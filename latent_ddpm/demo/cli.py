@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--bundle",
         type=Path,
         default=None,
-        help=f"bundle directory; None = ${BUNDLE_ENV} if set, else the shipped digits model",
+        help=f"bundle directory or shipped model name (default: ${BUNDLE_ENV} if set, else the shipped digits model)",
     )
     p.add_argument("--backend", default="onnxruntime", help="inference backend: onnxruntime or tensorrt")
     p.add_argument(
@@ -32,7 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="comma-separated ONNX Runtime execution providers, e.g. CUDAExecutionProvider,CPUExecutionProvider",
     )
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads per model; None = all cores")
+    p.add_argument(
+        "--threads", type=int, default=None, help="intra-op threads per model (default: all cores)"
+    )
     p.add_argument(
         "--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 serves other machines (Docker)"
     )
@@ -125,5 +127,13 @@ def run(args: argparse.Namespace) -> int:
         concurrency_limit=args.concurrency,
         max_queue=args.max_queue,
     )
-    launch(app, host=args.host, port=args.port, share=args.share)
+    # Gradio's own start-up lines end with "set `share=True` in `launch()`", advice for Python callers;
+    # a command-line user is told about --share instead.
+    launch(app, host=args.host, port=args.port, share=args.share, quiet=True, prevent_thread_lock=True)
+    print(f"Demo running at {app.local_url} (Ctrl-C stops it)", flush=True)
+    if app.share_url:
+        print(f"Public link: {app.share_url}", flush=True)
+    elif not args.share:
+        print("For a public *.gradio.live link (needs the internet), start it with --share", flush=True)
+    app.block_thread()  # until Ctrl-C or SIGTERM, which close the server
     return 0

@@ -29,7 +29,9 @@ WRITE_DEFAULTS_HELP = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--bundle", type=Path, default=None, help="bundle directory (default: the shipped digits model)"
+        "--bundle",
+        default=None,
+        help="bundle directory, or a shipped model's name (default: the shipped digits model)",
     )
     p.add_argument("--per-class", type=int, default=100, help="images generated per class (>= 2)")
     p.add_argument("--sampler", choices=SAMPLERS, default=None, help="default: bundle's")
@@ -46,7 +48,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=100, help="images per generate call")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")
     p.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--write-defaults", type=Path, metavar="EVALUATION_JSON", help=WRITE_DEFAULTS_HELP)
 
 
@@ -85,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from latent_ddpm.evaluate.classifier import DigitClassifier
     from latent_ddpm.evaluate.measure import RealReference, Settings, check_settings, evaluate
+    from latent_ddpm.files import atomic_write
     from latent_ddpm.provenance import environment
     from latent_ddpm.runtime.pipeline import Pipeline
 
@@ -96,8 +98,7 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate(pipe, classifier, RealReference(classifier), settings, progress=not args.quiet).report
     print(summary(report))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         doc = {"report": report.to_json(), "environment": environment()}
-        args.json.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+        atomic_write(args.json, json.dumps(doc, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0

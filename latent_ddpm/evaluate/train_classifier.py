@@ -2,15 +2,17 @@
 
     nice -n 10 python -m latent_ddpm.evaluate.train_classifier
 
-Writes ``latent_ddpm/data/digit_classifier.onnx`` (outputs ``logits`` and the 64-d penultimate
-``features`` used for the Fréchet distance) and ``digit_classifier.json`` beside it (held-out accuracy as
-ONNX Runtime measures it, the split, the recipe). Light random affine augmentation makes the judge robust
+Writes ``digit_classifier.onnx`` into the current folder, or --out (outputs ``logits`` and the 64-d
+penultimate ``features`` used for the Fréchet distance), and ``digit_classifier.json`` beside it (held-out
+accuracy as ONNX Runtime measures it, the split, the recipe), each atomically. The package's judge is
+replaced only when asked: ``--out latent_ddpm/data/digit_classifier.onnx``. Light random affine augmentation makes the judge robust
 to the small shifts, rotations and size changes of generated digits, not only to MNIST's framing.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import time
@@ -24,6 +26,7 @@ from latent_ddpm.evaluate.classifier import (
     DigitClassifier,
 )
 from latent_ddpm.evaluate.digits import IMAGE_SIZE, NUM_CLASSES, SPLIT_SEED, load_digits, split
+from latent_ddpm.files import atomic_write
 
 
 def build_model():  # -> torch.nn.Module; torch is imported lazily so this module's import stays cheap
@@ -150,7 +153,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "parameters": sum(p.numel() for p in model.parameters()),
     }
     json_path = args.out.with_name(CLASSIFIER_JSON)
-    json_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    atomic_write(json_path, json.dumps(meta, indent=2) + "\n")
     print(
         f"held-out accuracy {held_acc:.4f} on {len(parts.held_out)} images; wrote {args.out} and {json_path}"
     )
@@ -163,21 +166,20 @@ def export(model, path: Path) -> None:
     import torch
 
     dummy = torch.zeros(2, 1, IMAGE_SIZE, IMAGE_SIZE)
-    tmp = path.with_suffix(".tmp.onnx")
+    traced = io.BytesIO()
     torch.onnx.export(
         model,
         (dummy,),
-        str(tmp),
+        traced,
         input_names=["image"],
         output_names=["logits", "features"],
         dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}, "features": {0: "batch"}},
         opset_version=17,
         dynamo=False,
     )
-    graph = onnx.load(str(tmp))
+    graph = onnx.load_from_string(traced.getvalue())
     onnx.checker.check_model(graph)
-    onnx.save(graph, str(path))  # one self-contained file
-    tmp.unlink()
+    atomic_write(path, graph.SerializeToString())  # one self-contained file
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,7 +188,13 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--out", type=Path, default=CLASSIFIER_ONNX, help="where to write the ONNX model")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path(CLASSIFIER_ONNX.name),
+        help=f"where to write the ONNX model (default: ./{CLASSIFIER_ONNX.name}); {CLASSIFIER_ONNX} "
+        "replaces the judge `latent-ddpm eval` uses",
+    )
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3)

@@ -27,7 +27,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from latent_ddpm.runtime.backends.tensorrt_manifest import ENGINE_PRECISIONS
 
     p.add_argument(
-        "bundle", type=Path, metavar="BUNDLE", help="bundle directory (written by latent-ddpm export)"
+        "bundle",
+        type=Path,
+        metavar="BUNDLE",
+        help="bundle directory (written by latent-ddpm export), or a shipped model's name (digits)",
     )
     p.add_argument(
         "--precision",
@@ -45,7 +48,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="builder scratch memory limit in GiB (default: TensorRT's)",
     )
     p.add_argument("--force", action="store_true", help="rebuild every plan even if it is still valid")
-    p.add_argument("--quiet", action="store_true", help="print only the summary")
     add_json_flag(p)
 
 
@@ -53,6 +55,10 @@ def _build(args: argparse.Namespace) -> dict[str, Any]:
     """Build, print a summary for a person, and return the plans and their figures for ``--json``."""
     from latent_ddpm.export.tensorrt_build import build_engines
     from latent_ddpm.runtime.backends.tensorrt_manifest import BuildSettings
+    from latent_ddpm.runtime.shipped import resolve_bundle
+
+    # a shipped model's name: its engines go beside it, in the package
+    args.bundle = resolve_bundle(args.bundle)
 
     start = time.perf_counter()
 

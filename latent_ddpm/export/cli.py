@@ -52,7 +52,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--threads", type=int, default=None, help="torch and ONNX Runtime threads (default: all cores)"
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_json_flag(p)
 
 

@@ -9,6 +9,7 @@ replaces only an existing bundle (export/output.py, latent_ddpm/files.py).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -48,7 +49,9 @@ from latent_ddpm.runtime.bundle import (
     load_bundle,
     sha256_file,
 )
+from latent_ddpm.runtime.progress import ProgressBar
 
+log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "fp16")
 VALUE_RANGE = [-1.0, 1.0]  # diffusers autoencoders decode to [-1, 1]; LDMPipeline maps it with x / 2 + 0.5
 
@@ -123,6 +126,7 @@ def export_bundle(
             source = load_source(src_path)
             _check_sampler(source)
             specs = _specs(source)
+            _announce(source, specs, precision, stages)
             stages.add(len(specs) * (2 if precision == "fp16" else 1))
             meta, report = _write_bundle(source, specs, out_path, force, options, stages)
     except LatentDDPMError:
@@ -199,6 +203,52 @@ def _specs(source: Source) -> dict[str, ModelSpec]:
         with_encoder=source.has_encoder,
         vq_codebook=source.is_vq,
     )
+
+
+# The torch modules whose weights each graph carries (a VQ decoder's codebook is in `quantize`).
+_ROLE_WEIGHTS = {
+    "unet": ("unet",),
+    "vae_decoder": ("vae.decoder", "vae.post_quant_conv", "vae.quantize"),
+    "vae_encoder": ("vae.encoder", "vae.quant_conv"),
+}
+
+
+def _announce(source: Source, specs: dict[str, ModelSpec], precision: str, stages: _Stages) -> None:
+    """Say what the export will make before the minutes it may take: image size, parameters and the
+    bundle's expected size, and warn when the images will not have the size the autoencoder was made for
+    (diffusers' default AutoencoderKL does not downsample, whatever its sample_size says)."""
+    params = {}
+    for role in specs:
+        modules = [_attribute(source, name) for name in _ROLE_WEIGHTS[role]]
+        params[role] = sum(p.numel() for m in modules if m is not None for p in m.parameters())
+    size_mb = sum(params.values()) * (2 if precision == "fp16" else 4) / 1e6
+    c, h, w = source.image_shape
+    latent, factor = source.latent_shape, h // source.latent_shape[1]
+    stages.say(
+        logging.INFO,
+        f"{source.path}: {latent[0]}x{latent[1]}x{latent[2]} latents -> {c}x{h}x{w} images; "
+        + ", ".join(f"{role} {n / 1e6:.2f}M parameters" for role, n in params.items())
+        + f"; expected bundle about {size_mb:.1f} MB ({precision})",
+    )
+    declared = getattr(source.vae.config, "sample_size", None)
+    if declared is None:
+        return
+    dh, dw = (declared, declared) if isinstance(declared, int) else tuple(declared)
+    if (dh, dw) != (h, w):
+        stages.say(
+            logging.WARNING,
+            f"the bundle will make {h}x{w} images, but {source.vae_folder}/config.json says sample_size "
+            f"{declared}: the autoencoder upsamples latents {factor}x (block_out_channels has "
+            f"{len(source.vae.config.block_out_channels)} entries) and unet/config.json's sample_size is "
+            f"{latent[1]}x{latent[2]}; if the images should be {dh}x{dw}, one of the two configs is wrong",
+        )
+
+
+def _attribute(source: Source, dotted: str) -> Any:
+    obj: Any = source
+    for part in dotted.split("."):
+        obj = getattr(obj, part, None)
+    return obj
 
 
 def _check_sampler(source: Source) -> None:
@@ -475,25 +525,24 @@ def _run_phrase(run: dict[str, Any]) -> str:
 
 
 class _Stages:
-    """A tqdm bar over the export's stages, one tick each (the export extra installs tqdm)."""
+    """A progress bar over the export's stages, one tick each, named after the stage under way."""
 
     def __init__(self, enabled: bool, total: int) -> None:
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(
-            total=total, disable=not enabled, unit="stage", bar_format="{desc:<42}{bar:20} {n}/{total}"
-        )
+        self.bar = ProgressBar(total=total, disable=not enabled, width=20)
         self.started = False
 
     def next(self, description: str) -> None:
-        if self.started:
-            self.bar.update(1)
+        self.bar.set_description(f"{description:<42}")
+        self.bar.update(1 if self.started else 0)
         self.started = True
-        self.bar.set_description_str(description)
 
     def add(self, n: int) -> None:
         self.bar.total += n
-        self.bar.refresh()
+
+    def say(self, level: int, message: str) -> None:
+        """Log ``message`` on a line of its own (not into the terminal's bar line)."""
+        self.bar.clear()
+        log.log(level, message)
 
     def close(self) -> None:
         if self.started:

@@ -40,6 +40,7 @@ from latent_ddpm.runtime.bundle import (
     load_bundle,
     sha256_file,
 )
+from latent_ddpm.runtime.shipped import resolve_bundle
 
 QUANTIZED_OP_TYPES = ("Conv", "MatMul", "Gemm")
 QUANTIZABLE_ROLES = ("unet", "vae_decoder")
@@ -122,8 +123,10 @@ def quantize_bundle(
     options: QuantizeOptions | None = None,
     log: Log = print,
 ) -> Path:
-    """Write an int8 copy of the fp32 bundle ``src`` to ``out`` (atomically); returns ``out``."""
+    """Write an int8 copy of the fp32 bundle ``src`` (a folder or a shipped model's name) to ``out``
+    (atomically); returns ``out``."""
     options = options or QuantizeOptions()
+    src = resolve_bundle(src)
     out = check_bundle_output(out, force=force, sources=[src])
     bundle = load_bundle(src)
     not_fp32 = {role: m.precision for role, m in bundle.models.items() if m.precision != "fp32"}

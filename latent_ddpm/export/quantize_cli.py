@@ -22,7 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from latent_ddpm.export.quantize import QUANTIZABLE_ROLES, QuantizeOptions
 
     d = QuantizeOptions()
-    p.add_argument("bundle", type=Path, help="an fp32 bundle (from `latent-ddpm export`)")
+    p.add_argument(
+        "bundle", help="an fp32 bundle (from `latent-ddpm export`), or a shipped model's name (digits)"
+    )
     p.add_argument("out", type=Path, help="folder for the int8 bundle")
     p.add_argument(
         "--force",

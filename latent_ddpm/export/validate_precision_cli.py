@@ -24,7 +24,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     d = GateSettings()
     p.add_argument(
-        "bundle", type=Path, metavar="BUNDLE", help="an fp32 bundle (written by latent-ddpm export)"
+        "bundle",
+        type=Path,
+        metavar="BUNDLE",
+        help="an fp32 bundle (written by latent-ddpm export), or a shipped model's name (digits)",
     )
     p.add_argument("--precision", choices=GATED_PRECISIONS, default="bf16", help="precision to validate")
     p.add_argument(
@@ -76,6 +79,9 @@ def _psnr(metrics: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from latent_ddpm.export.precision_gate import GateSettings, validate_precision
+    from latent_ddpm.runtime.shipped import resolve_bundle
+
+    args.bundle = resolve_bundle(args.bundle)  # a shipped model's name: its gate is recorded in the package
 
     settings = GateSettings(images=args.images, batch=args.batch, seed=args.seed, threads=args.threads)
     report = validate_precision(args.bundle, args.precision, args.backend, settings)

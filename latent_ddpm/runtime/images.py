@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import re
 import warnings
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from latent_ddpm.errors import InputError
+from latent_ddpm.files import OutputError, atomic_write
 
 
 def to_uint8(images: np.ndarray, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
@@ -118,16 +120,22 @@ def upscale(image: np.ndarray, scale: int) -> np.ndarray:
 
 
 def save_png(image: np.ndarray, path: str | Path, text: dict[str, str] | None = None) -> Path:
-    """Write an HxWxC (C=1 or 3) uint8 array as PNG, creating the parent folder; ``text``: tEXt chunks."""
+    """Write an HxWxC (C=1 or 3) uint8 array as PNG, creating the parent folder; ``text``: tEXt chunks.
+
+    Written whole or not at all (files.atomic_write): a full disk or a vanished folder leaves no half PNG
+    and is one line naming the file (OutputError), not a traceback."""
     from PIL import Image, PngImagePlugin
 
     info = PngImagePlugin.PngInfo()
     for key, value in (text or {}).items():
         info.add_text(key, value)
+    buffer = io.BytesIO()
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, format="PNG", pnginfo=info)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path, pnginfo=info)
-    return path
+    try:
+        return atomic_write(path, buffer.getvalue())
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 # Pictures larger than this are refused from their header, before a byte of pixels is decoded: 4096x4096 takes

@@ -2,12 +2,14 @@
 
 The checks are what the write will need: a name the OS accepts (no NUL byte, components and whole path within
 the file system's limits), a parent that is (or can become) a folder, and write permission on the first folder
-that exists (``os.access`` also reports a read-only file system). They cannot rule out a disk that fills up.
+that exists, tried by creating (and removing) a hidden file there: ``os.access`` alone says yes on pseudo file
+systems such as /proc, which then refuse the file. They cannot rule out a disk that fills up.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from latent_ddpm.errors import CLIError
@@ -34,7 +36,7 @@ def check_output_dir(path: Path, flag: str) -> Path:
     if path.exists():
         if not path.is_dir():
             raise CLIError(f"{flag} {path} exists and is not a folder")
-        if not os.access(path, os.W_OK | os.X_OK):
+        if not _can_create_in(path):
             raise CLIError(f"{flag} {path} is not writable{_read_only_hint(path)}")
         return path
     _check_parent(path.parent, path, flag)
@@ -67,8 +69,18 @@ def _check_parent(parent: Path, path: Path, flag: str) -> None:
     anchor = _existing_ancestor(parent.absolute())
     if not anchor.is_dir():
         raise CLIError(f"{flag} {path}: {anchor} is a file, not a folder")
-    if not os.access(anchor, os.W_OK | os.X_OK):
+    if not _can_create_in(anchor):
         raise CLIError(f"{flag} {path}: cannot write in {anchor}{_read_only_hint(anchor)}")
+
+
+def _can_create_in(folder: Path) -> bool:
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return False
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".latent-ddpm-probe-"):
+            return True
+    except OSError:
+        return False
 
 
 def _existing_ancestor(path: Path) -> Path:

@@ -135,7 +135,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "generation parameters it carries; --bundle only if its bundle is not found by name, --init-image only "
         "if its picture moved",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_json_flag(p)
 
 

@@ -19,8 +19,10 @@ plus checkpoints/, logs/ (loss CSV and curve) and samples/ (preview grids) for p
 Checkpoints are atomic, hold tensors and JSON only (--resume never unpickles, so a run folder from
 someone else cannot run code), and --resume continues a killed run exactly where the uninterrupted run
 would be.
-The same command runs on one CPU, one GPU, or several processes:
+
+The same command runs on one CPU, one GPU, or several processes. Four GPUs:
   accelerate launch --multi_gpu --num_processes 4 -m latent_ddpm train --config digits
+Two CPU processes:
   python -m torch.distributed.run --nproc_per_node 2 -m latent_ddpm train --config digits --cpu
 """
 
@@ -37,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--config",
         default="digits",
         metavar="RECIPE",
-        help="a recipe .toml file, or the name of one shipped with the package (digits)",
+        help="a recipe .toml file, or the name of one shipped with the package: digits (grey 32x32 digits), "
+        "emoji (RGB 32x32 emoji, 9 classes) or tiny (a few-second smoke test)",
     )
     parser.add_argument(
         "--set",

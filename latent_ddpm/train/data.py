@@ -1,4 +1,4 @@
-"""Training images: the built-in digits (`mnist_5k`) or any folder of images.
+"""Training images: a data set shipped in the package (`mnist_5k` digits, `emoji_32`) or any folder of images.
 
 A folder with one sub-folder per class makes the model class-conditional (class names = folder names,
 sorted); a folder of loose images makes it unconditional. Images are fitted to the recipe's size
@@ -19,7 +19,9 @@ from latent_ddpm.train.config import DataConfig
 from latent_ddpm.train.errors import ConfigError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-BUILTIN = {"mnist_5k": [str(d) for d in range(10)]}
+# Arrays in latent_ddpm/data (`images` N x H x W [x 3] uint8, `labels`); the class names are the array's own
+# `class_names` (emoji_32, made by train/datasets/emoji.py) or, for the digits, listed here.
+BUILTIN = {"mnist_5k": [str(d) for d in range(10)], "emoji_32": None}
 
 
 @dataclass
@@ -59,9 +61,10 @@ def _load_builtin(cfg: DataConfig, seed: int) -> ImageSet:
     with resources.as_file(resources.files("latent_ddpm.data") / f"{cfg.source}.npz") as path:
         npz = np.load(path)
         raw, labels = npz["images"], npz["labels"].astype(np.int64)
+        names = BUILTIN[cfg.source] or npz["class_names"].tolist()
     keep = _subset(len(raw), cfg, seed)
     images = np.stack([_fit(Image.fromarray(im), cfg) for im in raw[keep]])
-    return ImageSet(images, labels[keep], BUILTIN[cfg.source])
+    return ImageSet(images, labels[keep], names)
 
 
 def _load_folder(cfg: DataConfig, seed: int) -> ImageSet:

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from latent_ddpm.runtime.progress import ProgressBar
 from latent_ddpm.train import checkpoint
 from latent_ddpm.train.config import OptimConfig
 from latent_ddpm.train.determinism import BatchPlan, micro_generator, seed_step
@@ -105,7 +105,7 @@ def run_stage(
         accelerator.process_index,
     )  # fmt: skip
     log = LossLog(run_dir / "logs" / f"{stage.name}_loss.csv", start) if main else None
-    bar = tqdm(total=cfg.steps, initial=start, desc=stage.name, disable=not main, dynamic_ncols=True)
+    bar = ProgressBar(total=cfg.steps, initial=start, desc=stage.name, disable=not main)
     running, t0 = None, time.perf_counter()
 
     def save(step: int) -> None:
@@ -143,7 +143,7 @@ def run_stage(
         running = value if running is None else 0.98 * running + 0.02 * value
         if main:
             log.write(done, value, lr_schedule.get_last_lr()[0], float(grad_norm))
-            bar.set_postfix(loss=f"{running:.4f}", lr=f"{lr_schedule.get_last_lr()[0]:.2e}", refresh=False)
+            bar.set_postfix(loss=f"{running:.4f}", lr=f"{lr_schedule.get_last_lr()[0]:.2e}")
             bar.update(1)
         if done % cfg.checkpoint_every == 0 or done == stop:
             save(done)
