@@ -58,46 +58,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with --address: deploy and return, leaving the application running on the cluster",
     )
-    p.add_argument(
-        "--cpus-per-replica",
-        type=float,
-        default=options.DEFAULTS["cpus_per_replica"],
-        help=options.HELP["cpus_per_replica"],
-    )
-    p.add_argument(
-        "--gpus-per-replica",
-        type=float,
-        default=options.DEFAULTS["gpus_per_replica"],
-        help=options.HELP["gpus_per_replica"],
-    )
+    _setting(p, "--cpus-per-replica", float)
+    _setting(p, "--gpus-per-replica", float)
     p.add_argument("--threads", type=int, default=None, help=options.HELP["threads"])
-    p.add_argument("--backend", default=options.DEFAULTS["backend"], help=options.HELP["backend"])
+    _setting(p, "--backend")
     p.add_argument(
         "--providers",
         default=None,
         help="comma-separated ONNX Runtime execution providers, e.g. CUDAExecutionProvider,CPUExecutionProvider",
     )
-    p.add_argument(
-        "--precision",
-        default=options.DEFAULTS["precision"],
-        choices=options.EXECUTION_PRECISIONS,
-        help=options.HELP["precision"],
-    )
-    p.add_argument(
-        "--max-images", type=int, default=options.DEFAULTS["max_images"], help=options.HELP["max_images"]
-    )
-    p.add_argument(
-        "--max-rows", type=int, default=options.DEFAULTS["max_rows"], help=options.HELP["max_rows"]
-    )
-    p.add_argument(
-        "--max-pending-images",
-        type=int,
-        default=options.DEFAULTS["max_pending_images"],
-        help=options.HELP["max_pending_images"],
-    )
-    p.add_argument(
-        "--max-queued", type=int, default=options.DEFAULTS["max_queued"], help=options.HELP["max_queued"]
-    )
+    _setting(p, "--precision", choices=options.EXECUTION_PRECISIONS)
+    for flag in ("--max-images", "--max-rows", "--max-pending-images", "--max-queued"):
+        _setting(p, flag, int)
     p.add_argument(
         "--proxy-location",
         choices=PROXY_LOCATIONS,
@@ -111,6 +83,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="without --address: port of Ray's Prometheus metrics (default: a free one, printed); on a "
         "cluster it is `ray start --metrics-export-port`",
     )
+
+
+def _setting(p: argparse.ArgumentParser, flag: str, kind: Any = None, **kwargs: Any) -> None:
+    """A flag for the ServeConfig setting of the same name, with its one default and help (serve/options.py)."""
+    key = flag.removeprefix("--").replace("-", "_")
+    p.add_argument(flag, type=kind, default=options.DEFAULTS[key], help=options.HELP[key], **kwargs)
 
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
