@@ -8,7 +8,11 @@ encoder-less cases always use factory bundles.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import inspect
+import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,7 +23,7 @@ from PIL import Image
 gr = pytest.importorskip("gradio")
 
 from latent_ddpm.demo import cli as demo_cli  # noqa: E402
-from latent_ddpm.demo.handlers import Handlers  # noqa: E402
+from latent_ddpm.demo.handlers import DECODE_CONCURRENCY, Handlers  # noqa: E402
 from latent_ddpm.demo.imaging import (  # noqa: E402
     center_digit,
     display_scale,
@@ -28,6 +32,7 @@ from latent_ddpm.demo.imaging import (  # noqa: E402
     to_model_polarity,
 )
 from latent_ddpm.demo.slerp import slerp, slerp_path  # noqa: E402
+from latent_ddpm.runtime.engine import SamplingEngine  # noqa: E402
 from latent_ddpm.runtime.pipeline import Pipeline  # noqa: E402
 
 
@@ -116,20 +121,52 @@ def test_handlers_check_every_argument_themselves(handlers: Handlers, kwargs: di
         "seed": 0,
     } | kwargs
     with pytest.raises(gr.Error, match=message):
-        handlers.generate(**call)
+        _run(handlers.generate(**call))
 
 
 def test_runtime_input_errors_become_gr_errors(tmp_path: Path) -> None:
     h = Handlers(Pipeline.from_bundle(make_bundle(tmp_path / "b", conditional=False, with_encoder=False)))
     assert h.limits.class_names == () and not h.limits.can_guide and not h.limits.has_encoder
-    gallery, _, timing = h.generate("random", 2, "ddim", TEST_STEPS, 0.0, 1.0, 0)
+    gallery, _, _, timing = _run(h.generate("random", 2, "ddim", TEST_STEPS, 0.0, 1.0, 0))
     assert len(gallery) == 2 and gallery[0][1] == "#1" and timing["guidance_scale"] == 1.0
     with pytest.raises(gr.Error, match="guidance_scale=3.0 needs classifier-free guidance"):
-        h.generate("random", 2, "ddim", TEST_STEPS, 0.0, 3.0, 0)  # the runtime's InputError, same text
+        _run(h.generate("random", 2, "ddim", TEST_STEPS, 0.0, 3.0, 0))  # the runtime's InputError, same text
     with pytest.raises(gr.Error, match="class '3' given, but this model is unconditional"):
-        h.generate("3", 2, "ddim", TEST_STEPS, 0.0, 1.0, 0)
+        _run(h.generate("3", 2, "ddim", TEST_STEPS, 0.0, 1.0, 0))
     with pytest.raises(gr.Error, match="no vae_encoder.onnx"):
-        h.img2img(np.zeros((32, 32), np.uint8), "random", 0.5, 1, TEST_STEPS, 1.0, 0)
+        _run(h.img2img(np.zeros((32, 32), np.uint8), "random", 0.5, 1, TEST_STEPS, 1.0, 0))
+    h.close()
+
+
+def test_a_full_engine_is_a_clear_error(tmp_path: Path) -> None:
+    """The engine's BusyError (it holds as many images as it may) reaches the client as a gr.Error."""
+    pipe = Pipeline.from_bundle(make_bundle(tmp_path / "b"), threads=1)
+    unet = _Held(pipe.unet)
+    pipe = Pipeline(pipe.bundle, unet, pipe.decoder, pipe.encoder, max_images=4)
+    h = Handlers(pipe, SamplingEngine(pipe, max_pending_images=4))
+    unet.go.clear()
+    running = h.engine.submit(num_images=4, steps=TEST_STEPS, seed=0)  # holds all four places
+    with pytest.raises(gr.Error, match="the sampling engine is busy: it holds 4 images"):
+        _run(h.generate("random", 1, "ddim", TEST_STEPS, 0.0, 1.0, 0))
+    unet.go.set()
+    running.result(timeout=60)
+    assert len(_run(h.generate("random", 1, "ddim", TEST_STEPS, 0.0, 1.0, 0))[0]) == 1
+    h.close()
+
+
+class _Held:
+    """The real U-Net, whose calls wait while ``go`` is clear: holds a request mid-run, without timing."""
+
+    def __init__(self, unet: Any) -> None:
+        self.unet, self.go = unet, threading.Event()
+        self.go.set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.unet, name)
+
+    def run(self, feed: Any) -> Any:
+        assert self.go.wait(60), "the test never let the U-Net go on"
+        return self.unet.run(feed)
 
 
 def test_unconditional_models_hide_class_and_guidance(tmp_path: Path) -> None:
@@ -180,11 +217,12 @@ def test_the_demo_and_the_runtime_share_one_guidance_bound(handlers: Handlers) -
     with pytest.raises(
         gr.Error, match=f"guidance scale must be a number in 0..{MAX_GUIDANCE_SCALE:g}, got {above}"
     ):
-        handlers.generate("random", 1, "ddim", TEST_STEPS, 0.0, above, 0)
+        _run(handlers.generate("random", 1, "ddim", TEST_STEPS, 0.0, above, 0))
     with pytest.raises(InputError, match=f"guidance_scale must be a number in 0..{MAX_GUIDANCE_SCALE:g}"):
         handlers.pipe.generate(steps=TEST_STEPS, guidance_scale=above, seed=0)
     if handlers.limits.can_guide:
-        assert len(handlers.generate("random", 1, "ddim", TEST_STEPS, 0.0, MAX_GUIDANCE_SCALE, 0)[0]) == 1
+        gallery = _run(handlers.generate("random", 1, "ddim", TEST_STEPS, 0.0, MAX_GUIDANCE_SCALE, 0))[0]
+        assert len(gallery) == 1
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +250,7 @@ def test_an_oversized_upload_is_refused_from_its_header(
         handlers.upload_to_input(str(bomb))
     if handlers.limits.has_encoder:
         with pytest.raises(gr.Error, match=message):
-            handlers.img2img(str(bomb), "random", 0.5, 1, TEST_STEPS, 1.0, 0)
+            _run(handlers.img2img(str(bomb), "random", 0.5, 1, TEST_STEPS, 1.0, 0))
 
 
 def test_uploads_that_are_not_pictures_are_one_clear_error(handlers: Handlers, tmp_path: Path) -> None:
@@ -224,12 +262,40 @@ def test_uploads_that_are_not_pictures_are_one_clear_error(handlers: Handlers, t
 
 
 def test_picture_handlers_are_queued_with_a_concurrency_limit(tmp_path: Path) -> None:
-    """The upload and sketch handlers ran outside the queue, so a burst decoded pictures without limit."""
+    """The upload and sketch handlers ran outside the queue, so a burst decoded pictures without limit; the
+    sampling endpoints share one limit (--concurrency), by default the engine's row budget."""
     from latent_ddpm.demo.app import build_app
 
-    app = build_app(make_bundle(tmp_path / "b"), concurrency_limit=3)
-    for fn in app.fns.values():
-        name = getattr(fn.fn, "__name__", "")
-        if name in ("upload_to_input", "sketch_to_input", "generate", "denoise", "interpolate", "img2img"):
-            assert fn.queue is not False and fn.concurrency_limit == 3, name
-    app.close()
+    limits = {}
+    for concurrency in (3, None):
+        app = build_app(make_bundle(tmp_path / f"b{concurrency}"), concurrency_limit=concurrency)
+        for fn in app.fns.values():
+            name = getattr(fn.fn, "__name__", "")
+            if name in (
+                "upload_to_input",
+                "sketch_to_input",
+                "generate",
+                "denoise",
+                "interpolate",
+                "img2img",
+            ):
+                assert fn.queue is not False, name
+                limits[concurrency, name] = fn.concurrency_limit
+        rows = app.handlers.engine.max_rows
+        app.close()
+    for name in ("generate", "denoise", "interpolate", "img2img"):
+        assert (limits[3, name], limits[None, name]) == (3, rows), name
+    for name in ("upload_to_input", "sketch_to_input"):
+        assert limits[3, name] == limits[None, name] == DECODE_CONCURRENCY, name
+
+
+def _run(call: Any) -> Any:
+    """Run a handler as Gradio does: a coroutine to its result, an async generator to its last answer."""
+
+    async def last() -> Any:
+        out = None
+        async for answer in call:
+            out = answer
+        return out
+
+    return asyncio.run(last() if inspect.isasyncgen(call) else call)

@@ -1,7 +1,8 @@
-"""The Gradio app: four tabs over one shared Pipeline, each button also a named API endpoint.
+"""The Gradio app: four tabs over one shared SamplingEngine, each button also a named API endpoint.
 
 ``build_app`` only builds; ``launch`` serves (Gradio 6 takes the theme and CSS at launch). Tests and the
-CLI both go through these two, so what the tests check is what users get.
+CLI both go through these two, so what the tests check is what users get. The app owns the engine: closing
+the app (``app.close()``) cancels what still runs and stops the engine's thread.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import warnings
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no phoning home
 
+from collections.abc import Iterator  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -20,12 +22,15 @@ import gradio as gr  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from latent_ddpm.demo.handlers import (  # noqa: E402
+    AS_DRAWN,
+    DECODE_CONCURRENCY,
     MAX_FRAMES,
     MAX_IMAGES,
     MAX_SEED,
     RANDOM_CLASS,
     SAMPLERS,
     Handlers,
+    Limits,
 )
 from latent_ddpm.demo.imaging import MAX_INPUT_PIXELS  # noqa: E402
 from latent_ddpm.runtime.limits import MAX_ETA, MAX_GUIDANCE_SCALE, MIN_GUIDANCE_SCALE  # noqa: E402
@@ -40,6 +45,7 @@ CSS = """
 .pixelated img, img.pixelated { image-rendering: pixelated; }
 #header h1 { margin-bottom: 0.2em; }
 #run-info { opacity: 0.8; font-size: 0.9em; }
+#timing { min-height: 3em; }
 """
 # System fonts only: Gradio's Default theme serves its fonts locally, but set it explicitly so that
 # nothing is fetched from a font CDN whatever the theme defaults become.
@@ -48,6 +54,25 @@ THEME = gr.themes.Soft(
     font=["ui-sans-serif", "system-ui", "Segoe UI", "Helvetica", "Arial", "sans-serif"],
     font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"],
 )
+
+
+# What each tab explains at its top.
+INTROS = {
+    "denoise": "At every step the model predicts the clean image (`pred_original_sample`); decoding those "
+    "guesses shows noise turning into a picture, live while it samples.",
+    "interpolate": "Deterministic DDIM (eta 0) from noise on the great circle between two seeds' noise "
+    "(slerp). The ends are what Generate draws from each seed with one image, DDIM and eta 0.",
+    "img2img": "Pick the brush and draw a digit (or upload a picture). It is encoded, noised to *strength* of "
+    "the schedule and denoised (SDEdit): strength 0 gives back the autoencoder's reconstruction, 1 ignores "
+    "the drawing. Class 'as drawn' keeps what the drawing looks like; a class pulls it toward that class.",
+}
+
+
+@contextlib.contextmanager
+def _tab(title: str, tab_id: str, **kwargs: Any) -> Iterator[gr.Tab]:
+    with gr.Tab(title, id=tab_id, **kwargs) as tab:
+        gr.Markdown(INTROS[tab_id])
+        yield tab
 
 
 @dataclass
@@ -61,21 +86,33 @@ class _Sampling:
     seed: gr.Number | None
 
 
+class DemoBlocks(gr.Blocks):
+    """The demo's Blocks: closing it also closes the sampling engine it owns (even if it never launched)."""
+
+    handlers: Handlers
+
+    def close(self, verbose: bool = True) -> None:
+        super().close(verbose)
+        self.handlers.close()
+
+
 def build_app(
     pipe_or_bundle_path: Pipeline | str | Path | None = None,
     *,
     backend: str = "onnxruntime",
     providers: list[str] | None = None,
     threads: int | None = None,
-    concurrency_limit: int = 2,
+    concurrency_limit: int | None = None,
     max_queue: int = 64,
-) -> gr.Blocks:
+) -> DemoBlocks:
     """A ready-to-launch app over a Pipeline, a bundle directory, or (None) the shipped digits model.
 
-    At most ``concurrency_limit`` sampling requests run at once, across all endpoints (they share the CPU
-    or GPU); up to ``max_queue`` more wait in line, and beyond that clients are told the queue is full.
-    The handlers that decode pictures (upload, sketch) are queued too, in their own group of the same size,
-    so that no burst of requests decodes more than ``concurrency_limit`` pictures at a time.
+    Every sampling request goes to one SamplingEngine, which batches all running requests into one U-Net
+    call per step within its row budget (``max_rows``) and refuses more than it may hold (BusyError, shown
+    as an error). ``concurrency_limit`` requests are let in from Gradio's queue at once, across all endpoints
+    (None: the engine's row budget, so that enough requests are in to fill a batch); up to ``max_queue``
+    more wait in Gradio's queue, and beyond that clients are told the queue is full. The handlers that decode
+    uploaded pictures run at most DECODE_CONCURRENCY at a time, whatever the burst.
     """
     # Pillow's decompression-bomb guard covers the pictures Gradio decodes itself (the sketchpad's layers):
     # Image.open refuses more than twice MAX_IMAGE_PIXELS, so that is MAX_INPUT_PIXELS everywhere. Its warning
@@ -92,23 +129,33 @@ def build_app(
     lim = h.limits
     d = pipe.bundle.defaults
     conditional = bool(lim.class_names)
-    run = {"concurrency_limit": concurrency_limit, "concurrency_id": "pipeline"}
+    if concurrency_limit is None:
+        concurrency_limit = h.engine.max_rows
+    run = {"concurrency_limit": concurrency_limit, "concurrency_id": "engine"}
     # UI helpers: instant ones run outside the queue; the ones that decode a picture wait their turn.
     private = {"queue": False, "api_visibility": "private", "show_progress": "hidden"}
     picture = {
-        "concurrency_limit": concurrency_limit,
+        "concurrency_limit": DECODE_CONCURRENCY,
         "concurrency_id": "pictures",
         "api_visibility": "private",
         "show_progress": "hidden",
     }
 
-    def class_dropdown(allow_random: bool, value: str | None = None) -> gr.Dropdown:
-        choices = ([RANDOM_CLASS] if allow_random else []) + list(lim.class_names)
+    def class_dropdown(allow_random: bool, as_drawn: bool = False) -> gr.Dropdown:
+        """``as_drawn`` (img2img, guided models): first choice, and the default, is no class at all."""
+        as_drawn = as_drawn and lim.can_guide
+        choices = [AS_DRAWN] * as_drawn + [RANDOM_CLASS] * allow_random + list(lim.class_names)
+        if as_drawn:
+            info = "'as drawn' keeps what the drawing looks like; a class pulls it toward that class"
+        elif allow_random:
+            info = "'random' draws a class per image"
+        else:
+            info = "the same class for every frame"
         return gr.Dropdown(
             choices or [RANDOM_CLASS],
-            value=value or (choices[0] if choices else RANDOM_CLASS),
+            value=choices[0] if choices else RANDOM_CLASS,
             label="Class",
-            info="'random' draws a class per image" if allow_random else "the same class for every frame",
+            info=info,
             visible=conditional,
         )
 
@@ -149,11 +196,11 @@ def build_app(
                 min_width=180,
             )
         if seed:
-            with gr.Group(), gr.Row(equal_height=True):
+            with gr.Row(equal_height=True):
                 seed_box = gr.Number(
                     0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED, scale=4, min_width=120
                 )
-                dice = gr.Button("Randomize", scale=1, min_width=100)
+                dice = gr.Button("Randomize", variant="secondary", scale=1, min_width=120)
             dice.click(h.random_seed, None, seed_box, **private)
         return _Sampling(sampler_box, steps, eta_box, guidance, seed_box)
 
@@ -168,15 +215,28 @@ def build_app(
             elem_classes="pixelated",
         )
 
+    def strip_image(label: str, elem_id: str) -> gr.Image:
+        return gr.Image(
+            label=label,
+            show_label=False,
+            format="png",
+            elem_classes="pixelated",
+            interactive=False,
+            elem_id=elem_id,
+        )
+
+    def stop_button(elem_id: str) -> gr.Button:
+        return gr.Button("Stop", variant="stop", elem_id=elem_id, min_width=100, scale=0)
+
     model = f"{pipe.bundle.name}: {_describe(pipe)}"
-    with gr.Blocks(title="latent-ddpm demo", analytics_enabled=False, delete_cache=(1800, 3600)) as app:
+    with DemoBlocks(title="latent-ddpm demo", analytics_enabled=False, delete_cache=(1800, 3600)) as app:
         gr.Markdown(
             "# latent-ddpm\nA latent diffusion model served by the torch-free NumPy runtime. "
             f"Model **{model}**, on **{pipe.backend}** ({', '.join(pipe.providers)}).",
             elem_id="header",
         )
         with gr.Tabs():
-            with gr.Tab("Generate", id="generate"):
+            with gr.Tab("Generate", id="generate") as generate_tab:
                 with gr.Row():
                     with gr.Column(scale=2, min_width=340):
                         with gr.Row():
@@ -185,28 +245,21 @@ def build_app(
                                 1, MAX_IMAGES, value=8, step=1, label="Number of images", min_width=180
                             )
                         g = sampling()
-                        g_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+                        with gr.Row():
+                            g_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+                            g_stop = stop_button("generate-stop")
                     with gr.Column(scale=3):
                         g_gallery = pixel_gallery("Samples", 4, "gallery")
                         g_grid = gr.File(label="PNG grid at model resolution", elem_id="grid-file")
 
-            with gr.Tab("Watch it denoise", id="denoise"):
-                gr.Markdown(
-                    "At every step the model predicts the clean image (`pred_original_sample`); decoding "
-                    "those guesses shows noise turning into a picture."
-                )
+            with _tab("Watch it denoise", "denoise"):
                 with gr.Row(equal_height=True):
                     w_class = class_dropdown(allow_random=True)
                     w = sampling(wide=True)
-                w_btn = gr.Button("Denoise", variant="primary", elem_id="denoise-btn")
-                w_strip = gr.Image(
-                    label="Predicted clean image along the way",
-                    show_label=False,
-                    format="png",
-                    elem_classes="pixelated",
-                    interactive=False,
-                    elem_id="denoise-strip",
-                )
+                with gr.Row():
+                    w_btn = gr.Button("Denoise", variant="primary", elem_id="denoise-btn")
+                    w_stop = stop_button("denoise-stop")
+                w_strip = strip_image("Predicted clean image along the way", "denoise-strip")
                 with gr.Row():
                     w_caption = gr.Markdown(label="Frames")
                     w_gif = gr.Image(
@@ -217,11 +270,7 @@ def build_app(
                         height=256,
                     )
 
-            with gr.Tab("Interpolate", id="interpolate"):
-                gr.Markdown(
-                    "Deterministic DDIM (eta 0) from noise on the great circle between two seeds' noise "
-                    "(slerp). The ends are what Generate draws from each seed with one image, DDIM and eta 0."
-                )
+            with _tab("Interpolate", "interpolate"):
                 with gr.Row(equal_height=True):
                     i_class = class_dropdown(allow_random=False)
                     i_seed_a = gr.Number(0, label="Seed A", precision=0, minimum=0, maximum=MAX_SEED)
@@ -229,21 +278,9 @@ def build_app(
                     i_frames = gr.Slider(2, MAX_FRAMES, value=8, step=1, label="Frames", min_width=180)
                     i = sampling(sampler=False, seed=False, wide=True)
                 i_btn = gr.Button("Interpolate", variant="primary", elem_id="interpolate-btn")
-                i_strip = gr.Image(
-                    label="Seed A → seed B",
-                    show_label=False,
-                    format="png",
-                    elem_classes="pixelated",
-                    interactive=False,
-                    elem_id="interpolate-strip",
-                )
+                i_strip = strip_image("Seed A → seed B", "interpolate-strip")
 
-            with gr.Tab("Sketch to digit", id="img2img", visible=lim.has_encoder):
-                gr.Markdown(
-                    "Pick the brush and draw a digit (or upload a picture). It is encoded, noised to "
-                    "*strength* of the schedule and denoised toward the class (SDEdit): strength 0 gives "
-                    "back the autoencoder's reconstruction, 1 ignores the drawing."
-                )
+            with _tab("Sketch to digit", "img2img", visible=lim.has_encoder):
                 with gr.Row():
                     with gr.Column(min_width=280):
                         s_sketch = gr.Sketchpad(
@@ -270,7 +307,7 @@ def build_app(
                         s_gallery = pixel_gallery("Results", 2, "img2img-gallery")
                 with gr.Accordion("Settings", open=True), gr.Row():
                     with gr.Column(min_width=300):
-                        s_class = class_dropdown(allow_random=True)
+                        s_class = class_dropdown(allow_random=True, as_drawn=True)
                         with gr.Row():
                             s_strength = gr.Slider(0.0, 1.0, value=0.6, step=0.05, label="Strength")
                             s_variations = gr.Slider(1, 16, value=4, step=1, label="Variations")
@@ -278,31 +315,41 @@ def build_app(
                         s = sampling(sampler=False)
 
         with gr.Accordion("Timing of the last run", open=True):
-            timing = gr.JSON(label="Timing", elem_id="timing")
+            timing = gr.Markdown("Nothing run yet.", label="Timing", elem_id="timing")
+            with gr.Accordion("Details", open=False):
+                details = gr.JSON(label="Run details", elem_id="details")
         gr.Markdown(
             "Every button is also an API endpoint (`/generate`, `/denoise`, `/interpolate`, `/img2img`): "
             "see *Use via API* at the bottom of the page and `docs/demo.md`.",
             elem_id="run-info",
         )
 
-        g_btn.click(
-            h.generate,
-            [g_class, g_num, g.sampler, g.steps, g.eta, g.guidance, g.seed],
-            [g_gallery, g_grid, timing],
-            api_name="generate",
-            **run,
+        g_inputs = [g_class, g_num, g.sampler, g.steps, g.eta, g.guidance, g.seed]
+        with generate_tab:
+            gr.Examples(
+                _examples(lim),
+                g_inputs,
+                label="Try these settings",
+                example_labels=["DDIM 50, guided", "one class, DPM-Solver++ 20", "DDPM 1000, as trained"],
+                api_visibility="private",
+            )
+        generating = g_btn.click(
+            h.generate, g_inputs, [g_gallery, g_grid, timing, details], api_name="generate", **run
         )
-        w_btn.click(
+        denoising = w_btn.click(
             h.denoise,
             [w_class, w.sampler, w.steps, w.eta, w.guidance, w.seed],
-            [w_strip, w_gif, w_caption, timing],
+            [w_strip, w_gif, w_caption, timing, details],
             api_name="denoise",
             **run,
         )
+        # Cancelling the handler cancels its engine request: its rows leave the batch at the next step.
+        g_stop.click(None, None, None, cancels=[generating], queue=False, api_visibility="private")
+        w_stop.click(None, None, None, cancels=[denoising], queue=False, api_visibility="private")
         i_btn.click(
             h.interpolate,
             [i_class, i_seed_a, i_seed_b, i_frames, i.steps, i.guidance],
-            [i_strip, timing],
+            [i_strip, timing, details],
             api_name="interpolate",
             **run,
         )
@@ -312,7 +359,7 @@ def build_app(
         s_btn.click(
             h.img2img,
             [s_input, s_class, s_strength, s_variations, s.steps, s.guidance, s.seed],
-            [s_gallery, timing],
+            [s_gallery, timing, details],
             api_name="img2img",
             preprocess=False,
             **run,
@@ -320,6 +367,7 @@ def build_app(
         s_sketch.change(h.sketch_to_input, s_sketch, s_input, **picture)
         s_input.upload(h.upload_to_input, s_input, s_input, preprocess=False, **picture)
 
+    app.handlers = h
     app.queue(max_size=max_queue, default_concurrency_limit=concurrency_limit)
     return app
 
@@ -341,3 +389,19 @@ def _describe(pipe: Pipeline) -> str:
     ic, ih, iw = b.image_shape
     kind = f"{len(b.conditioning.class_names)} classes" if b.conditioning else "unconditional"
     return f"{ih}x{iw}x{ic} images from {c}x{h}x{w} latents, {kind}, {b.prediction_type} prediction"
+
+
+def _examples(lim: Limits) -> list[list[Any]]:
+    """Settings worth trying on any bundle: the bundle's classes (or random), guidance where it exists."""
+    names = lim.class_names or (RANDOM_CLASS,)
+
+    def pick(i: int) -> str:
+        return names[i % len(names)]
+
+    guide = lim.can_guide
+    steps = [min(s, lim.max_steps) for s in (50, 20, 1000)]
+    return [
+        [RANDOM_CLASS, 16, "ddim", steps[0], 0.0, 3.0 if guide else 1.0, 42],
+        [pick(7), 8, "dpmsolver++", steps[1], 0.0, 2.0 if guide else 1.0, 7],
+        [pick(3), 8, "ddpm", steps[2], 0.0, 1.5 if guide else 1.0, 1],
+    ]

@@ -41,10 +41,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--share", action="store_true", help="also open a public *.gradio.live link (needs the internet)"
     )
     p.add_argument(
-        "--concurrency", type=int, default=2, help="sampling requests that may run at the same time"
+        "--concurrency",
+        type=int,
+        default=None,
+        help="requests let in from the web queue at once, across all tabs; the sampling engine batches them "
+        "into one U-Net call per step within its row budget. None = the row budget (64)",
     )
     p.add_argument(
-        "--max-queue", type=int, default=64, help="requests that may wait; more are refused as 'queue full'"
+        "--max-queue",
+        type=int,
+        default=64,
+        help="requests that may wait beyond --concurrency; more are refused as 'queue full'",
     )
 
 
@@ -105,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     check_threads(args.threads, "--threads")
     if not 1 <= args.port <= 65535:
         raise CLIError(f"--port must be in 1..65535, got {args.port}")
-    if args.concurrency < 1 or args.max_queue < 1:
+    if (args.concurrency is not None and args.concurrency < 1) or args.max_queue < 1:
         raise CLIError(
             f"--concurrency and --max-queue must be >= 1, got {args.concurrency} and {args.max_queue}"
         )
@@ -125,5 +132,8 @@ def run(args: argparse.Namespace) -> int:
         concurrency_limit=args.concurrency,
         max_queue=args.max_queue,
     )
-    launch(app, host=args.host, port=args.port, share=args.share)
+    try:
+        launch(app, host=args.host, port=args.port, share=args.share)
+    finally:
+        app.close()  # and the sampling engine: requests still running are cancelled
     return 0

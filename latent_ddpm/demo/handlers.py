@@ -1,23 +1,28 @@
-"""What each button of the demo does: check the inputs, run the shared Pipeline, shape the outputs.
+"""What each button of the demo does: check the inputs, submit to the shared SamplingEngine, shape the outputs.
 
 Every handler is also a public API endpoint, so it checks its arguments itself (a client can send anything,
-not just what the sliders allow) and turns the runtime's user-facing errors into ``gr.Error`` with the same
-message. The Pipeline is re-entrant (each call builds its own scheduler and RNG; ONNX Runtime sessions
-may be run from several threads), so one instance serves every request.
+not just what the sliders allow) and turns the runtime's user-facing errors (a refused argument, the engine's
+BusyError) into ``gr.Error`` with the same message. Every sampling request goes to one ``SamplingEngine``,
+which batches the requests of all users into one U-Net call per step; the handlers are async generators that
+stream the engine's decoded previews while it samples. When Gradio cancels a handler (the Stop button, a
+client's ``Job.cancel()``, a closed page) the engine request is cancelled with it, so its rows leave the batch.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import math
 import numbers
 import secrets
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,9 +41,12 @@ from latent_ddpm.demo.imaging import (
 )
 from latent_ddpm.demo.slerp import slerp_path
 from latent_ddpm.errors import LatentDDPMError
+from latent_ddpm.runtime.engine import SamplingEngine
+from latent_ddpm.runtime.handles import Progress, RequestHandle
 from latent_ddpm.runtime.images import make_grid, save_png
 from latent_ddpm.runtime.limits import MAX_ETA, MAX_GUIDANCE_SCALE, MIN_GUIDANCE_SCALE
 from latent_ddpm.runtime.pipeline import GenerationResult, Pipeline
+from latent_ddpm.runtime.results import Preview
 
 SAMPLERS = [("DDIM", "ddim"), ("DDPM", "ddpm"), ("DPM-Solver++", "dpmsolver++")]
 RANDOM_CLASS = "random"
@@ -48,6 +56,11 @@ MAX_SEED = 2**31 - 1
 MAX_FRAMES = 16  # images in an interpolation strip
 DENOISE_STRIP_FRAMES = 8  # pictures in the "watch it denoise" strip (the GIF shows up to 60 steps)
 DENOISE_GIF_FRAMES = 60
+GENERATE_PREVIEWS = 8  # decoded x0 predictions streamed into Generate's gallery while it samples
+# Uploaded pictures decoded at once (each up to MAX_INPUT_PIXELS before it is shrunk): the engine bounds the
+# sampling work, this bounds the memory a burst of uploads takes.
+DECODE_CONCURRENCY = 2
+AS_DRAWN = "as drawn"  # img2img without a class: the model's unconditional prediction (guidance 0)
 
 
 @dataclass(frozen=True)
@@ -133,16 +146,25 @@ def check_float(name: str, value: Any, low: float, high: float) -> float:
 
 
 class Handlers:
-    """One method per endpoint; ``progress`` is filled in by Gradio from the runtime's step callback."""
+    """One method per endpoint, over one model's Pipeline and the SamplingEngine all its requests go through.
 
-    def __init__(self, pipe: Pipeline) -> None:
+    The engine is this object's: ``close()`` cancels what is still running and stops its thread. ``progress``
+    is filled in by Gradio and follows the engine's per-step events.
+    """
+
+    def __init__(self, pipe: Pipeline, engine: SamplingEngine | None = None) -> None:
         self.pipe = pipe
+        self.engine = SamplingEngine(pipe) if engine is None else engine
         self.limits = Limits.of(pipe)
         self.scratch = Scratch()
+        self._decoding = threading.BoundedSemaphore(DECODE_CONCURRENCY)
+
+    def close(self) -> None:
+        self.engine.close(cancel=True)
 
     # ------------------------------------------------------------------ endpoints
 
-    def generate(
+    async def generate(
         self,
         class_name: str | None,
         num_images: float,
@@ -152,25 +174,33 @@ class Handlers:
         guidance_scale: float,
         seed: float | None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's documented injection idiom
-    ) -> tuple[list[tuple[str, str]], str, dict[str, Any]]:
-        """Sample images from noise; returns (gallery, path of the PNG grid, timing)."""
+    ) -> AsyncIterator[tuple[list[tuple[str, str]], str | None, str, dict[str, Any] | None]]:
+        """Sample images from noise. Yields (gallery, PNG grid path, timing text, run details): first the
+        decoded previews of the predicted clean images while sampling runs, then the images."""
         n = check_int("number of images", num_images, 1, MAX_IMAGES)
         args = self._sampling(sampler, steps, eta, guidance_scale, seed)
-        with user_errors():
-            result = self.pipe.generate(
-                num_images=n,
-                class_labels=self._class(class_name, allow_random=True),
-                callback=self._progress(progress, args["steps"]),
-                **args,
-            )
-        gallery = self._gallery(result)
+        total = args["steps"]
+        handle = self._submit(
+            self.engine.submit,
+            num_images=n,
+            class_labels=self._class(class_name, allow_random=True),
+            preview_steps=_evenly_spaced(total, GENERATE_PREVIEWS + 1)[:-1],  # the last: the images follow
+            **args,
+        )
+        with _cancelled_on_exit(handle):
+            async for preview in _follow(handle, progress):
+                caption = f"step {preview.step_index + 1}/{total}"
+                gallery = await asyncio.to_thread(self._gallery, preview.images, [caption] * n)
+                yield gallery, None, f"Denoising… {caption} (previews of the predicted clean images)", None
+            result = _result(handle)
+        gallery = await asyncio.to_thread(self._gallery, result.images, self._captions(result))
         grid_path = self.scratch.path(
             f"latent-ddpm_seed{result.seed}_{result.sampler}_{result.steps}steps.png"
         )
-        save_png(make_grid(result.images, nrow=min(n, 8)), grid_path)
-        return gallery, str(grid_path), self._timing(result)
+        await asyncio.to_thread(save_png, make_grid(result.images, nrow=min(n, 8)), grid_path)
+        yield gallery, str(grid_path), self._timing_text(result), self._timing(result)
 
-    def denoise(
+    async def denoise(
         self,
         class_name: str | None,
         sampler: str,
@@ -179,41 +209,64 @@ class Handlers:
         guidance_scale: float,
         seed: float | None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008
-    ) -> tuple[str, str, str, dict[str, Any]]:
+    ) -> AsyncIterator[tuple[str, str | None, str, str, dict[str, Any] | None]]:
         """One image, showing the model's guess of the clean image as the noise is removed.
 
-        Returns (strip of DENOISE_STRIP_FRAMES pictures, path of an animated GIF, strip caption, timing).
+        Yields (strip of up to DENOISE_STRIP_FRAMES pictures, path of an animated GIF, strip caption, timing
+        text, run details); the strip grows while sampling runs, the GIF comes with the last answer.
         """
         args = self._sampling(sampler, steps, eta, guidance_scale, seed)
         n_steps = args["steps"]
         gif_steps = _evenly_spaced(n_steps, DENOISE_GIF_FRAMES)
-        latents = self._initial_latents(args["seed"])
-        with user_errors():
-            result = self.pipe.generate(
-                latents=latents,
-                class_labels=self._class(class_name, allow_random=True),
-                callback=self._progress(progress, n_steps),
-                preview_steps=gif_steps,
-                **args,
-            )
-            noise = self.pipe.decode(latents)
-        previews = {p.step_index: p for p in result.previews}
-        frames = [noise[0]] + [previews[i].images[0] for i in gif_steps] + [result.images[0]]
-        gif_path = save_gif(
-            [for_display(f) for f in frames], self.scratch.path(f"denoise_seed{result.seed}.gif")
-        )
         strip_steps = [gif_steps[k] for k in _evenly_spaced(len(gif_steps), DENOISE_STRIP_FRAMES)]
-        picture = strip(
-            np.stack([noise[0]] + [previews[i].images[0] for i in strip_steps] + [result.images[0]])
+        latents = self._initial_latents(args["seed"])
+        handle = self._submit(
+            self.engine.submit,
+            latents=latents,
+            class_labels=self._class(class_name, allow_random=True),
+            preview_steps=gif_steps,
+            **args,
         )
-        caption = " → ".join(
-            ["noise"]
-            + [f"step {i + 1}/{n_steps} (t={previews[i].timestep})" for i in strip_steps]
-            + ["decoded result"]
-        )
-        return self.scratch.png(for_display(picture)), str(gif_path), caption, self._timing(result)
+        previews: dict[int, Preview] = {}
 
-    def interpolate(
+        def caption(shown: list[int], done: bool) -> str:
+            parts = ["noise"] + [f"step {i + 1}/{n_steps} (t={previews[i].timestep})" for i in shown]
+            return " → ".join(parts + ["decoded result"] if done else parts)
+
+        with _cancelled_on_exit(handle):
+            with user_errors():
+                noise = (await asyncio.to_thread(self.pipe.decode, latents))[0]
+            async for preview in _follow(handle, progress):
+                previews[preview.step_index] = preview
+                if preview.step_index in strip_steps:
+                    shown = [i for i in strip_steps if i in previews]
+                    frames = np.stack([noise] + [previews[i].images[0] for i in shown])
+                    picture = await asyncio.to_thread(self._strip_png, frames)
+                    yield (
+                        picture,
+                        None,
+                        caption(shown, False),
+                        f"Denoising… step {preview.step_index + 1}/{n_steps}",
+                        None,
+                    )
+            result = _result(handle)
+        frames = [noise] + [previews[i].images[0] for i in gif_steps] + [result.images[0]]
+        gif_path = await asyncio.to_thread(
+            save_gif, [for_display(f) for f in frames], self.scratch.path(f"denoise_seed{result.seed}.gif")
+        )
+        picture = await asyncio.to_thread(
+            self._strip_png,
+            np.stack([noise] + [previews[i].images[0] for i in strip_steps] + [result.images[0]]),
+        )
+        yield (
+            picture,
+            str(gif_path),
+            caption(strip_steps, True),
+            self._timing_text(result),
+            self._timing(result),
+        )
+
+    async def interpolate(
         self,
         class_name: str | None,
         seed_a: float,
@@ -222,10 +275,11 @@ class Handlers:
         steps: float,
         guidance_scale: float,
         progress: gr.Progress = gr.Progress(),  # noqa: B008
-    ) -> tuple[str, dict[str, Any]]:
+    ) -> tuple[str, str, dict[str, Any]]:
         """Walk the great circle between two seeds' noise with deterministic DDIM (eta 0); one class for all.
 
         The ends are exactly what Generate makes from those seeds with one image, DDIM and eta 0.
+        Returns (strip, timing text, run details).
         """
         a = check_int("seed A", seed_a, 0, MAX_SEED)
         b = check_int("seed B", seed_b, 0, MAX_SEED)
@@ -233,16 +287,12 @@ class Handlers:
         args = self._sampling("ddim", steps, 0.0, guidance_scale, a)
         label = self._class(class_name, allow_random=False)
         latents = slerp_path(self._initial_latents(a)[0], self._initial_latents(b)[0], n)
-        with user_errors():
-            result = self.pipe.generate(
-                latents=latents,
-                class_labels=label,
-                callback=self._progress(progress, args["steps"]),
-                **args,
-            )
-        return self.scratch.png(for_display(strip(result.images))), self._timing(result)
+        handle = self._submit(self.engine.submit, latents=latents, class_labels=label, **args)
+        result = await _finish(handle, progress)
+        picture = await asyncio.to_thread(self._strip_png, result.images)
+        return picture, self._timing_text(result), self._timing(result)
 
-    def img2img(
+    async def img2img(
         self,
         image: str | dict[str, Any] | None,
         class_name: str | None,
@@ -252,11 +302,13 @@ class Handlers:
         guidance_scale: float,
         seed: float | None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008
-    ) -> tuple[list[tuple[str, str]], dict[str, Any]]:
+    ) -> tuple[list[tuple[str, str]], str, dict[str, Any]]:
         """SDEdit: noise the picture to ``strength`` of the schedule, then denoise it toward the class.
 
         ``image`` is the uploaded file (its path, or Gradio's file record): every other value is checked, then
         the picture's size is read from its header, and only then is it decoded (``open_picture``).
+        ``class_name`` AS_DRAWN denoises without a class (guidance 0: the model's unconditional prediction),
+        so the result keeps whatever the drawing looks like. Returns (gallery, timing text, run details).
         """
         if not self.limits.has_encoder:
             raise gr.Error(
@@ -269,17 +321,18 @@ class Handlers:
         s = check_float("strength", strength, 0.0, 1.0)
         n = check_int("number of variations", variations, 1, MAX_IMAGES)
         args = self._sampling(None, steps, None, guidance_scale, seed)
-        label = self._class(class_name, allow_random=True)
-        with user_errors():
-            picture = self.model_input(open_picture(image))
-            result = self.pipe.img2img(
-                [picture] * n,
-                strength=s,
-                class_labels=label,
-                callback=self._progress(progress, max(int(args["steps"] * s), 1)),
-                **args,
-            )
-        return self._gallery(result), self._timing(result)
+        if class_name == AS_DRAWN and self.limits.can_guide:
+            label: str | None = self.limits.class_names[0]  # any class: guidance 0 ignores it
+            args["guidance_scale"] = 0.0
+        else:
+            label = self._class(class_name, allow_random=True)
+        picture = await asyncio.to_thread(self._decoded_input, image)
+        handle = await asyncio.to_thread(
+            self._submit, self.engine.submit_img2img, [picture] * n, strength=s, class_labels=label, **args
+        )
+        result = await _finish(handle, progress)
+        gallery = await asyncio.to_thread(self._gallery, result.images, self._captions(result))
+        return gallery, self._timing_text(result), self._timing(result)
 
     # ------------------------------------------------------------------ UI helpers (not API endpoints)
 
@@ -365,31 +418,37 @@ class Handlers:
         c, h, w = self.pipe.bundle.latent_shape
         return np.random.default_rng(seed).standard_normal((1, c, h, w), dtype=np.float32)
 
-    def _gallery(self, result: GenerationResult) -> list[tuple[str, str]]:
-        """(path of the upscaled PNG, caption naming the class) for each image."""
-        names = self.limits.class_names
+    def _submit(self, submit: Callable[..., RequestHandle], *args: Any, **kwargs: Any) -> RequestHandle:
+        """Queue a request: the runtime's checks and a full engine (BusyError) become a gr.Error."""
+        with user_errors():
+            return submit(*args, **kwargs)
+
+    def _decoded_input(self, path: str) -> np.ndarray:
+        """The uploaded picture as img2img's input, decoded at most DECODE_CONCURRENCY at a time."""
+        with self._decoding, user_errors():
+            return self.model_input(open_picture(path))
+
+    def _gallery(self, images: np.ndarray, captions: list[str]) -> list[tuple[str, str]]:
+        """(path of the upscaled PNG, caption) for each image."""
+        return [(self.scratch.png(for_display(img)), c) for img, c in zip(images, captions, strict=True)]
+
+    def _captions(self, result: GenerationResult) -> list[str]:
+        """Each image's class, or its number where it has none (unconditional, or img2img 'as drawn')."""
         labels = result.class_labels
-        return [
-            (
-                self.scratch.png(for_display(img)),
-                f"#{i + 1}" if labels is None else f"class {names[int(labels[i])]}",
-            )
-            for i, img in enumerate(result.images)
-        ]
+        if labels is None or result.guidance_scale == 0.0:
+            return [f"#{i + 1}" for i in range(len(result.images))]
+        return [f"class {self.limits.class_names[int(label)]}" for label in labels]
 
-    @staticmethod
-    def _progress(progress: gr.Progress, total: int):
-        def callback(step_index: int, timestep: int, latents: np.ndarray) -> None:
-            progress((step_index + 1, total), desc="denoising", unit="steps")
-
-        progress((0, total), desc="denoising", unit="steps")
-        return callback
+    def _strip_png(self, frames: np.ndarray) -> str:
+        return self.scratch.png(for_display(strip(frames)))
 
     def _timing(self, result: GenerationResult) -> dict[str, Any]:
+        """The run's numbers for API clients (the page shows ``_timing_text``)."""
         t = result.timings
         n = len(result.images)
         return {
             "total_s": round(t.total_s, 4),
+            "queue_s": round(t.queue_s, 4),
             "per_step_ms": round(t.per_step_ms, 3),
             "images_per_s": round(n / t.total_s, 2) if t.total_s > 0 else None,
             "images": n,
@@ -403,6 +462,61 @@ class Handlers:
             "backend": self.pipe.backend,
             "providers": self.pipe.providers,
         }
+
+    def _timing_text(self, result: GenerationResult) -> str:
+        """The run in two readable lines of Markdown: what it made and how fast, then where the time went."""
+        t = result.timings
+        n = len(result.images)
+        rate = f" ({n / t.total_s:.1f} images/s)" if t.total_s > 0 else ""
+        sampler = dict((v, k) for k, v in SAMPLERS).get(result.sampler, result.sampler)
+        made = f"**{n} image{'s' if n != 1 else ''} in {t.total_s:.2f} s**{rate}"
+        how = f"{sampler}, {t.steps} steps, guidance {result.guidance_scale:g}, seed {result.seed}"
+        parts = [f"{t.per_step_ms:.1f} ms per step", f"U-Net {t.unet_s:.2f} s", f"decode {t.decode_s:.2f} s"]
+        if t.encode_s > 0:
+            parts.append(f"encode {t.encode_s:.2f} s")
+        if t.queue_s >= 0.005:
+            parts.append(f"waited {t.queue_s:.2f} s for a place in the batch")
+        where = f"{self.pipe.backend} ({', '.join(self.pipe.providers)})"
+        return f"{made} · {how}  \n{' · '.join(parts)} · on {where}"
+
+
+@contextlib.contextmanager
+def _cancelled_on_exit(handle: RequestHandle) -> Iterator[None]:
+    """Cancel the engine request when the handler stops early (Gradio cancelled it, or it failed): its rows
+    leave the batch at the next step. Once the request has finished this does nothing."""
+    try:
+        yield
+    finally:
+        handle.cancel()
+
+
+async def _follow(handle: RequestHandle, progress: gr.Progress) -> AsyncIterator[Preview]:
+    """The request's previews as the engine decodes them; its step events drive the progress bar."""
+    progress((0, 1), desc="waiting for a place in the batch")
+    async for event in handle:
+        if isinstance(event, Progress):
+            progress((event.done, event.total), desc="denoising", unit="steps")
+        elif isinstance(event, Preview):
+            yield event
+
+
+async def _finish(handle: RequestHandle, progress: gr.Progress) -> GenerationResult:
+    """Wait for a request without previews; cancelled with its handler."""
+    with _cancelled_on_exit(handle):
+        async for _ in _follow(handle, progress):
+            pass
+        return _result(handle)
+
+
+def _result(handle: RequestHandle) -> GenerationResult:
+    """A finished request's result; its failure (e.g. NaN in its rows) as a gr.Error with the same message."""
+    with user_errors():
+        try:
+            return handle.result()
+        except concurrent.futures.CancelledError:
+            raise gr.Error(
+                "the request was cancelled (the server is shutting down)", print_exception=False
+            ) from None
 
 
 def _file_path(upload: str | dict[str, Any] | None) -> str | None:
