@@ -48,27 +48,36 @@ def free_port() -> int:
 class LiveDemo:
     url: str
     pipe: Pipeline
-    app: DemoBlocks  # app.handlers.engine: the SamplingEngine every request goes through
+    app: DemoBlocks  # app.handlers.model.engine: the SamplingEngine every request goes through
 
 
 @contextlib.contextmanager
 def live_demo(bundle: Path, threads: int = 1) -> Iterator[LiveDemo]:
     """The demo app served on 127.0.0.1 from this process, closed on exit."""
-    from latent_ddpm.demo.app import build_app, launch
+    from latent_ddpm.demo.app import build_app
 
     pipe = Pipeline.from_bundle(bundle, threads=threads)
     app = build_app(pipe)
+    with serving(app) as url:
+        yield LiveDemo(url, pipe, app)
+
+
+@contextlib.contextmanager
+def serving(app: DemoBlocks) -> Iterator[str]:
+    """``app`` served on 127.0.0.1 from this process (its URL), closed on exit with its engines."""
+    from latent_ddpm.demo.app import launch
+
     port = free_port()
-    launch(app, port=port, prevent_thread_lock=True, quiet=True)
     try:
-        yield LiveDemo(f"http://127.0.0.1:{port}/", pipe, app)
+        launch(app, port=port, prevent_thread_lock=True, quiet=True)
+        yield f"http://127.0.0.1:{port}/"
     finally:
         app.close()
 
 
 def record_requests(demo: LiveDemo, monkeypatch: pytest.MonkeyPatch) -> list[RequestHandle]:
     """Every request the demo submits to its (real) SamplingEngine from now on, in order."""
-    engine = demo.app.handlers.engine
+    engine = demo.app.handlers.model.engine
     handles: list[RequestHandle] = []
     submit = engine.submit
 

@@ -7,6 +7,8 @@ tiny factory bundle from ``tests/bundle_factory.py`` (see ``tests/demo_server.py
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -265,17 +267,34 @@ def engine_handles(demo: LiveDemo, monkeypatch: pytest.MonkeyPatch) -> list[Requ
 
 
 def test_generate_under_concurrent_load_gives_each_seed_its_image_alone(
-    client: Client, demo: LiveDemo
+    client: Client,
+    demo: LiveDemo,
+    engine_handles: list[RequestHandle],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Eight clients at once share the engine's U-Net calls; each still gets exactly its images alone."""
-    engine = demo.app.handlers.engine
-    calls = [(seed, ("ddim", "ddpm", "dpmsolver++")[seed % 3]) for seed in range(8)]
+    """Six clients at once share the engine's U-Net calls; each still gets exactly its images alone.
+
+    The engine's U-Net calls wait until all six requests are in the engine, so that they do share calls
+    however loaded the machine is (no timing involved)."""
+    engine = demo.app.handlers.model.engine
+    calls = [(seed, ("ddim", "ddpm", "dpmsolver++")[seed % 3]) for seed in range(6)]
+    all_in = threading.Event()
+    unet_run = demo.pipe.unet.run
+
+    def held(feed):
+        assert all_in.wait(120), "the requests never all reached the engine"
+        return unet_run(feed)
 
     def args(seed: int, sampler: str) -> tuple:
-        return (_class(demo, seed), 2, sampler, 20, 0.5, _guidance(demo), seed)
+        return (_class(demo, seed), 2, sampler, 10, 0.5, _guidance(demo), seed)
 
+    monkeypatch.setattr(demo.pipe.unet, "run", held)
     before = engine.stats
     jobs = [client.submit(*args(seed, sampler), api_name="/generate") for seed, sampler in calls]
+    while len(engine_handles) < len(calls):
+        assert not any(job.done() for job in jobs), [job.result() for job in jobs if job.done()]
+        time.sleep(0.05)
+    all_in.set()
     together = [job.result(timeout=300) for job in jobs]
     after = engine.stats
     rows = (after.unet_rows - before.unet_rows) / (after.unet_calls - before.unet_calls)
@@ -286,6 +305,23 @@ def test_generate_under_concurrent_load_gives_each_seed_its_image_alone(
         assert shared[3]["seed"] == alone[3]["seed"] == seed
         for a, b in zip(shared[0], alone[0], strict=True):
             assert np.array_equal(_load(a["image"]), _load(b["image"])), (seed, sampler)
+
+
+def test_img2img_as_drawn_is_unconditional(client: Client, demo: LiveDemo, tmp_path: Path) -> None:
+    """The sketch tab's default class: no class, i.e. guidance 0 (the null class's prediction alone)."""
+    if not demo.pipe.bundle.has_encoder or _guidance(demo) == 1.0:
+        pytest.skip("needs a guided bundle with a vae_encoder.onnx")
+    _, h, w = demo.pipe.bundle.image_shape
+    x, path = _digit(tmp_path, h, w)
+    gallery, _, details = client.predict(
+        handle_file(path), "as drawn", 0.6, 2, TEST_STEPS, 3.0, 5, api_name="/img2img"
+    )
+    expected = demo.pipe.img2img(
+        [x, x], strength=0.6, steps=TEST_STEPS, seed=5, class_labels=0, guidance_scale=0.0
+    )
+    assert details["guidance_scale"] == 0.0 and [g["caption"] for g in gallery] == ["#1", "#2"]
+    for item, image in zip(gallery, expected.images, strict=True):
+        assert np.array_equal(_model_pixels(item["image"], demo).reshape(image.shape), image)
 
 
 def test_generate_streams_previews_before_the_images(client: Client, demo: LiveDemo) -> None:

@@ -31,6 +31,7 @@ from latent_ddpm.demo.imaging import (  # noqa: E402
     strip,
     to_model_polarity,
 )
+from latent_ddpm.demo.models import LocalModel  # noqa: E402
 from latent_ddpm.demo.slerp import slerp, slerp_path  # noqa: E402
 from latent_ddpm.runtime.engine import SamplingEngine  # noqa: E402
 from latent_ddpm.runtime.pipeline import Pipeline  # noqa: E402
@@ -88,7 +89,7 @@ def test_sketch_becomes_a_white_on_black_model_input(handlers: Handlers) -> None
     composite = np.full((280, 280, 3), 255, np.uint8)  # Gradio flattens the sketch on white
     composite[60:220, 130:150] = 0
     shown = np.asarray(Image.open(handlers.sketch_to_input({"layers": [], "composite": composite})))
-    _, h, w = handlers.pipe.bundle.image_shape
+    _, h, w = handlers.model.pipe.bundle.image_shape
     s = display_scale(h)
     assert shown.shape == (h * s, w * s)
     assert shown[0, 0] == 0 and shown[h * s // 2, w * s // 2] == 255
@@ -126,7 +127,9 @@ def test_handlers_check_every_argument_themselves(handlers: Handlers, kwargs: di
 
 def test_runtime_input_errors_become_gr_errors(tmp_path: Path) -> None:
     h = Handlers(Pipeline.from_bundle(make_bundle(tmp_path / "b", conditional=False, with_encoder=False)))
-    assert h.limits.class_names == () and not h.limits.can_guide and not h.limits.has_encoder
+    assert (
+        h.model.limits.class_names == () and not h.model.limits.can_guide and not h.model.limits.has_encoder
+    )
     gallery, _, _, timing = _run(h.generate("random", 2, "ddim", TEST_STEPS, 0.0, 1.0, 0))
     assert len(gallery) == 2 and gallery[0][1] == "#1" and timing["guidance_scale"] == 1.0
     with pytest.raises(gr.Error, match="guidance_scale=3.0 needs classifier-free guidance"):
@@ -143,9 +146,9 @@ def test_a_full_engine_is_a_clear_error(tmp_path: Path) -> None:
     pipe = Pipeline.from_bundle(make_bundle(tmp_path / "b"), threads=1)
     unet = _Held(pipe.unet)
     pipe = Pipeline(pipe.bundle, unet, pipe.decoder, pipe.encoder, max_images=4)
-    h = Handlers(pipe, SamplingEngine(pipe, max_pending_images=4))
+    h = Handlers(LocalModel(pipe, SamplingEngine(pipe, max_pending_images=4)))
     unet.go.clear()
-    running = h.engine.submit(num_images=4, steps=TEST_STEPS, seed=0)  # holds all four places
+    running = h.model.engine.submit(num_images=4, steps=TEST_STEPS, seed=0)  # holds all four places
     with pytest.raises(gr.Error, match="the sampling engine is busy: it holds 4 images"):
         _run(h.generate("random", 1, "ddim", TEST_STEPS, 0.0, 1.0, 0))
     unet.go.set()
@@ -183,18 +186,23 @@ def test_unconditional_models_hide_class_and_guidance(tmp_path: Path) -> None:
     app.close()
 
 
-def _args(**kw) -> argparse.Namespace:
+def test_cli_models_come_from_flags_then_environment_then_shipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first is the default; every shipped model is offered too, once."""
+    from latent_ddpm.runtime.shipped import shipped_models
+
+    others = [name for name in shipped_models() if name != "digits"]
     p = argparse.ArgumentParser()
     demo_cli.add_arguments(p)
-    return p.parse_args([f"--{k}={v}" for k, v in kw.items()])
-
-
-def test_cli_bundle_comes_from_flag_then_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(demo_cli.BUNDLE_ENV, raising=False)
-    assert demo_cli.bundle_path(_args()) is None  # the shipped model
+    assert demo_cli.bundle_sources(p.parse_args([])) == ["digits", *others]
     monkeypatch.setenv(demo_cli.BUNDLE_ENV, "/srv/bundles/digits")
-    assert demo_cli.bundle_path(_args()) == Path("/srv/bundles/digits")
-    assert demo_cli.bundle_path(_args(bundle="/tmp/mine")) == Path("/tmp/mine")
+    assert demo_cli.bundle_sources(p.parse_args([])) == ["/srv/bundles/digits", "digits", *others]
+    args = p.parse_args(["--bundle", "/tmp/mine", "--bundle", "digits"])
+    assert demo_cli.bundle_sources(args) == ["/tmp/mine", "digits", *others]
+    assert demo_cli.bundle_sources(p.parse_args(["--bundle", str(shipped_models()["digits"])])) == [
+        str(shipped_models()["digits"]),
+        *others,
+    ]
 
 
 def test_cli_refuses_bad_flags_and_bundles_in_one_line(
@@ -219,8 +227,8 @@ def test_the_demo_and_the_runtime_share_one_guidance_bound(handlers: Handlers) -
     ):
         _run(handlers.generate("random", 1, "ddim", TEST_STEPS, 0.0, above, 0))
     with pytest.raises(InputError, match=f"guidance_scale must be a number in 0..{MAX_GUIDANCE_SCALE:g}"):
-        handlers.pipe.generate(steps=TEST_STEPS, guidance_scale=above, seed=0)
-    if handlers.limits.can_guide:
+        handlers.model.pipe.generate(steps=TEST_STEPS, guidance_scale=above, seed=0)
+    if handlers.model.limits.can_guide:
         gallery = _run(handlers.generate("random", 1, "ddim", TEST_STEPS, 0.0, MAX_GUIDANCE_SCALE, 0))[0]
         assert len(gallery) == 1
 
@@ -248,7 +256,7 @@ def test_an_oversized_upload_is_refused_from_its_header(
     message = r"the image has 169\.0 megapixels; the demo takes at most 16\.8 \(scale it down first\)"
     with pytest.raises(gr.Error, match=message):
         handlers.upload_to_input(str(bomb))
-    if handlers.limits.has_encoder:
+    if handlers.model.limits.has_encoder:
         with pytest.raises(gr.Error, match=message):
             _run(handlers.img2img(str(bomb), "random", 0.5, 1, TEST_STEPS, 1.0, 0))
 
@@ -281,7 +289,7 @@ def test_picture_handlers_are_queued_with_a_concurrency_limit(tmp_path: Path) ->
             ):
                 assert fn.queue is not False, name
                 limits[concurrency, name] = fn.concurrency_limit
-        rows = app.handlers.engine.max_rows
+        rows = app.handlers.model.engine.max_rows
         app.close()
     for name in ("generate", "denoise", "interpolate", "img2img"):
         assert (limits[3, name], limits[None, name]) == (3, rows), name

@@ -13,7 +13,7 @@ import warnings
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no phoning home
 
-from collections.abc import Iterator  # noqa: E402
+from collections.abc import Callable, Iterator, Sequence  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -30,9 +30,16 @@ from latent_ddpm.demo.handlers import (  # noqa: E402
     RANDOM_CLASS,
     SAMPLERS,
     Handlers,
-    Limits,
 )
 from latent_ddpm.demo.imaging import MAX_INPUT_PIXELS  # noqa: E402
+from latent_ddpm.demo.models import (  # noqa: E402
+    REMOTE_CONNECTIONS,
+    Limits,
+    LocalModel,
+    Model,
+    remote_models,
+)
+from latent_ddpm.errors import InputError  # noqa: E402
 from latent_ddpm.runtime.limits import MAX_ETA, MAX_GUIDANCE_SCALE, MIN_GUIDANCE_SCALE  # noqa: E402
 from latent_ddpm.runtime.pipeline import Pipeline  # noqa: E402
 
@@ -40,6 +47,8 @@ from latent_ddpm.runtime.pipeline import Pipeline  # noqa: E402
 API_NAMES = ("generate", "denoise", "interpolate", "img2img")
 # Largest file the server accepts in one upload: a 4096x4096 PNG photo is ~25 MB, a phone JPEG 3-8 MB.
 MAX_FILE_SIZE = "32mb"
+# What build_app serves: a Pipeline, a bundle directory or shipped model name, or None (the default model).
+Source = Pipeline | str | Path | None
 
 CSS = """
 .pixelated img, img.pixelated { image-rendering: pixelated; }
@@ -97,40 +106,56 @@ class DemoBlocks(gr.Blocks):
 
 
 def build_app(
-    pipe_or_bundle_path: Pipeline | str | Path | None = None,
+    bundles: Source | Sequence[Source] = None,
     *,
-    backend: str = "onnxruntime",
+    server: str | None = None,
+    backend: str | None = None,
+    precision: str = "fp32",
     providers: list[str] | None = None,
     threads: int | None = None,
     concurrency_limit: int | None = None,
     max_queue: int = 64,
 ) -> DemoBlocks:
-    """A ready-to-launch app over a Pipeline, a bundle directory, or (None) the shipped digits model.
+    """A ready-to-launch app over one model or several (a model picker shows then), the first the default.
 
-    Every sampling request goes to one SamplingEngine, which batches all running requests into one U-Net
-    call per step within its row budget (``max_rows``) and refuses more than it may hold (BusyError, shown
-    as an error). ``concurrency_limit`` requests are let in from Gradio's queue at once, across all endpoints
-    (None: the engine's row budget, so that enough requests are in to fill a batch); up to ``max_queue``
-    more wait in Gradio's queue, and beyond that clients are told the queue is full. The handlers that decode
-    uploaded pictures run at most DECODE_CONCURRENCY at a time, whatever the burst.
+    ``bundles``: a Pipeline, a bundle directory or shipped model name (None: the default shipped model), or a
+    list of them; each is loaded with ``backend``/``precision``/``providers``/``threads``. ``server``: the URL
+    of a `latent-ddpm serve` deployment instead, whose models are reached over HTTP (Generate only).
+
+    Every sampling request of a local model goes to its one SamplingEngine, which batches all running
+    requests into one U-Net call per step within its row budget (``max_rows``) and refuses more than it may
+    hold (BusyError, shown as an error). ``concurrency_limit`` requests are let in from Gradio's queue at
+    once, across all endpoints (None: the engine's row budget, so that enough requests are in to fill a
+    batch; with ``server``, REMOTE_CONNECTIONS); up to ``max_queue`` more wait in Gradio's queue, and beyond
+    that clients are told the queue is full. The handlers that decode uploaded pictures run at most
+    DECODE_CONCURRENCY at a time, whatever the burst.
     """
     # Pillow's decompression-bomb guard covers the pictures Gradio decodes itself (the sketchpad's layers):
     # Image.open refuses more than twice MAX_IMAGE_PIXELS, so that is MAX_INPUT_PIXELS everywhere. Its warning
     # for half that is noise here: the limit is enforced.
     Image.MAX_IMAGE_PIXELS = MAX_INPUT_PIXELS // 2
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-    if isinstance(pipe_or_bundle_path, Pipeline):
-        pipe = pipe_or_bundle_path
+    models: list[Model]
+    if server is not None:
+        models = list(remote_models(server))
+        if not models:
+            raise InputError(f"{server} serves no model")
     else:
-        pipe = Pipeline.from_bundle(
-            pipe_or_bundle_path, backend=backend, providers=providers, threads=threads
-        )
-    h = Handlers(pipe)
-    lim = h.limits
-    d = pipe.bundle.defaults
-    conditional = bool(lim.class_names)
+        sources = list(bundles) if isinstance(bundles, list | tuple) else [bundles]
+        models = [
+            LocalModel(
+                source
+                if isinstance(source, Pipeline)
+                else Pipeline.from_bundle(
+                    source, backend=backend, providers=providers, threads=threads, precision=precision
+                )
+            )
+            for source in sources
+        ]
+    h = Handlers(models)
+    first = h.model
     if concurrency_limit is None:
-        concurrency_limit = h.engine.max_rows
+        concurrency_limit = first.engine.max_rows if isinstance(first, LocalModel) else REMOTE_CONNECTIONS
     run = {"concurrency_limit": concurrency_limit, "concurrency_id": "engine"}
     # UI helpers: instant ones run outside the queue; the ones that decode a picture wait their turn.
     private = {"queue": False, "api_visibility": "private", "show_progress": "hidden"}
@@ -141,23 +166,34 @@ def build_app(
         "show_progress": "hidden",
     }
 
+    # Controls whose settings depend on the model: built from the default model, updated by the picker
+    # from the same functions.
+    per_model: list[tuple[gr.components.Component, Callable[[Model], dict[str, Any]]]] = []
+
+    def for_model(component: Any, props: Callable[[Model], dict[str, Any]]) -> Any:
+        per_model.append((component, props))
+        return component
+
     def class_dropdown(allow_random: bool, as_drawn: bool = False) -> gr.Dropdown:
         """``as_drawn`` (img2img, guided models): first choice, and the default, is no class at all."""
-        as_drawn = as_drawn and lim.can_guide
-        choices = [AS_DRAWN] * as_drawn + [RANDOM_CLASS] * allow_random + list(lim.class_names)
-        if as_drawn:
-            info = "'as drawn' keeps what the drawing looks like; a class pulls it toward that class"
-        elif allow_random:
-            info = "'random' draws a class per image"
-        else:
-            info = "the same class for every frame"
-        return gr.Dropdown(
-            choices or [RANDOM_CLASS],
-            value=choices[0] if choices else RANDOM_CLASS,
-            label="Class",
-            info=info,
-            visible=conditional,
-        )
+
+        def props(m: Model) -> dict[str, Any]:
+            drawn = as_drawn and m.limits.can_guide
+            choices = [AS_DRAWN] * drawn + [RANDOM_CLASS] * allow_random + list(m.limits.class_names)
+            if drawn:
+                info = "'as drawn' keeps what the drawing looks like; a class pulls it toward that class"
+            elif allow_random:
+                info = "'random' draws a class per image"
+            else:
+                info = "the same class for every frame"
+            return {
+                "choices": choices or [RANDOM_CLASS],
+                "value": choices[0] if choices else RANDOM_CLASS,
+                "info": info,
+                "visible": bool(m.limits.class_names),
+            }
+
+        return for_model(gr.Dropdown(label="Class", **props(first)), props)
 
     def sampling(*, sampler: bool = True, seed: bool = True, wide: bool = False) -> _Sampling:
         """Sampler+steps, eta+guidance, seed+randomize: two to a row, or (``wide``) all in the caller's row.
@@ -168,32 +204,36 @@ def build_app(
         pair = contextlib.nullcontext if wide else gr.Row
         with pair():
             if sampler:
-                sampler_box = gr.Dropdown(SAMPLERS, value=d.sampler, label="Sampler", min_width=140)
-            steps = gr.Slider(
-                1, lim.max_steps, value=min(d.steps, lim.max_steps), step=1, label="Steps", min_width=180
-            )
+                sampler_box = for_model(
+                    gr.Dropdown(SAMPLERS, label="Sampler", min_width=140, **_sampler(first)), _sampler
+                )
+            steps = for_model(gr.Slider(1, step=1, label="Steps", min_width=180, **_steps(first)), _steps)
         with pair():
             if sampler:
-                eta_box = gr.Slider(
-                    0.0,
-                    MAX_ETA,
-                    value=d.eta,
-                    step=0.05,
-                    label="eta (DDIM)",
-                    info="0 deterministic, 1 DDPM-like",
-                    visible=d.sampler == "ddim",
-                    min_width=180,
+                eta_box = for_model(
+                    gr.Slider(
+                        0.0,
+                        MAX_ETA,
+                        step=0.05,
+                        label="eta (DDIM)",
+                        info="0 deterministic, 1 DDPM-like",
+                        min_width=180,
+                        **_eta(first),
+                    ),
+                    _eta,
                 )
                 sampler_box.change(lambda s: gr.update(visible=s == "ddim"), sampler_box, eta_box, **private)
-            guidance = gr.Slider(
-                MIN_GUIDANCE_SCALE,
-                MAX_GUIDANCE_SCALE,
-                value=d.guidance_scale if lim.can_guide else 1.0,
-                step=0.1,
-                label="Guidance scale",
-                info="1 = off, higher = more class-like",
-                visible=lim.can_guide,
-                min_width=180,
+            guidance = for_model(
+                gr.Slider(
+                    MIN_GUIDANCE_SCALE,
+                    MAX_GUIDANCE_SCALE,
+                    step=0.1,
+                    label="Guidance scale",
+                    info="1 = off, higher = more class-like",
+                    min_width=180,
+                    **_guidance(first),
+                ),
+                _guidance,
             )
         if seed:
             with gr.Row(equal_height=True):
@@ -228,13 +268,18 @@ def build_app(
     def stop_button(elem_id: str) -> gr.Button:
         return gr.Button("Stop", variant="stop", elem_id=elem_id, min_width=100, scale=0)
 
-    model = f"{pipe.bundle.name}: {_describe(pipe)}"
     with DemoBlocks(title="latent-ddpm demo", analytics_enabled=False, delete_cache=(1800, 3600)) as app:
-        gr.Markdown(
-            "# latent-ddpm\nA latent diffusion model served by the torch-free NumPy runtime. "
-            f"Model **{model}**, on **{pipe.backend}** ({', '.join(pipe.providers)}).",
-            elem_id="header",
-        )
+        with gr.Row(equal_height=True):
+            for_model(gr.Markdown(_header(first), elem_id="header"), lambda m: {"value": _header(m)})
+            picker = gr.Dropdown(
+                list(h.models),
+                value=first.name,
+                label="Model",
+                visible=len(h.models) > 1,
+                scale=0,
+                min_width=200,
+                elem_id="model-picker",
+            )
         with gr.Tabs():
             with gr.Tab("Generate", id="generate") as generate_tab:
                 with gr.Row():
@@ -252,7 +297,8 @@ def build_app(
                         g_gallery = pixel_gallery("Samples", 4, "gallery")
                         g_grid = gr.File(label="PNG grid at model resolution", elem_id="grid-file")
 
-            with _tab("Watch it denoise", "denoise"):
+            with _tab("Watch it denoise", "denoise", visible=first.local) as tab:
+                for_model(tab, _local)
                 with gr.Row(equal_height=True):
                     w_class = class_dropdown(allow_random=True)
                     w = sampling(wide=True)
@@ -270,7 +316,8 @@ def build_app(
                         height=256,
                     )
 
-            with _tab("Interpolate", "interpolate"):
+            with _tab("Interpolate", "interpolate", visible=first.local) as tab:
+                for_model(tab, _local)
                 with gr.Row(equal_height=True):
                     i_class = class_dropdown(allow_random=False)
                     i_seed_a = gr.Number(0, label="Seed A", precision=0, minimum=0, maximum=MAX_SEED)
@@ -280,7 +327,8 @@ def build_app(
                 i_btn = gr.Button("Interpolate", variant="primary", elem_id="interpolate-btn")
                 i_strip = strip_image("Seed A → seed B", "interpolate-strip")
 
-            with _tab("Sketch to digit", "img2img", visible=lim.has_encoder):
+            with _tab("Sketch to digit", "img2img", **_img2img(first)) as tab:
+                for_model(tab, _img2img)
                 with gr.Row():
                     with gr.Column(min_width=280):
                         s_sketch = gr.Sketchpad(
@@ -327,18 +375,18 @@ def build_app(
         g_inputs = [g_class, g_num, g.sampler, g.steps, g.eta, g.guidance, g.seed]
         with generate_tab:
             gr.Examples(
-                _examples(lim),
+                _examples(first.limits),
                 g_inputs,
                 label="Try these settings",
                 example_labels=["DDIM 50, guided", "one class, DPM-Solver++ 20", "DDPM 1000, as trained"],
                 api_visibility="private",
             )
         generating = g_btn.click(
-            h.generate, g_inputs, [g_gallery, g_grid, timing, details], api_name="generate", **run
+            h.generate, [*g_inputs, picker], [g_gallery, g_grid, timing, details], api_name="generate", **run
         )
         denoising = w_btn.click(
             h.denoise,
-            [w_class, w.sampler, w.steps, w.eta, w.guidance, w.seed],
+            [w_class, w.sampler, w.steps, w.eta, w.guidance, w.seed, picker],
             [w_strip, w_gif, w_caption, timing, details],
             api_name="denoise",
             **run,
@@ -348,7 +396,7 @@ def build_app(
         w_stop.click(None, None, None, cancels=[denoising], queue=False, api_visibility="private")
         i_btn.click(
             h.interpolate,
-            [i_class, i_seed_a, i_seed_b, i_frames, i.steps, i.guidance],
+            [i_class, i_seed_a, i_seed_b, i_frames, i.steps, i.guidance, picker],
             [i_strip, timing, details],
             api_name="interpolate",
             **run,
@@ -358,14 +406,21 @@ def build_app(
         # would open it first. The other inputs are plain values that the handler checks itself.
         s_btn.click(
             h.img2img,
-            [s_input, s_class, s_strength, s_variations, s.steps, s.guidance, s.seed],
+            [s_input, s_class, s_strength, s_variations, s.steps, s.guidance, s.seed, picker],
             [s_gallery, timing, details],
             api_name="img2img",
             preprocess=False,
             **run,
         )
-        s_sketch.change(h.sketch_to_input, s_sketch, s_input, **picture)
-        s_input.upload(h.upload_to_input, s_input, s_input, preprocess=False, **picture)
+        s_sketch.change(h.sketch_to_input, [s_sketch, picker], s_input, **picture)
+        s_input.upload(h.upload_to_input, [s_input, picker], s_input, preprocess=False, **picture)
+        # Only a user's choice (.input): every control takes the model's defaults.
+        picker.input(
+            lambda name: [gr.update(**props(h.models[name])) for _, props in per_model],
+            picker,
+            [component for component, _ in per_model],
+            **private,
+        )
 
     app.handlers = h
     app.queue(max_size=max_queue, default_concurrency_limit=concurrency_limit)
@@ -383,12 +438,39 @@ def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860, **k
     return app.launch(server_name=host, server_port=port, theme=THEME, css=CSS, **kwargs)
 
 
-def _describe(pipe: Pipeline) -> str:
-    b = pipe.bundle
-    c, h, w = b.latent_shape
-    ic, ih, iw = b.image_shape
-    kind = f"{len(b.conditioning.class_names)} classes" if b.conditioning else "unconditional"
-    return f"{ih}x{iw}x{ic} images from {c}x{h}x{w} latents, {kind}, {b.prediction_type} prediction"
+def _header(m: Model) -> str:
+    where = "over HTTP" if not m.local else "by the torch-free NumPy runtime"
+    return (
+        f"# latent-ddpm\nA latent diffusion model served {where}. Model **{m.name}: {m.description}**, "
+        f"on **{m.backend}** ({', '.join(m.providers)})."
+    )
+
+
+# The settings of the per-model controls, for the model they are built for and for the picker's updates.
+def _sampler(m: Model) -> dict[str, Any]:
+    return {"value": m.defaults.sampler}
+
+
+def _steps(m: Model) -> dict[str, Any]:
+    return {"maximum": m.limits.max_steps, "value": min(m.defaults.steps, m.limits.max_steps)}
+
+
+def _eta(m: Model) -> dict[str, Any]:
+    return {"value": m.defaults.eta, "visible": m.defaults.sampler == "ddim"}
+
+
+def _guidance(m: Model) -> dict[str, Any]:
+    can = m.limits.can_guide
+    return {"value": m.defaults.guidance_scale if can else 1.0, "visible": can}
+
+
+def _local(m: Model) -> dict[str, Any]:
+    """The tabs that pass latents or previews: models run here only."""
+    return {"visible": m.local}
+
+
+def _img2img(m: Model) -> dict[str, Any]:
+    return {"visible": m.local and m.limits.has_encoder}
 
 
 def _examples(lim: Limits) -> list[list[Any]]:

@@ -1,9 +1,11 @@
 """Serve the Gradio demo: generate, watch denoising, interpolate between seeds, turn sketches into digits.
 
-Runs the torch-free runtime on the digits model that ships with the package unless --bundle (or the
-LATENT_DDPM_BUNDLE environment variable) names another bundle. Every tab is also an API endpoint for
-gradio_client (/generate, /denoise, /interpolate, /img2img); see docs/demo.md. Nothing is downloaded:
-analytics are off and --share (which does need the internet) is off by default.
+Runs the torch-free runtime on the models that ship with the package and any --bundle given (a model picker
+shows when there is more than one; the first --bundle, else LATENT_DDPM_BUNDLE, else the digits model is the
+default). With --server URL the page is a front for a `latent-ddpm serve` deployment instead, reached over
+HTTP (Generate only). Every tab is also an API endpoint for gradio_client (/generate, /denoise,
+/interpolate, /img2img); see docs/demo.md. Nothing is downloaded: analytics are off and --share (which does
+need the internet) is off by default.
 """
 
 from __future__ import annotations
@@ -13,26 +15,30 @@ import errno
 import os
 import signal
 import socket
-from pathlib import Path
 
 HELP = __doc__
 BUNDLE_ENV = "LATENT_DDPM_BUNDLE"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from latent_ddpm.runtime.sample_cli import add_backend_arguments
+
     p.add_argument(
         "--bundle",
-        type=Path,
+        action="append",
         default=None,
-        help=f"bundle directory; None = ${BUNDLE_ENV} if set, else the shipped digits model",
+        help=f"bundle directory or shipped model name; repeat for several (a model picker shows). The first "
+        f"is the default model; none = ${BUNDLE_ENV} if set, else the shipped digits model. The shipped "
+        "models are always offered too",
     )
-    p.add_argument("--backend", default="onnxruntime", help="inference backend: onnxruntime or tensorrt")
     p.add_argument(
-        "--providers",
+        "--server",
         default=None,
-        help="comma-separated ONNX Runtime execution providers, e.g. CUDAExecutionProvider,CPUExecutionProvider",
+        metavar="URL",
+        help="a `latent-ddpm serve` deployment (e.g. http://127.0.0.1:8000) whose models this page fronts "
+        "over HTTP, instead of running models here (Generate only)",
     )
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads per model; None = all cores")
+    add_backend_arguments(p)
     p.add_argument(
         "--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 serves other machines (Docker)"
     )
@@ -55,12 +61,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def bundle_path(args: argparse.Namespace) -> Path | None:
-    """--bundle, else $LATENT_DDPM_BUNDLE, else None (the shipped model)."""
-    if args.bundle is not None:
-        return args.bundle
+def bundle_sources(args: argparse.Namespace) -> list[str]:
+    """The models to serve, the default first: every --bundle (else $LATENT_DDPM_BUNDLE, else the default
+    shipped model), then each shipped model not among them."""
+    from latent_ddpm.runtime.shipped import DEFAULT_MODEL, resolve_bundle, shipped_models
+
     env = os.environ.get(BUNDLE_ENV, "").strip()
-    return Path(env) if env else None
+    given = list(args.bundle or ([env] if env else [DEFAULT_MODEL]))
+    served = {resolve_bundle(value).resolve() for value in given}
+    return given + [name for name, path in shipped_models().items() if path.resolve() not in served]
 
 
 def check_listen_address(host: str, port: int) -> None:
@@ -116,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(
             f"--concurrency and --max-queue must be >= 1, got {args.concurrency} and {args.max_queue}"
         )
+    if args.server is not None and args.bundle:
+        raise CLIError("--server and --bundle exclude each other: the server's models are the ones served")
     check_listen_address(args.host, args.port)
     try:
         from latent_ddpm.demo.app import build_app, launch
@@ -125,8 +136,10 @@ def run(args: argparse.Namespace) -> int:
 
     providers = [p.strip() for p in args.providers.split(",")] if args.providers else None
     app = build_app(
-        bundle_path(args),
+        None if args.server is not None else bundle_sources(args),
+        server=args.server,
         backend=args.backend,
+        precision=args.precision,
         providers=providers,
         threads=args.threads,
         concurrency_limit=args.concurrency,

@@ -62,6 +62,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"classifier-free guidance scale in {MIN_GUIDANCE_SCALE:g}..{MAX_GUIDANCE_SCALE:g} "
         "(1 = none; default: bundle's)",
     )
+    add_backend_arguments(p)
+    p.add_argument(
+        "--out", type=Path, default=Path("samples.png"), help="PNG file for the grid of all images"
+    )
+    p.add_argument("--out-dir", type=Path, default=None, help="also write each image as its own PNG here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_backend_arguments(p: argparse.ArgumentParser) -> None:
+    """--backend, --precision, --providers and --threads: how a command that loads a Pipeline runs it
+    (``sample`` and ``demo`` alike)."""
     from latent_ddpm.runtime.backends import BACKENDS, DEFAULT_BACKEND, EXECUTION_PRECISIONS
 
     p.add_argument("--backend", default=DEFAULT_BACKEND, help=f"inference backend: {', '.join(BACKENDS)}")
@@ -79,11 +90,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--threads", type=int, default=None, help="intra-op threads, at most the usable cores (default: all)"
     )
-    p.add_argument(
-        "--out", type=Path, default=Path("samples.png"), help="PNG file for the grid of all images"
-    )
-    p.add_argument("--out-dir", type=Path, default=None, help="also write each image as its own PNG here")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _class_label(value: str | None, class_names: tuple[str, ...] | None) -> int | str | None:

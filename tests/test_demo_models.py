@@ -1,0 +1,72 @@
+"""The demo over several models (the picker) and over a `latent-ddpm serve` deployment (``--server``), through
+gradio_client against the launched app.
+
+Several models: the served bundle of the other demo tests (``tests/demo_server.py``) and an unconditional
+factory bundle without an encoder; each endpoint takes the model's name last. ``--server``: a real
+`latent-ddpm serve` (Ray Serve, started as the serve tests start it) in front of a factory bundle, and the
+demo talking to it over HTTP through ``latent_ddpm.serve.client``; its images must equal the runtime's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from bundle_factory import make_bundle
+from demo_server import TEST_STEPS, demo_bundle, serving
+from PIL import Image
+
+pytest.importorskip("gradio")
+from gradio_client import Client  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+from latent_ddpm.demo.app import build_app  # noqa: E402
+from latent_ddpm.demo.imaging import display_scale  # noqa: E402
+from latent_ddpm.runtime.bundle import load_bundle  # noqa: E402
+from latent_ddpm.runtime.pipeline import Pipeline  # noqa: E402
+
+
+def _model_pixels(path: str, height: int) -> np.ndarray:
+    s = display_scale(height)
+    return np.asarray(Image.open(path))[::s, ::s]
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, Path]]:
+    root = tmp_path_factory.mktemp("models")
+    first = demo_bundle(root)
+    second = make_bundle(root / "plain", conditional=False, with_encoder=False)
+    pipes = [Pipeline.from_bundle(b, threads=1) for b in (first, second)]
+    with serving(build_app(pipes)) as url:
+        yield url, first, second
+
+
+def test_each_endpoint_runs_the_picked_model(two_models: tuple[str, Path, Path]) -> None:
+    url, first, second = two_models
+    client = Client(url, verbose=False)
+    names = [load_bundle(b).name for b in (first, second)]
+    picker = next(
+        c["props"] for c in client.config["components"] if c["props"].get("elem_id") == "model-picker"
+    )
+    assert picker["visible"] and [choice[1] for choice in picker["choices"]] == names
+    plain = Pipeline.from_bundle(second, threads=1)
+    gallery, _, text, details = client.predict(
+        "random", 2, "ddim", TEST_STEPS, 0.0, 1.0, 3, names[1], api_name="/generate"
+    )
+    expected = plain.generate(num_images=2, steps=TEST_STEPS, sampler="ddim", eta=0.0, seed=3)
+    h = plain.bundle.image_shape[1]
+    for item, image in zip(gallery, expected.images, strict=True):
+        assert np.array_equal(_model_pixels(item["image"], h).reshape(image.shape), image)
+    assert details["model"] == names[1] and [item["caption"] for item in gallery] == ["#1", "#2"]
+    assert names[1] in text
+    # Without a model the first one answers: it is the default.
+    assert (
+        client.predict("random", 1, "ddim", TEST_STEPS, 0.0, 1.0, 3, api_name="/generate")[3]["model"]
+        == (names[0])
+    )
+    with pytest.raises(AppError, match="nosuch is not in the list of choices"):  # Gradio's own check
+        client.predict("random", 1, "ddim", TEST_STEPS, 0.0, 1.0, 3, "nosuch", api_name="/generate")
+    with pytest.raises(AppError, match="no vae_encoder.onnx"):
+        client.predict(None, "random", 0.5, 1, TEST_STEPS, 1.0, 0, names[1], api_name="/img2img")
