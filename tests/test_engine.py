@@ -40,9 +40,7 @@ class Recording:
         self.engine, self.model, self.backend = engine, engine.model, engine.backend
         self.calls: list[list[tuple[int, int]]] = []  # per call: (timestep, class label) of each row
         self.delay_s = delay_s
-        self.gate: threading.Event | None = (
-            None  # every call waits for it: holds the engine mid-run until the test lets it go on
-        )
+        self.gate: threading.Event | None = None  # every call waits for it: holds the engine mid-run until the test lets it go on
 
     @property
     def providers(self) -> list[str]:
