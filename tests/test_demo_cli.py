@@ -95,3 +95,15 @@ def test_sigterm_stops_the_server_and_removes_its_scratch_folder(tmp_path: Path)
             proc.kill()
     assert not scratch.exists(), f"{scratch} left behind after SIGTERM"
     assert "Traceback" not in log.read_text()
+
+
+def test_server_mode_is_refused_in_one_line_when_it_cannot_work(capsys: pytest.CaptureFixture[str]) -> None:
+    """--server with --bundle is a contradiction; a --server nobody answers at is named before serving."""
+    port = str(free_port())
+    err = _refused(capsys, ["demo", "--server", "http://127.0.0.1:9", "--bundle", "digits", "--port", port])
+    assert "--server and --bundle exclude each other" in err
+    with socket.socket() as closed:  # a port that is certainly not listening
+        closed.bind(("127.0.0.1", 0))
+        nobody = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        err = _refused(capsys, ["demo", "--server", nobody, "--port", port])
+    assert f"cannot reach {nobody}" in err

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bundle_factory import make_bundle
-from demo_server import TEST_STEPS, demo_bundle, serving
+from demo_server import TEST_STEPS, demo_bundle, free_port, serving
 from PIL import Image
 
 pytest.importorskip("gradio")
@@ -70,3 +70,42 @@ def test_each_endpoint_runs_the_picked_model(two_models: tuple[str, Path, Path])
         client.predict("random", 1, "ddim", TEST_STEPS, 0.0, 1.0, 3, "nosuch", api_name="/generate")
     with pytest.raises(AppError, match="no vae_encoder.onnx"):
         client.predict(None, "random", 0.5, 1, TEST_STEPS, 1.0, 0, names[1], api_name="/img2img")
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """`latent-ddpm serve` (local Ray, one replica) in front of a conditional factory bundle, taking at most
+    two images per request (so that the server, not the demo, refuses three)."""
+    pytest.importorskip("ray.serve")
+    from serve_harness import ray_tmpdir, serve_process
+
+    bundle = make_bundle(tmp_path_factory.mktemp("deployment") / "served")
+    args = ["--bundle", str(bundle), "--max-images", "2"]
+    with ray_tmpdir() as tmpdir, serve_process(args, tmpdir, free_port()) as served:
+        yield served.url, bundle
+
+
+@pytest.mark.slow
+def test_the_demo_fronts_a_serve_deployment(deployment: tuple[str, Path]) -> None:
+    """`latent-ddpm demo --server URL`: the page's Generate is the deployment's; images equal the runtime's."""
+    server, bundle = deployment
+    pipe = Pipeline.from_bundle(bundle, threads=1)
+    name, h = pipe.bundle.name, pipe.bundle.image_shape[1]
+    with serving(build_app(server=server)) as url:
+        client = Client(url, verbose=False)
+        gallery, _, text, details = client.predict(
+            "3", 2, "ddpm", TEST_STEPS, 0.0, 2.0, 11, api_name="/generate"
+        )
+        expected = pipe.generate(
+            num_images=2, steps=TEST_STEPS, sampler="ddpm", seed=11, class_labels="3", guidance_scale=2.0
+        )
+        for item, image in zip(gallery, expected.images, strict=True):
+            assert np.array_equal(_model_pixels(item["image"], h).reshape(image.shape), image)
+        assert [item["caption"] for item in gallery] == ["class 3", "class 3"]
+        assert (details["model"], details["seed"], details["backend"]) == (name, 11, "latent-ddpm serve")
+        assert server in text
+        # The server's refusals come back as the demo's errors, and the tabs that need a local model say so.
+        with pytest.raises(AppError, match="num_images=3 is more than the limit of 2 per call"):
+            client.predict("3", 3, "ddim", TEST_STEPS, 0.0, 1.0, 0, api_name="/generate")
+        with pytest.raises(AppError, match=f"needs a model run by the demo itself; '{name}' is served by"):
+            client.predict("3", "ddim", TEST_STEPS, 0.0, 1.0, 0, api_name="/denoise")

@@ -13,6 +13,7 @@ follow the same way: ``async for event in handle`` (progress and previews), ``re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -138,7 +139,8 @@ class RemoteHandle:
         return self
 
     async def __anext__(self) -> NoReturn:
-        await asyncio.wait([asyncio.wrap_future(self.future)])
+        with contextlib.suppress(Exception):  # the request's failure is raised by result()
+            await asyncio.wrap_future(self.future)
         raise StopAsyncIteration
 
 
