@@ -9,12 +9,14 @@ demo talking to it over HTTP through ``latent_ddpm.serve.client``; its images mu
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
-from bundle_factory import make_bundle
+from bundle_factory import make_bundle, rewrite_meta
 from demo_server import TEST_STEPS, demo_bundle, free_port, serving
 from PIL import Image
 
@@ -38,6 +40,7 @@ def two_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
     root = tmp_path_factory.mktemp("models")
     first = demo_bundle(root)
     second = make_bundle(root / "plain", conditional=False, with_encoder=False)
+    rewrite_meta(second, name="plain")  # the served bundle may be a factory bundle too: two names
     pipes = [Pipeline.from_bundle(b, threads=1) for b in (first, second)]
     with serving(build_app(pipes)) as url:
         yield url, first, second
@@ -50,7 +53,7 @@ def test_each_endpoint_runs_the_picked_model(two_models: tuple[str, Path, Path])
     picker = next(
         c["props"] for c in client.config["components"] if c["props"].get("elem_id") == "model-picker"
     )
-    assert picker["visible"] and [choice[1] for choice in picker["choices"]] == names
+    assert picker["visible"] and [choice[1] for choice in picker["choices"]] == names == [names[0], "plain"]
     plain = Pipeline.from_bundle(second, threads=1)
     gallery, _, text, details = client.predict(
         "random", 2, "ddim", TEST_STEPS, 0.0, 1.0, 3, names[1], api_name="/generate"
@@ -70,6 +73,39 @@ def test_each_endpoint_runs_the_picked_model(two_models: tuple[str, Path, Path])
         client.predict("random", 1, "ddim", TEST_STEPS, 0.0, 1.0, 3, "nosuch", api_name="/generate")
     with pytest.raises(AppError, match="no vae_encoder.onnx"):
         client.predict(None, "random", 0.5, 1, TEST_STEPS, 1.0, 0, names[1], api_name="/img2img")
+
+
+def test_picking_a_model_sets_every_control_to_it(two_models: tuple[str, Path, Path]) -> None:
+    """The picker's event, called as the browser calls it: the unconditional, encoder-less model hides the
+    class and guidance controls and the sketch tab; the first model brings them back."""
+    url, first, _ = two_models
+    config = httpx.get(f"{url}config", timeout=30).json()
+    by_id = {c["id"]: c for c in config["components"]}
+    picker = next(c for c in config["components"] if c["props"].get("elem_id") == "model-picker")
+    dep = next(d for d in config["dependencies"] if d["targets"] == [[picker["id"], "input"]])
+
+    def pick(name: str) -> dict[str, list[dict]]:
+        body = {"data": [name], "fn_index": dep["id"], "trigger_id": picker["id"], "event_data": None}
+        reply = httpx.post(f"{url}gradio_api/run/predict", json=body | {"session_hash": uuid.uuid4().hex})
+        reply.raise_for_status()
+        updates: dict[str, list[dict]] = {}
+        for out, update in zip(dep["outputs"], reply.json()["data"], strict=True):
+            c = by_id[out]
+            updates.setdefault(c["props"].get("label") or c["props"].get("elem_id") or c["type"], []).append(
+                update
+            )
+        return updates
+
+    plain = pick("plain")
+    assert [u["visible"] for u in plain["Class"]] == [False] * 4
+    assert [u["visible"] for u in plain["Guidance scale"]] == [False] * 4
+    assert "plain: 32x32x1 images" in plain["header"][0]["value"]
+    tabs = ("Watch it denoise", "Interpolate", "Sketch to digit")
+    assert [plain[tab][0]["visible"] for tab in tabs] == [True, True, False]
+    back = pick(load_bundle(first).name)
+    cond = load_bundle(first).conditioning
+    assert [u["visible"] for u in back["Class"]] == [cond is not None] * 4
+    assert back["Sketch to digit"][0]["visible"] == load_bundle(first).has_encoder
 
 
 @pytest.fixture(scope="module")
