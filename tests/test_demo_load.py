@@ -191,7 +191,8 @@ def test_a_burst_of_huge_uploads_keeps_the_server_memory_bounded(server, tmp_pat
     through /img2img, and 8 pictures at the size limit, all at once. Before, the upload handler ran outside
     the queue and decoded every one: 8 calls took the server from 0.7 to 5.1 GB. Now sizes are read from the
     header and refused before decoding, and pictures are decoded at most DECODE_CONCURRENCY at a time."""
-    proc, url, _ = server
+    proc, url, bundle = server
+    model = load_bundle(bundle).name  # the picker's value, sent with every UI event
     client = Client(url, verbose=False)
     bomb = bomb_png(tmp_path / "bomb.png")
     at_limit = bomb_png(tmp_path / "at_limit.png", side=4096)  # exactly MAX_INPUT_PIXELS: accepted
@@ -199,14 +200,16 @@ def test_a_burst_of_huge_uploads_keeps_the_server_memory_bounded(server, tmp_pat
     digit = tmp_path / "digit.png"
     Image.fromarray(np.pad(np.full((12, 4), 255, np.uint8), 10)).save(digit)
     client.predict(handle_file(str(digit)), *settings, api_name="/img2img")  # warm up the encoder
-    assert "error" not in _call_ui_handler(url, "upload_to_input", [_uploaded(url, digit)])
+    assert "error" not in _call_ui_handler(url, "upload_to_input", [_uploaded(url, digit), model])
     bomb_file, limit_file = _uploaded(url, bomb), _uploaded(url, at_limit)
     before = _rss_mb(proc)
 
     with _PeakRSS(proc) as rss, ThreadPoolExecutor(16) as pool:
         jobs = [client.submit(handle_file(str(bomb)), *settings, api_name="/img2img") for _ in range(8)]
-        direct = [pool.submit(_call_ui_handler, url, "upload_to_input", [bomb_file]) for _ in range(8)]
-        direct += [pool.submit(_call_ui_handler, url, "upload_to_input", [limit_file]) for _ in range(8)]
+        direct = [pool.submit(_call_ui_handler, url, "upload_to_input", [bomb_file, model]) for _ in range(8)]
+        direct += [
+            pool.submit(_call_ui_handler, url, "upload_to_input", [limit_file, model]) for _ in range(8)
+        ]
         errors = [_error_of(job) for job in jobs]
         results = [d.result(timeout=300) for d in direct]
     growth = rss.peak_mb - before
