@@ -1,10 +1,10 @@
-"""What each button of the demo does: check the inputs, submit to the shared SamplingEngine, shape the outputs.
+"""What each button of the demo does: check the inputs, submit to the picked model, shape the outputs.
 
 Every handler is also a public API endpoint, so it checks its arguments itself (a client can send anything,
 not just what the sliders allow) and turns the runtime's user-facing errors (a refused argument, the engine's
-BusyError) into ``gr.Error`` with the same message. Every sampling request goes to one ``SamplingEngine``,
-which batches the requests of all users into one U-Net call per step; the handlers are async generators that
-stream the engine's decoded previews while it samples. When Gradio cancels a handler (the Stop button, a
+BusyError, a server's refusal) into ``gr.Error`` with the same message. Every sampling request to a local
+model goes to its one ``SamplingEngine``, which batches the requests of all users into one U-Net call per
+step; the handlers are async generators that stream the engine's decoded previews while it samples. When Gradio cancels a handler (the Stop button, a
 client's ``Job.cancel()``, a closed page) the engine request is cancelled with it, so its rows leave the batch.
 """
 
