@@ -325,8 +325,12 @@ def test_img2img_as_drawn_is_unconditional(client: Client, demo: LiveDemo, tmp_p
 
 
 def test_generate_streams_previews_before_the_images(client: Client, demo: LiveDemo) -> None:
+    """With ``previews`` (the page turns it on); an API call without it gets one answer, the images."""
+    plain = client.submit(_class(demo), 3, "ddim", 40, 0.0, _guidance(demo), 8, api_name="/generate")
+    plain.result(timeout=120)
+    assert len(plain.outputs()) == 1
     steps = 40
-    job = client.submit(_class(demo), 3, "ddim", steps, 0.0, _guidance(demo), 8, api_name="/generate")
+    job = client.submit(_class(demo), 3, "ddim", steps, 0.0, _guidance(demo), 8, True, api_name="/generate")
     final = job.result(timeout=120)
     outputs = job.outputs()
     assert len(outputs) >= 2 and outputs[-1] == final

@@ -56,7 +56,7 @@ def test_each_endpoint_runs_the_picked_model(two_models: tuple[str, Path, Path])
     assert picker["visible"] and [choice[1] for choice in picker["choices"]] == names == [names[0], "plain"]
     plain = Pipeline.from_bundle(second, threads=1)
     gallery, _, text, details = client.predict(
-        "random", 2, "ddim", TEST_STEPS, 0.0, 1.0, 3, names[1], api_name="/generate"
+        "random", 2, "ddim", TEST_STEPS, 0.0, 1.0, 3, False, names[1], api_name="/generate"
     )
     expected = plain.generate(num_images=2, steps=TEST_STEPS, sampler="ddim", eta=0.0, seed=3)
     h = plain.bundle.image_shape[1]
@@ -70,7 +70,7 @@ def test_each_endpoint_runs_the_picked_model(two_models: tuple[str, Path, Path])
         == (names[0])
     )
     with pytest.raises(AppError, match="nosuch is not in the list of choices"):  # Gradio's own check
-        client.predict("random", 1, "ddim", TEST_STEPS, 0.0, 1.0, 3, "nosuch", api_name="/generate")
+        client.predict("random", 1, "ddim", TEST_STEPS, 0.0, 1.0, 3, False, "nosuch", api_name="/generate")
     with pytest.raises(AppError, match="no vae_encoder.onnx"):
         client.predict(None, "random", 0.5, 1, TEST_STEPS, 1.0, 0, names[1], api_name="/img2img")
 

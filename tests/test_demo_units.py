@@ -109,6 +109,7 @@ def test_sketch_becomes_a_white_on_black_model_input(handlers: Handlers) -> None
         ({"seed": 2**31}, f"seed must be an integer in 0..{2**31 - 1}"),
         ({"sampler": "euler"}, "sampler must be one of ddim, ddpm, dpmsolver\\+\\+, got 'euler'"),
         ({"class_name": "banana"}, "class 'banana' is not one of random, "),
+        ({"previews": "yes"}, "previews must be true or false, got 'yes'"),
     ],
 )
 def test_handlers_check_every_argument_themselves(handlers: Handlers, kwargs: dict, message: str) -> None:

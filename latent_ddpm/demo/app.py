@@ -290,6 +290,14 @@ def build_app(
                                 1, MAX_IMAGES, value=8, step=1, label="Number of images", min_width=180
                             )
                         g = sampling()
+                        # Off for API calls (its default), on for the page (app.load below): see
+                        # Handlers.generate for what previews cost.
+                        g_previews = gr.Checkbox(
+                            False,
+                            label="Live previews",
+                            info="show the images forming while it samples (a little slower under load)",
+                            elem_id="live-previews",
+                        )
                         with gr.Row():
                             g_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
                             g_stop = stop_button("generate-stop")
@@ -382,8 +390,13 @@ def build_app(
                 api_visibility="private",
             )
         generating = g_btn.click(
-            h.generate, [*g_inputs, picker], [g_gallery, g_grid, timing, details], api_name="generate", **run
+            h.generate,
+            [*g_inputs, g_previews, picker],
+            [g_gallery, g_grid, timing, details],
+            api_name="generate",
+            **run,
         )
+        app.load(lambda: True, None, g_previews, **private)
         denoising = w_btn.click(
             h.denoise,
             [w_class, w.sampler, w.steps, w.eta, w.guidance, w.seed, picker],
