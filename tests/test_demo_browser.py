@@ -26,6 +26,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
+from latent_ddpm.demo.app import STOPPED  # noqa: E402
 from latent_ddpm.demo.imaging import display_scale  # noqa: E402
 from latent_ddpm.runtime.handles import Cancelled  # noqa: E402
 
@@ -112,6 +113,8 @@ def test_stop_cancels_the_engine_request(
     browser.find_element(By.CSS_SELECTOR, "#generate-stop").click()
     events = list(request.events(timeout=120))
     assert isinstance(events[-1], Cancelled), events[-1]
+    wait.until(lambda d: STOPPED in d.find_element(By.CSS_SELECTOR, "#timing").text)
+    assert "step 1/1000" in browser.find_element(By.CSS_SELECTOR, "#gallery").text  # the previews stay
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "demo_stopped.png"))
 

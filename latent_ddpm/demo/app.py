@@ -47,6 +47,7 @@ from latent_ddpm.runtime.pipeline import Pipeline  # noqa: E402
 API_NAMES = ("generate", "denoise", "interpolate", "img2img")
 # Largest file the server accepts in one upload: a 4096x4096 PNG photo is ~25 MB, a phone JPEG 3-8 MB.
 MAX_FILE_SIZE = "32mb"
+STOPPED = "Stopped: the run was cancelled, and its place in the batch given up."
 # What build_app serves: a Pipeline, a bundle directory or shipped model name, or None (the default model).
 Source = Pipeline | str | Path | None
 
@@ -405,8 +406,8 @@ def build_app(
             **run,
         )
         # Cancelling the handler cancels its engine request: its rows leave the batch at the next step.
-        g_stop.click(None, None, None, cancels=[generating], queue=False, api_visibility="private")
-        w_stop.click(None, None, None, cancels=[denoising], queue=False, api_visibility="private")
+        for stop, event in ((g_stop, generating), (w_stop, denoising)):
+            stop.click(lambda: STOPPED, None, timing, cancels=[event], **private)
         i_btn.click(
             h.interpolate,
             [i_class, i_seed_a, i_seed_b, i_frames, i.steps, i.guidance, picker],
