@@ -102,6 +102,8 @@ def test_server_mode_is_refused_in_one_line_when_it_cannot_work(capsys: pytest.C
     port = str(free_port())
     err = _refused(capsys, ["demo", "--server", "http://127.0.0.1:9", "--bundle", "digits", "--port", port])
     assert "--server and --bundle exclude each other" in err
+    err = _refused(capsys, ["demo", "--server", "127.0.0.1:8000", "--port", port])
+    assert "--server must be an http:// or https:// URL, got '127.0.0.1:8000'" in err
     with socket.socket() as closed:  # a port that is certainly not listening
         closed.bind(("127.0.0.1", 0))
         nobody = f"http://127.0.0.1:{closed.getsockname()[1]}"

@@ -127,6 +127,8 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.server is not None and args.bundle:
         raise CLIError("--server and --bundle exclude each other: the server's models are the ones served")
+    if args.server is not None and not args.server.startswith(("http://", "https://")):
+        raise CLIError(f"--server must be an http:// or https:// URL, got {args.server!r}")
     check_listen_address(args.host, args.port)
     try:
         from latent_ddpm.demo.app import build_app, launch
