@@ -9,14 +9,21 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import pytest
 from bundle_factory import make_bundle
 
+from latent_ddpm.runtime.handles import Progress, RequestHandle
 from latent_ddpm.runtime.pipeline import Pipeline
 from latent_ddpm.runtime.shipped import DATA_DIR
+
+if TYPE_CHECKING:
+    from latent_ddpm.demo.app import DemoBlocks
 
 SHIPPED_BUNDLE = DATA_DIR / "digits"
 
@@ -41,21 +48,55 @@ def free_port() -> int:
 class LiveDemo:
     url: str
     pipe: Pipeline
+    app: DemoBlocks  # app.handlers.model.engine: the SamplingEngine every request goes through
 
 
 @contextlib.contextmanager
 def live_demo(bundle: Path, threads: int = 1) -> Iterator[LiveDemo]:
     """The demo app served on 127.0.0.1 from this process, closed on exit."""
-    from latent_ddpm.demo.app import build_app, launch
+    from latent_ddpm.demo.app import build_app
 
     pipe = Pipeline.from_bundle(bundle, threads=threads)
     app = build_app(pipe)
+    with serving(app) as url:
+        yield LiveDemo(url, pipe, app)
+
+
+@contextlib.contextmanager
+def serving(app: DemoBlocks) -> Iterator[str]:
+    """``app`` served on 127.0.0.1 from this process (its URL), closed on exit with its engines."""
+    from latent_ddpm.demo.app import launch
+
     port = free_port()
-    launch(app, port=port, prevent_thread_lock=True, quiet=True)
     try:
-        yield LiveDemo(f"http://127.0.0.1:{port}/", pipe)
+        launch(app, port=port, prevent_thread_lock=True, quiet=True)
+        yield f"http://127.0.0.1:{port}/"
     finally:
         app.close()
+
+
+def record_requests(demo: LiveDemo, monkeypatch: pytest.MonkeyPatch) -> list[RequestHandle]:
+    """Every request the demo submits to its (real) SamplingEngine from now on, in order."""
+    engine = demo.app.handlers.model.engine
+    handles: list[RequestHandle] = []
+    submit = engine.submit
+
+    def recording(*args: Any, **kwargs: Any) -> RequestHandle:
+        handles.append(submit(*args, **kwargs))
+        return handles[-1]
+
+    monkeypatch.setattr(engine, "submit", recording)
+    return handles
+
+
+def first_request(handles: list[RequestHandle], done: Callable[[], bool]) -> RequestHandle:
+    """The first recorded request once it is in the batch and denoising (its first Progress event);
+    ``done`` says whether the client's call already ended (then nothing will be submitted)."""
+    while not handles:
+        assert not done(), "the call ended without submitting a request"
+        time.sleep(0.05)
+    next(e for e in handles[0].events(timeout=120) if isinstance(e, Progress))
+    return handles[0]
 
 
 def bomb_png(path: Path, side: int = 13000) -> Path:

@@ -7,12 +7,14 @@ tiny factory bundle from ``tests/bundle_factory.py`` (see ``tests/demo_server.py
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from demo_server import TEST_STEPS, LiveDemo, demo_bundle, live_demo
+from demo_server import TEST_STEPS, LiveDemo, demo_bundle, first_request, live_demo, record_requests
 from PIL import Image
 
 gradio_client = pytest.importorskip("gradio_client")
@@ -20,6 +22,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 from latent_ddpm.demo.imaging import display_scale  # noqa: E402
+from latent_ddpm.runtime.handles import Cancelled, Finished, RequestHandle  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +70,7 @@ def test_endpoints_have_stable_names(client: Client) -> None:
 
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpmsolver++"])
 def test_generate_returns_images_of_the_model_size(client: Client, demo: LiveDemo, sampler: str) -> None:
-    gallery, grid_path, timing = _generate(client, demo, n=3, sampler=sampler)
+    gallery, grid_path, text, timing = _generate(client, demo, n=3, sampler=sampler)
     c, h, w = demo.pipe.bundle.image_shape
     s = display_scale(h)
     assert len(gallery) == 3
@@ -78,6 +81,7 @@ def test_generate_returns_images_of_the_model_size(client: Client, demo: LiveDem
     assert timing["images"] == 3 and timing["steps"] == TEST_STEPS and timing["sampler"] == sampler
     assert timing["backend"] == "onnxruntime" and timing["providers"] == ["CPUExecutionProvider"]
     assert timing["total_s"] > 0 and timing["per_step_ms"] > 0 and timing["images_per_s"] > 0
+    assert text.startswith("**3 images in ") and f"{TEST_STEPS} steps" in text and "images/s" in text
 
 
 def test_a_fixed_seed_gives_the_same_images(client: Client, demo: LiveDemo) -> None:
@@ -89,7 +93,7 @@ def test_a_fixed_seed_gives_the_same_images(client: Client, demo: LiveDemo) -> N
 
 
 def test_generate_matches_the_runtime(client: Client, demo: LiveDemo) -> None:
-    gallery, _, timing = _generate(client, demo, n=2, seed=5)
+    gallery, _, _, timing = _generate(client, demo, n=2, seed=5)
     direct = demo.pipe.generate(
         num_images=2,
         steps=TEST_STEPS,
@@ -140,7 +144,7 @@ def test_bad_input_is_a_clear_error_and_the_server_keeps_serving(
 
 
 def test_denoise_shows_noise_becoming_an_image(client: Client, demo: LiveDemo) -> None:
-    strip_path, gif_path, caption, timing = client.predict(
+    strip_path, gif_path, caption, _, timing = client.predict(
         _class(demo), "ddim", TEST_STEPS, 0.0, _guidance(demo), 3, api_name="/denoise"
     )
     _, h, w = demo.pipe.bundle.image_shape
@@ -162,7 +166,7 @@ def test_denoise_shows_noise_becoming_an_image(client: Client, demo: LiveDemo) -
 
 def test_interpolation_strip_ends_at_each_seeds_image(client: Client, demo: LiveDemo) -> None:
     frames = 5
-    strip_path, timing = client.predict(
+    strip_path, _, timing = client.predict(
         _class(demo), 21, 22, frames, TEST_STEPS, _guidance(demo), api_name="/interpolate"
     )
     _, h, w = demo.pipe.bundle.image_shape
@@ -195,7 +199,7 @@ def test_img2img_at_strength_0_is_the_autoencoders_reconstruction(
         pytest.skip("the served bundle has no vae_encoder.onnx")
     _, h, w = demo.pipe.bundle.image_shape
     x, path = _digit(tmp_path, h, w)
-    gallery, timing = client.predict(
+    gallery, _, timing = client.predict(
         handle_file(path), _class(demo), 0.0, 2, TEST_STEPS, _guidance(demo), 0, api_name="/img2img"
     )
     expected = demo.pipe.decode(demo.pipe.encode(x))[0]
@@ -211,7 +215,7 @@ def test_img2img_inverts_dark_on_light_drawings(client: Client, demo: LiveDemo, 
     _, h, w = demo.pipe.bundle.image_shape
     x, path = _digit(tmp_path, h, w)
     Image.fromarray(255 - x).save(path)  # black ink on white paper
-    gallery, _ = client.predict(
+    gallery, _, _ = client.predict(
         handle_file(path), _class(demo), 0.0, 1, TEST_STEPS, _guidance(demo), 0, api_name="/img2img"
     )
     expected = demo.pipe.decode(demo.pipe.encode(x))[0]
@@ -224,7 +228,7 @@ def test_img2img_at_strength_1_generates_from_noise(client: Client, demo: LiveDe
         pytest.skip("the served bundle has no vae_encoder.onnx")
     _, h, w = demo.pipe.bundle.image_shape
     x, path = _digit(tmp_path, h, w)
-    gallery, timing = client.predict(
+    gallery, _, timing = client.predict(
         handle_file(path), _class(demo), 1.0, 3, TEST_STEPS, _guidance(demo), 4, api_name="/img2img"
     )
     s = display_scale(h)
@@ -250,10 +254,118 @@ def test_progress_reports_denoising_steps(client: Client, demo: LiveDemo) -> Non
         return [u.progress_data[0] async for u in job if getattr(u, "progress_data", None)]
 
     updates = asyncio.run(progress_updates())
-    assert updates, "no progress update reached the client"
-    for unit in updates:
-        assert (unit.desc, unit.unit, unit.length) == ("denoising", "steps", steps)
+    denoising = [u for u in updates if u.desc == "denoising"]
+    assert denoising, f"no denoising progress reached the client: {updates}"
+    for unit in denoising:
+        assert (unit.unit, unit.length) == ("steps", steps)
         assert 0 <= unit.index <= steps
+
+
+@pytest.fixture()
+def engine_handles(demo: LiveDemo, monkeypatch: pytest.MonkeyPatch) -> list[RequestHandle]:
+    return record_requests(demo, monkeypatch)
+
+
+def test_generate_under_concurrent_load_gives_each_seed_its_image_alone(
+    client: Client,
+    demo: LiveDemo,
+    engine_handles: list[RequestHandle],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Six clients at once share the engine's U-Net calls; each still gets exactly its images alone.
+
+    The engine's U-Net calls wait until all six requests are in the engine, so that they do share calls
+    however loaded the machine is (no timing involved)."""
+    engine = demo.app.handlers.model.engine
+    calls = [(seed, ("ddim", "ddpm", "dpmsolver++")[seed % 3]) for seed in range(6)]
+    all_in = threading.Event()
+    unet_run = demo.pipe.unet.run
+
+    def held(feed):
+        assert all_in.wait(120), "the requests never all reached the engine"
+        return unet_run(feed)
+
+    def args(seed: int, sampler: str) -> tuple:
+        return (_class(demo, seed), 2, sampler, 10, 0.5, _guidance(demo), seed)
+
+    monkeypatch.setattr(demo.pipe.unet, "run", held)
+    before = engine.stats
+    jobs = [client.submit(*args(seed, sampler), api_name="/generate") for seed, sampler in calls]
+    while len(engine_handles) < len(calls):
+        assert not any(job.done() for job in jobs), [job.result() for job in jobs if job.done()]
+        time.sleep(0.05)
+    all_in.set()
+    together = [job.result(timeout=300) for job in jobs]
+    after = engine.stats
+    rows = (after.unet_rows - before.unet_rows) / (after.unet_calls - before.unet_calls)
+    one_request = 2 * (2 if _guidance(demo) != 1.0 else 1)
+    assert rows > one_request, "the requests never shared a U-Net call: nothing was batched"
+    for (seed, sampler), shared in zip(calls, together, strict=True):
+        alone = client.predict(*args(seed, sampler), api_name="/generate")
+        assert shared[3]["seed"] == alone[3]["seed"] == seed
+        for a, b in zip(shared[0], alone[0], strict=True):
+            assert np.array_equal(_load(a["image"]), _load(b["image"])), (seed, sampler)
+
+
+def test_img2img_as_drawn_is_unconditional(client: Client, demo: LiveDemo, tmp_path: Path) -> None:
+    """The sketch tab's default class: no class, i.e. guidance 0 (the null class's prediction alone)."""
+    if not demo.pipe.bundle.has_encoder or _guidance(demo) == 1.0:
+        pytest.skip("needs a guided bundle with a vae_encoder.onnx")
+    _, h, w = demo.pipe.bundle.image_shape
+    x, path = _digit(tmp_path, h, w)
+    gallery, _, details = client.predict(
+        handle_file(path), "as drawn", 0.6, 2, TEST_STEPS, 3.0, 5, api_name="/img2img"
+    )
+    expected = demo.pipe.img2img(
+        [x, x], strength=0.6, steps=TEST_STEPS, seed=5, class_labels=0, guidance_scale=0.0
+    )
+    assert details["guidance_scale"] == 0.0 and [g["caption"] for g in gallery] == ["#1", "#2"]
+    for item, image in zip(gallery, expected.images, strict=True):
+        assert np.array_equal(_model_pixels(item["image"], demo).reshape(image.shape), image)
+
+
+def test_generate_streams_previews_before_the_images(client: Client, demo: LiveDemo) -> None:
+    """With ``previews`` (the page turns it on); an API call without it gets one answer, the images."""
+    plain = client.submit(_class(demo), 3, "ddim", 40, 0.0, _guidance(demo), 8, api_name="/generate")
+    plain.result(timeout=120)
+    assert len(plain.outputs()) == 1
+    steps = 40
+    job = client.submit(_class(demo), 3, "ddim", steps, 0.0, _guidance(demo), 8, True, api_name="/generate")
+    final = job.result(timeout=120)
+    outputs = job.outputs()
+    assert len(outputs) >= 2 and outputs[-1] == final
+    _, h, w = demo.pipe.bundle.image_shape
+    s = display_scale(h)
+    for gallery, grid, text, details in outputs[:-1]:
+        assert grid is None and details is None and text.startswith("Denoising… step ")
+        assert len(gallery) == 3 and all(item["caption"].startswith("step ") for item in gallery)
+        assert _load(gallery[0]["image"]).shape[:2] == (h * s, w * s)
+    first_preview = _model_pixels(outputs[0][0][0]["image"], demo)
+    assert not np.array_equal(first_preview, _model_pixels(final[0][0]["image"], demo))
+
+
+def test_denoise_streams_a_growing_strip(client: Client, demo: LiveDemo) -> None:
+    job = client.submit(_class(demo), "ddim", 16, 0.0, _guidance(demo), 3, api_name="/denoise")
+    final = job.result(timeout=120)
+    outputs = job.outputs()
+    widths = [_load(strip)[0].shape[0] for strip, *_ in outputs]
+    assert len(outputs) >= 2 and all(gif is None for _, gif, *_ in outputs[:-1]) and final[1] is not None
+    assert widths == sorted(widths) and widths[0] < widths[-1], widths
+
+
+def test_cancelling_a_job_cancels_its_engine_request(
+    client: Client, demo: LiveDemo, engine_handles: list[RequestHandle]
+) -> None:
+    """gradio_client's Job.cancel() goes through Gradio's /cancel, as the Stop button's ``cancels=`` does:
+    the handler is cancelled and takes its engine request with it (its rows leave the batch)."""
+    job = client.submit(_class(demo), 16, "ddpm", 1000, 0.0, _guidance(demo), 0, api_name="/generate")
+    request = first_request(engine_handles, job.done)  # in the batch, denoising
+    assert job.cancel()
+    events = list(request.events(timeout=120))
+    assert isinstance(events[-1], Cancelled), events[-1]
+    assert request.future.cancelled()
+    assert not any(isinstance(e, Finished) for e in events)
+    assert len(_generate(client, demo, n=1)[0]) == 1  # the engine and the app go on serving
 
 
 @pytest.fixture(scope="module")

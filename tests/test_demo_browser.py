@@ -1,6 +1,7 @@
 """The demo in a real browser: Debian's headless chromium driven by Selenium through chromedriver.
 
-Presses Generate and waits for the gallery, draws on the sketchpad and turns it into a digit, checks that
+Presses Generate and waits for the gallery; picks a long example, sees its previews stream into the gallery
+and stops it with the Stop button (the engine request is cancelled); draws on the sketchpad and turns it into a digit, checks that
 the page fetched nothing from outside the server, and saves screenshots to ``test-artifacts/``. Skipped
 only where chromium or chromedriver is not installed (CI installs both).
 
@@ -16,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from demo_server import LiveDemo, demo_bundle, live_demo
+from demo_server import LiveDemo, demo_bundle, first_request, live_demo, record_requests
 
 pytest.importorskip("gradio")
 webdriver = pytest.importorskip("selenium.webdriver")
@@ -25,7 +26,9 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
+from latent_ddpm.demo.app import STOPPED  # noqa: E402
 from latent_ddpm.demo.imaging import display_scale  # noqa: E402
+from latent_ddpm.runtime.handles import Cancelled  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -74,10 +77,16 @@ def test_generate_in_the_browser(demo: LiveDemo, browser: webdriver.Chrome) -> N
     wait = WebDriverWait(browser, 60)
     button = wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, "#generate-btn")))
     button.click()
-    images = wait.until(lambda d: len(found := _gallery_images(d, "#gallery img")) >= 8 and found)
+    wait.until(lambda d: "8 images in" in d.find_element(By.CSS_SELECTOR, "#timing").text)  # the final answer
     _, h, w = demo.pipe.bundle.image_shape
-    assert all(img.get_attribute("naturalWidth") == str(display_scale(h) * w) for img in images)
-    wait.until(lambda d: "total_s" in d.find_element(By.CSS_SELECTOR, "#timing").text)
+    width = str(display_scale(h) * w)
+    wait.until(
+        lambda d: (
+            len(found := _gallery_images(d, "#gallery img")) == 8
+            and all(img.get_attribute("naturalWidth") == width for img in found)
+        )
+    )
+    assert "class " in browser.find_element(By.CSS_SELECTOR, "#gallery").text  # not a preview's "step i/n"
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "demo_generate.png"))
 
@@ -85,6 +94,29 @@ def test_generate_in_the_browser(demo: LiveDemo, browser: webdriver.Chrome) -> N
         u for u in _requested_urls(browser) if not u.startswith((demo.url, "data:", "blob:", "about:"))
     ]
     assert outside == [], f"the page fetched from outside the server: {outside}"
+
+
+def test_stop_cancels_the_engine_request(
+    demo: LiveDemo, browser: webdriver.Chrome, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The 'DDPM 1000' example takes a while; Stop (Gradio ``cancels=``) ends it and its engine request."""
+    requests = record_requests(demo, monkeypatch)
+    browser.get(demo.url)
+    wait = WebDriverWait(browser, 60)
+    example = wait.until(EC.element_to_be_clickable((By.XPATH, "//*[text()='DDPM 1000, as trained']")))
+    example.click()
+    browser.find_element(By.CSS_SELECTOR, "#generate-btn").click()
+    request = first_request(requests, lambda: False)
+    # The previews of the predicted clean images stream into the gallery while it samples.
+    wait.until(lambda d: len(_gallery_images(d, "#gallery img")) >= 8)
+    assert "step 1/1000" in browser.find_element(By.CSS_SELECTOR, "#gallery").text
+    browser.find_element(By.CSS_SELECTOR, "#generate-stop").click()
+    events = list(request.events(timeout=120))
+    assert isinstance(events[-1], Cancelled), events[-1]
+    wait.until(lambda d: STOPPED in d.find_element(By.CSS_SELECTOR, "#timing").text)
+    assert "step 1/1000" in browser.find_element(By.CSS_SELECTOR, "#gallery").text  # the previews stay
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "demo_stopped.png"))
 
 
 def test_sketch_to_digit_in_the_browser(demo: LiveDemo, browser: webdriver.Chrome) -> None:

@@ -99,3 +99,17 @@ def test_sigterm_stops_the_server_and_removes_its_scratch_folder(tmp_path: Path)
     # the project's words for a command-line user, not Gradio's advice to Python callers
     assert f"Demo running at http://127.0.0.1:{port}/" in printed and "start it with --share" in printed
     assert "share=True" not in printed
+
+
+def test_server_mode_is_refused_in_one_line_when_it_cannot_work(capsys: pytest.CaptureFixture[str]) -> None:
+    """--server with --bundle is a contradiction; a --server nobody answers at is named before serving."""
+    port = str(free_port())
+    err = _refused(capsys, ["demo", "--server", "http://127.0.0.1:9", "--bundle", "digits", "--port", port])
+    assert "--server and --bundle exclude each other" in err
+    err = _refused(capsys, ["demo", "--server", "127.0.0.1:8000", "--port", port])
+    assert "--server must be an http:// or https:// URL, got '127.0.0.1:8000'" in err
+    with socket.socket() as closed:  # a port that is certainly not listening
+        closed.bind(("127.0.0.1", 0))
+        nobody = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        err = _refused(capsys, ["demo", "--server", nobody, "--port", port])
+    assert f"cannot reach {nobody}" in err

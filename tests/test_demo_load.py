@@ -1,7 +1,7 @@
 """A short load test of `latent-ddpm demo` run as users run it: its own process, 20 concurrent /generate.
 
-Every request must succeed through the queue (concurrency 2, the rest waiting), identical requests must
-give identical images while running concurrently (the shared Pipeline is re-entrant), and the server's
+Every request must succeed through the queue and the shared sampling engine, identical requests must
+give identical images while batched together (each image has its own noise), and the server's
 resident memory must not grow by more than RSS_GROWTH_LIMIT_MB over the burst.
 
 Why 300 MB: after the warm-up requests the server holds the ONNX Runtime sessions, their arenas for the
@@ -51,7 +51,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subproces
     port = free_port()
     # The bundle comes through LATENT_DDPM_BUNDLE, as in the Docker images, not --bundle.
     cmd = [sys.executable, "-m", "latent_ddpm", "demo", "--port", str(port), "--threads", "1"]
-    cmd += ["--concurrency", "2", "--max-queue", "64"]
+    cmd += ["--max-queue", "64"]  # --concurrency: its default, the engine's row budget
     env = {**os.environ, "LATENT_DDPM_BUNDLE": str(bundle)}
     log = tmp_path_factory.mktemp("load-log") / "server.log"
     with open(log, "w") as out:
@@ -107,7 +107,7 @@ def test_twenty_concurrent_generate_calls_succeed_without_growing_memory(server)
     first_of_seed: dict[int, list[np.ndarray]] = {}
     for seed, result in zip(seeds, results, strict=True):
         images = _images(result)
-        assert len(images) == IMAGES_PER_REQUEST and result[2]["seed"] == seed
+        assert len(images) == IMAGES_PER_REQUEST and result[3]["seed"] == seed
         expected = first_of_seed.setdefault(seed, images)
         assert all(np.array_equal(a, b) for a, b in zip(images, expected, strict=True)), seed
     growth = after - before
@@ -190,8 +190,9 @@ def test_a_burst_of_huge_uploads_keeps_the_server_memory_bounded(server, tmp_pat
     """8 uploads of a 13000 x 13000 PNG (164 kB, 169 MB decoded) through the UI's upload handler, 8 more
     through /img2img, and 8 pictures at the size limit, all at once. Before, the upload handler ran outside
     the queue and decoded every one: 8 calls took the server from 0.7 to 5.1 GB. Now sizes are read from the
-    header and refused before decoding, and pictures are decoded at most --concurrency at a time."""
-    proc, url, _ = server
+    header and refused before decoding, and pictures are decoded at most DECODE_CONCURRENCY at a time."""
+    proc, url, bundle = server
+    model = load_bundle(bundle).name  # the picker's value, sent with every UI event
     client = Client(url, verbose=False)
     bomb = bomb_png(tmp_path / "bomb.png")
     at_limit = bomb_png(tmp_path / "at_limit.png", side=4096)  # exactly MAX_INPUT_PIXELS: accepted
@@ -199,14 +200,16 @@ def test_a_burst_of_huge_uploads_keeps_the_server_memory_bounded(server, tmp_pat
     digit = tmp_path / "digit.png"
     Image.fromarray(np.pad(np.full((12, 4), 255, np.uint8), 10)).save(digit)
     client.predict(handle_file(str(digit)), *settings, api_name="/img2img")  # warm up the encoder
-    assert "error" not in _call_ui_handler(url, "upload_to_input", [_uploaded(url, digit)])
+    assert "error" not in _call_ui_handler(url, "upload_to_input", [_uploaded(url, digit), model])
     bomb_file, limit_file = _uploaded(url, bomb), _uploaded(url, at_limit)
     before = _rss_mb(proc)
 
     with _PeakRSS(proc) as rss, ThreadPoolExecutor(16) as pool:
         jobs = [client.submit(handle_file(str(bomb)), *settings, api_name="/img2img") for _ in range(8)]
-        direct = [pool.submit(_call_ui_handler, url, "upload_to_input", [bomb_file]) for _ in range(8)]
-        direct += [pool.submit(_call_ui_handler, url, "upload_to_input", [limit_file]) for _ in range(8)]
+        direct = [pool.submit(_call_ui_handler, url, "upload_to_input", [bomb_file, model]) for _ in range(8)]
+        direct += [
+            pool.submit(_call_ui_handler, url, "upload_to_input", [limit_file, model]) for _ in range(8)
+        ]
         errors = [_error_of(job) for job in jobs]
         results = [d.result(timeout=300) for d in direct]
     growth = rss.peak_mb - before

@@ -8,7 +8,11 @@ encoder-less cases always use factory bundles.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import inspect
+import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,7 +23,7 @@ from PIL import Image
 gr = pytest.importorskip("gradio")
 
 from latent_ddpm.demo import cli as demo_cli  # noqa: E402
-from latent_ddpm.demo.handlers import Handlers  # noqa: E402
+from latent_ddpm.demo.handlers import DECODE_CONCURRENCY, Handlers  # noqa: E402
 from latent_ddpm.demo.imaging import (  # noqa: E402
     center_digit,
     display_scale,
@@ -27,7 +31,9 @@ from latent_ddpm.demo.imaging import (  # noqa: E402
     strip,
     to_model_polarity,
 )
+from latent_ddpm.demo.models import LocalModel  # noqa: E402
 from latent_ddpm.demo.slerp import slerp, slerp_path  # noqa: E402
+from latent_ddpm.runtime.engine import SamplingEngine  # noqa: E402
 from latent_ddpm.runtime.pipeline import Pipeline  # noqa: E402
 
 
@@ -83,7 +89,7 @@ def test_sketch_becomes_a_white_on_black_model_input(handlers: Handlers) -> None
     composite = np.full((280, 280, 3), 255, np.uint8)  # Gradio flattens the sketch on white
     composite[60:220, 130:150] = 0
     shown = np.asarray(Image.open(handlers.sketch_to_input({"layers": [], "composite": composite})))
-    _, h, w = handlers.pipe.bundle.image_shape
+    _, h, w = handlers.model.pipe.bundle.image_shape
     s = display_scale(h)
     assert shown.shape == (h * s, w * s)
     assert shown[0, 0] == 0 and shown[h * s // 2, w * s // 2] == 255
@@ -103,6 +109,7 @@ def test_sketch_becomes_a_white_on_black_model_input(handlers: Handlers) -> None
         ({"seed": 2**31}, f"seed must be an integer in 0..{2**31 - 1}"),
         ({"sampler": "euler"}, "sampler must be one of ddim, ddpm, dpmsolver\\+\\+, got 'euler'"),
         ({"class_name": "banana"}, "class 'banana' is not one of random, "),
+        ({"previews": "yes"}, "previews must be true or false, got 'yes'"),
     ],
 )
 def test_handlers_check_every_argument_themselves(handlers: Handlers, kwargs: dict, message: str) -> None:
@@ -116,20 +123,54 @@ def test_handlers_check_every_argument_themselves(handlers: Handlers, kwargs: di
         "seed": 0,
     } | kwargs
     with pytest.raises(gr.Error, match=message):
-        handlers.generate(**call)
+        _run(handlers.generate(**call))
 
 
 def test_runtime_input_errors_become_gr_errors(tmp_path: Path) -> None:
     h = Handlers(Pipeline.from_bundle(make_bundle(tmp_path / "b", conditional=False, with_encoder=False)))
-    assert h.limits.class_names == () and not h.limits.can_guide and not h.limits.has_encoder
-    gallery, _, timing = h.generate("random", 2, "ddim", TEST_STEPS, 0.0, 1.0, 0)
+    assert (
+        h.model.limits.class_names == () and not h.model.limits.can_guide and not h.model.limits.has_encoder
+    )
+    gallery, _, _, timing = _run(h.generate("random", 2, "ddim", TEST_STEPS, 0.0, 1.0, 0))
     assert len(gallery) == 2 and gallery[0][1] == "#1" and timing["guidance_scale"] == 1.0
     with pytest.raises(gr.Error, match="guidance_scale=3.0 needs classifier-free guidance"):
-        h.generate("random", 2, "ddim", TEST_STEPS, 0.0, 3.0, 0)  # the runtime's InputError, same text
+        _run(h.generate("random", 2, "ddim", TEST_STEPS, 0.0, 3.0, 0))  # the runtime's InputError, same text
     with pytest.raises(gr.Error, match="class '3' given, but this model is unconditional"):
-        h.generate("3", 2, "ddim", TEST_STEPS, 0.0, 1.0, 0)
+        _run(h.generate("3", 2, "ddim", TEST_STEPS, 0.0, 1.0, 0))
     with pytest.raises(gr.Error, match="no vae_encoder.onnx"):
-        h.img2img(np.zeros((32, 32), np.uint8), "random", 0.5, 1, TEST_STEPS, 1.0, 0)
+        _run(h.img2img(np.zeros((32, 32), np.uint8), "random", 0.5, 1, TEST_STEPS, 1.0, 0))
+    h.close()
+
+
+def test_a_full_engine_is_a_clear_error(tmp_path: Path) -> None:
+    """The engine's BusyError (it holds as many images as it may) reaches the client as a gr.Error."""
+    pipe = Pipeline.from_bundle(make_bundle(tmp_path / "b"), threads=1)
+    unet = _Held(pipe.unet)
+    pipe = Pipeline(pipe.bundle, unet, pipe.decoder, pipe.encoder, max_images=4)
+    h = Handlers(LocalModel(pipe, SamplingEngine(pipe, max_pending_images=4)))
+    unet.go.clear()
+    running = h.model.engine.submit(num_images=4, steps=TEST_STEPS, seed=0)  # holds all four places
+    with pytest.raises(gr.Error, match="the sampling engine is busy: it holds 4 images"):
+        _run(h.generate("random", 1, "ddim", TEST_STEPS, 0.0, 1.0, 0))
+    unet.go.set()
+    running.result(timeout=60)
+    assert len(_run(h.generate("random", 1, "ddim", TEST_STEPS, 0.0, 1.0, 0))[0]) == 1
+    h.close()
+
+
+class _Held:
+    """The real U-Net, whose calls wait while ``go`` is clear: holds a request mid-run, without timing."""
+
+    def __init__(self, unet: Any) -> None:
+        self.unet, self.go = unet, threading.Event()
+        self.go.set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.unet, name)
+
+    def run(self, feed: Any) -> Any:
+        assert self.go.wait(60), "the test never let the U-Net go on"
+        return self.unet.run(feed)
 
 
 def test_unconditional_models_hide_class_and_guidance(tmp_path: Path) -> None:
@@ -146,18 +187,23 @@ def test_unconditional_models_hide_class_and_guidance(tmp_path: Path) -> None:
     app.close()
 
 
-def _args(**kw) -> argparse.Namespace:
+def test_cli_models_come_from_flags_then_environment_then_shipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first is the default; every shipped model is offered too, once."""
+    from latent_ddpm.runtime.shipped import shipped_models
+
+    others = [name for name in shipped_models() if name != "digits"]
     p = argparse.ArgumentParser()
     demo_cli.add_arguments(p)
-    return p.parse_args([f"--{k}={v}" for k, v in kw.items()])
-
-
-def test_cli_bundle_comes_from_flag_then_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(demo_cli.BUNDLE_ENV, raising=False)
-    assert demo_cli.bundle_path(_args()) is None  # the shipped model
+    assert demo_cli.bundle_sources(p.parse_args([])) == ["digits", *others]
     monkeypatch.setenv(demo_cli.BUNDLE_ENV, "/srv/bundles/digits")
-    assert demo_cli.bundle_path(_args()) == Path("/srv/bundles/digits")
-    assert demo_cli.bundle_path(_args(bundle="/tmp/mine")) == Path("/tmp/mine")
+    assert demo_cli.bundle_sources(p.parse_args([])) == ["/srv/bundles/digits", "digits", *others]
+    args = p.parse_args(["--bundle", "/tmp/mine", "--bundle", "digits"])
+    assert demo_cli.bundle_sources(args) == ["/tmp/mine", "digits", *others]
+    assert demo_cli.bundle_sources(p.parse_args(["--bundle", str(shipped_models()["digits"])])) == [
+        str(shipped_models()["digits"]),
+        *others,
+    ]
 
 
 def test_cli_refuses_bad_flags_and_bundles_in_one_line(
@@ -180,11 +226,12 @@ def test_the_demo_and_the_runtime_share_one_guidance_bound(handlers: Handlers) -
     with pytest.raises(
         gr.Error, match=f"guidance scale must be a number in 0..{MAX_GUIDANCE_SCALE:g}, got {above}"
     ):
-        handlers.generate("random", 1, "ddim", TEST_STEPS, 0.0, above, 0)
+        _run(handlers.generate("random", 1, "ddim", TEST_STEPS, 0.0, above, 0))
     with pytest.raises(InputError, match=f"guidance_scale must be a number in 0..{MAX_GUIDANCE_SCALE:g}"):
-        handlers.pipe.generate(steps=TEST_STEPS, guidance_scale=above, seed=0)
-    if handlers.limits.can_guide:
-        assert len(handlers.generate("random", 1, "ddim", TEST_STEPS, 0.0, MAX_GUIDANCE_SCALE, 0)[0]) == 1
+        handlers.model.pipe.generate(steps=TEST_STEPS, guidance_scale=above, seed=0)
+    if handlers.model.limits.can_guide:
+        gallery = _run(handlers.generate("random", 1, "ddim", TEST_STEPS, 0.0, MAX_GUIDANCE_SCALE, 0))[0]
+        assert len(gallery) == 1
 
 
 @pytest.fixture(scope="module")
@@ -210,9 +257,9 @@ def test_an_oversized_upload_is_refused_from_its_header(
     message = r"the image has 169\.0 megapixels; the demo takes at most 16\.8 \(scale it down first\)"
     with pytest.raises(gr.Error, match=message):
         handlers.upload_to_input(str(bomb))
-    if handlers.limits.has_encoder:
+    if handlers.model.limits.has_encoder:
         with pytest.raises(gr.Error, match=message):
-            handlers.img2img(str(bomb), "random", 0.5, 1, TEST_STEPS, 1.0, 0)
+            _run(handlers.img2img(str(bomb), "random", 0.5, 1, TEST_STEPS, 1.0, 0))
 
 
 def test_uploads_that_are_not_pictures_are_one_clear_error(handlers: Handlers, tmp_path: Path) -> None:
@@ -224,12 +271,40 @@ def test_uploads_that_are_not_pictures_are_one_clear_error(handlers: Handlers, t
 
 
 def test_picture_handlers_are_queued_with_a_concurrency_limit(tmp_path: Path) -> None:
-    """The upload and sketch handlers ran outside the queue, so a burst decoded pictures without limit."""
+    """The upload and sketch handlers ran outside the queue, so a burst decoded pictures without limit; the
+    sampling endpoints share one limit (--concurrency), by default the engine's row budget."""
     from latent_ddpm.demo.app import build_app
 
-    app = build_app(make_bundle(tmp_path / "b"), concurrency_limit=3)
-    for fn in app.fns.values():
-        name = getattr(fn.fn, "__name__", "")
-        if name in ("upload_to_input", "sketch_to_input", "generate", "denoise", "interpolate", "img2img"):
-            assert fn.queue is not False and fn.concurrency_limit == 3, name
-    app.close()
+    limits = {}
+    for concurrency in (3, None):
+        app = build_app(make_bundle(tmp_path / f"b{concurrency}"), concurrency_limit=concurrency)
+        for fn in app.fns.values():
+            name = getattr(fn.fn, "__name__", "")
+            if name in (
+                "upload_to_input",
+                "sketch_to_input",
+                "generate",
+                "denoise",
+                "interpolate",
+                "img2img",
+            ):
+                assert fn.queue is not False, name
+                limits[concurrency, name] = fn.concurrency_limit
+        rows = app.handlers.model.engine.max_rows
+        app.close()
+    for name in ("generate", "denoise", "interpolate", "img2img"):
+        assert (limits[3, name], limits[None, name]) == (3, rows), name
+    for name in ("upload_to_input", "sketch_to_input"):
+        assert limits[3, name] == limits[None, name] == DECODE_CONCURRENCY, name
+
+
+def _run(call: Any) -> Any:
+    """Run a handler as Gradio does: a coroutine to its result, an async generator to its last answer."""
+
+    async def last() -> Any:
+        out = None
+        async for answer in call:
+            out = answer
+        return out
+
+    return asyncio.run(last() if inspect.isasyncgen(call) else call)

@@ -213,7 +213,7 @@ def test_cpu_image_serves_the_demo_and_its_healthcheck_follows_it(built: Callabl
             check = ctr.run(*health, timeout=60)
             assert check.returncode == 0, f"HEALTHCHECK failed on a live server: {check.stderr[-2000:]}"
 
-            gallery, _, timing = Client(url, verbose=False).predict(
+            gallery, _, _, timing = Client(url, verbose=False).predict(
                 class_name="7",
                 num_images=3,
                 sampler="ddim",

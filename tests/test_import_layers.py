@@ -19,7 +19,7 @@ BELOW = {
     "runtime": set(),
     "export": {"runtime", "evaluate"},  # the precision gate judges digits with evaluate's classifier
     "train": {"export", "runtime"},
-    "demo": {"runtime"},
+    "demo": {"runtime", "serve"},  # --server: serve's torch-free HTTP client (serve/client.py)
     "serve": {"runtime"},
     "evaluate": {"runtime"},
     "bench": {"train", "export", "runtime", "serve"},

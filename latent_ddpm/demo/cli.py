@@ -1,9 +1,11 @@
 """Serve the Gradio demo: generate, watch denoising, interpolate between seeds, turn sketches into digits.
 
-Runs the torch-free runtime on the digits model that ships with the package unless --bundle (or the
-LATENT_DDPM_BUNDLE environment variable) names another bundle. Every tab is also an API endpoint for
-gradio_client (/generate, /denoise, /interpolate, /img2img); see docs/demo.md. Nothing is downloaded:
-analytics are off and --share (which does need the internet) is off by default.
+Runs the torch-free runtime on the models that ship with the package and any --bundle given (a model picker
+shows when there is more than one; the first --bundle, else LATENT_DDPM_BUNDLE, else the digits model is the
+default). With --server URL the page is a front for a `latent-ddpm serve` deployment instead, reached over
+HTTP (Generate only). Every tab is also an API endpoint for gradio_client (/generate, /denoise,
+/interpolate, /img2img); see docs/demo.md. Nothing is downloaded: analytics are off and --share (which does
+need the internet) is off by default.
 """
 
 from __future__ import annotations
@@ -13,28 +15,30 @@ import errno
 import os
 import signal
 import socket
-from pathlib import Path
 
 HELP = __doc__
 BUNDLE_ENV = "LATENT_DDPM_BUNDLE"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from latent_ddpm.runtime.sample_cli import add_backend_arguments
+
     p.add_argument(
         "--bundle",
-        type=Path,
+        action="append",
         default=None,
-        help=f"bundle directory or shipped model name (default: ${BUNDLE_ENV} if set, else the shipped digits model)",
-    )
-    p.add_argument("--backend", default="onnxruntime", help="inference backend: onnxruntime or tensorrt")
-    p.add_argument(
-        "--providers",
-        default=None,
-        help="comma-separated ONNX Runtime execution providers, e.g. CUDAExecutionProvider,CPUExecutionProvider",
+        help=f"bundle directory or shipped model name; repeat for several (a model picker shows). The first "
+        f"is the default model; none = ${BUNDLE_ENV} if set, else the shipped digits model. The shipped "
+        "models are always offered too",
     )
     p.add_argument(
-        "--threads", type=int, default=None, help="intra-op threads per model (default: all cores)"
+        "--server",
+        default=None,
+        metavar="URL",
+        help="a `latent-ddpm serve` deployment (e.g. http://127.0.0.1:8000) whose models this page fronts "
+        "over HTTP, instead of running models here (Generate only)",
     )
+    add_backend_arguments(p)
     p.add_argument(
         "--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 serves other machines (Docker)"
     )
@@ -43,19 +47,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--share", action="store_true", help="also open a public *.gradio.live link (needs the internet)"
     )
     p.add_argument(
-        "--concurrency", type=int, default=2, help="sampling requests that may run at the same time"
+        "--concurrency",
+        type=int,
+        default=None,
+        help="requests let in from the web queue at once, across all tabs; the sampling engine batches them "
+        "into one U-Net call per step within its row budget. None = the row budget (64)",
     )
     p.add_argument(
-        "--max-queue", type=int, default=64, help="requests that may wait; more are refused as 'queue full'"
+        "--max-queue",
+        type=int,
+        default=64,
+        help="requests that may wait beyond --concurrency; more are refused as 'queue full'",
     )
 
 
-def bundle_path(args: argparse.Namespace) -> Path | None:
-    """--bundle, else $LATENT_DDPM_BUNDLE, else None (the shipped model)."""
-    if args.bundle is not None:
-        return args.bundle
+def bundle_sources(args: argparse.Namespace) -> list[str]:
+    """The models to serve, the default first: every --bundle (else $LATENT_DDPM_BUNDLE, else the default
+    shipped model), then each shipped model not among them."""
+    from latent_ddpm.runtime.shipped import DEFAULT_MODEL, resolve_bundle, shipped_models
+
     env = os.environ.get(BUNDLE_ENV, "").strip()
-    return Path(env) if env else None
+    given = list(args.bundle or ([env] if env else [DEFAULT_MODEL]))
+    served = {resolve_bundle(value).resolve() for value in given}
+    return given + [name for name, path in shipped_models().items() if path.resolve() not in served]
 
 
 def check_listen_address(host: str, port: int) -> None:
@@ -107,10 +121,14 @@ def run(args: argparse.Namespace) -> int:
     check_threads(args.threads, "--threads")
     if not 1 <= args.port <= 65535:
         raise CLIError(f"--port must be in 1..65535, got {args.port}")
-    if args.concurrency < 1 or args.max_queue < 1:
+    if (args.concurrency is not None and args.concurrency < 1) or args.max_queue < 1:
         raise CLIError(
             f"--concurrency and --max-queue must be >= 1, got {args.concurrency} and {args.max_queue}"
         )
+    if args.server is not None and args.bundle:
+        raise CLIError("--server and --bundle exclude each other: the server's models are the ones served")
+    if args.server is not None and not args.server.startswith(("http://", "https://")):
+        raise CLIError(f"--server must be an http:// or https:// URL, got {args.server!r}")
     check_listen_address(args.host, args.port)
     try:
         from latent_ddpm.demo.app import build_app, launch
@@ -120,8 +138,10 @@ def run(args: argparse.Namespace) -> int:
 
     providers = [p.strip() for p in args.providers.split(",")] if args.providers else None
     app = build_app(
-        bundle_path(args),
+        None if args.server is not None else bundle_sources(args),
+        server=args.server,
         backend=args.backend,
+        precision=args.precision,
         providers=providers,
         threads=args.threads,
         concurrency_limit=args.concurrency,
@@ -129,11 +149,14 @@ def run(args: argparse.Namespace) -> int:
     )
     # Gradio's own start-up lines end with "set `share=True` in `launch()`", advice for Python callers;
     # a command-line user is told about --share instead.
-    launch(app, host=args.host, port=args.port, share=args.share, quiet=True, prevent_thread_lock=True)
-    print(f"Demo running at {app.local_url} (Ctrl-C stops it)", flush=True)
-    if app.share_url:
-        print(f"Public link: {app.share_url}", flush=True)
-    elif not args.share:
-        print("For a public *.gradio.live link (needs the internet), start it with --share", flush=True)
-    app.block_thread()  # until Ctrl-C or SIGTERM, which close the server
+    try:
+        launch(app, host=args.host, port=args.port, share=args.share, quiet=True, prevent_thread_lock=True)
+        print(f"Demo running at {app.local_url} (Ctrl-C stops it)", flush=True)
+        if app.share_url:
+            print(f"Public link: {app.share_url}", flush=True)
+        elif not args.share:
+            print("For a public *.gradio.live link (needs the internet), start it with --share", flush=True)
+        app.block_thread()  # until Ctrl-C or SIGTERM, which close the server
+    finally:
+        app.close()  # and the sampling engines: requests still running are cancelled
     return 0

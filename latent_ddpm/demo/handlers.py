@@ -1,24 +1,28 @@
-"""What each button of the demo does: check the inputs, run the shared Pipeline, shape the outputs.
+"""What each button of the demo does: check the inputs, submit to the picked model, shape the outputs.
 
 Every handler is also a public API endpoint, so it checks its arguments itself (a client can send anything,
-not just what the sliders allow) and turns the runtime's user-facing errors into ``gr.Error`` with the same
-message. The Pipeline is re-entrant (each call builds its own scheduler and RNG; ONNX Runtime sessions
-may be run from several threads), so one instance serves every request.
+not just what the sliders allow) and turns the runtime's user-facing errors (a refused argument, the engine's
+BusyError, a server's refusal) into ``gr.Error`` with the same message. Every sampling request to a local
+model goes to its one ``SamplingEngine``, which batches the requests of all users into one U-Net call per
+step; the handlers are async generators that stream the engine's decoded previews while it samples. When Gradio cancels a handler (the Stop button, a
+client's ``Job.cancel()``, a closed page) the engine request is cancelled with it, so its rows leave the batch.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import math
 import numbers
 import secrets
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,43 +38,29 @@ from latent_ddpm.demo.imaging import (
     strip,
     to_model_polarity,
 )
+from latent_ddpm.demo.models import LocalModel, Model, RemoteHandle, RemoteModel
 from latent_ddpm.demo.slerp import slerp_path
-from latent_ddpm.errors import LatentDDPMError
+from latent_ddpm.errors import InputError, LatentDDPMError
+from latent_ddpm.runtime.handles import Progress, RequestHandle
 from latent_ddpm.runtime.images import make_grid, save_png
 from latent_ddpm.runtime.limits import MAX_ETA, MAX_GUIDANCE_SCALE, MIN_GUIDANCE_SCALE
 from latent_ddpm.runtime.pipeline import GenerationResult, Pipeline
+from latent_ddpm.runtime.results import Preview
+from latent_ddpm.serve.client import RemoteResult
 
 SAMPLERS = [("DDIM", "ddim"), ("DDPM", "ddpm"), ("DPM-Solver++", "dpmsolver++")]
 RANDOM_CLASS = "random"
 MAX_IMAGES = 64  # per request: a public server's share, far below the runtime's DEFAULT_MAX_IMAGES
-MAX_STEPS = 1000
 MAX_SEED = 2**31 - 1
 MAX_FRAMES = 16  # images in an interpolation strip
 DENOISE_STRIP_FRAMES = 8  # pictures in the "watch it denoise" strip (the GIF shows up to 60 steps)
 DENOISE_GIF_FRAMES = 60
-
-
-@dataclass(frozen=True)
-class Limits:
-    """The bounds every control and endpoint enforces, derived from the bundle."""
-
-    max_steps: int
-    class_names: tuple[str, ...]  # empty for an unconditional model
-    can_guide: bool
-    has_encoder: bool
-    single_channel: bool
-
-    @classmethod
-    def of(cls, pipe: Pipeline) -> Limits:
-        b = pipe.bundle
-        cond = b.conditioning
-        return cls(
-            max_steps=min(MAX_STEPS, b.num_train_timesteps),
-            class_names=tuple(cond.class_names) if cond else (),
-            can_guide=cond is not None and cond.null_class is not None,
-            has_encoder=b.has_encoder,
-            single_channel=b.image_shape[0] == 1,
-        )
+GENERATE_PREVIEWS = 8  # decoded x0 predictions streamed into Generate's gallery while it samples
+# Uploaded pictures decoded at once (each up to MAX_INPUT_PIXELS before it is shrunk): the engine bounds the
+# sampling work, this bounds the memory a burst of uploads takes.
+DECODE_CONCURRENCY = 2
+Handle = RequestHandle | RemoteHandle  # what a model's submit returns
+AS_DRAWN = "as drawn"  # img2img without a class: the model's unconditional prediction (guidance 0)
 
 
 class Scratch:
@@ -133,16 +123,34 @@ def check_float(name: str, value: Any, low: float, high: float) -> float:
 
 
 class Handlers:
-    """One method per endpoint; ``progress`` is filled in by Gradio from the runtime's step callback."""
+    """One method per endpoint, over the demo's models (``models.py``); each takes the model's name last
+    (None: the first model).
 
-    def __init__(self, pipe: Pipeline) -> None:
-        self.pipe = pipe
-        self.limits = Limits.of(pipe)
+    The models are this object's: ``close()`` cancels what still runs and stops their engines. ``progress`` is
+    filled in by Gradio and follows the engine's per-step events.
+    """
+
+    def __init__(self, models: Pipeline | Model | Sequence[Model]) -> None:
+        if isinstance(models, Pipeline):
+            models = [LocalModel(models)]
+        elif isinstance(models, LocalModel | RemoteModel):
+            models = [models]
+        self.models: dict[str, Model] = {}
+        for m in models:
+            if m.name in self.models:
+                raise InputError(f"two models are named {m.name!r}: give each bundle its own name")
+            self.models[m.name] = m
+        self.model = models[0]  # the default
         self.scratch = Scratch()
+        self._decoding = threading.BoundedSemaphore(DECODE_CONCURRENCY)
+
+    def close(self) -> None:
+        for m in self.models.values():
+            m.close()
 
     # ------------------------------------------------------------------ endpoints
 
-    def generate(
+    async def generate(
         self,
         class_name: str | None,
         num_images: float,
@@ -151,26 +159,44 @@ class Handlers:
         eta: float,
         guidance_scale: float,
         seed: float | None,
+        previews: bool = False,
+        model: str | None = None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's documented injection idiom
-    ) -> tuple[list[tuple[str, str]], str, dict[str, Any]]:
-        """Sample images from noise; returns (gallery, path of the PNG grid, timing)."""
+    ) -> AsyncIterator[tuple[list[tuple[str, str]], str | None, str, dict[str, Any] | None]]:
+        """Sample images from noise. Yields (gallery, PNG grid path, timing text, run details): with
+        ``previews``, first the decoded predictions of the clean images while sampling runs; then the images.
+
+        Previews cost throughput under load (decoding, PNGs and one more answer each: 16 clients got ~35% fewer
+        images/s with 8 previews a request), so API calls have them off unless asked; the page turns them on.
+        """
+        m = self._model(model)
         n = check_int("number of images", num_images, 1, MAX_IMAGES)
-        args = self._sampling(sampler, steps, eta, guidance_scale, seed)
-        with user_errors():
-            result = self.pipe.generate(
-                num_images=n,
-                class_labels=self._class(class_name, allow_random=True),
-                callback=self._progress(progress, args["steps"]),
-                **args,
-            )
-        gallery = self._gallery(result)
+        if not isinstance(previews, bool):
+            raise gr.Error(f"previews must be true or false, got {previews!r}", print_exception=False)
+        args = self._sampling(m, sampler, steps, eta, guidance_scale, seed)
+        total = args["steps"]
+        handle = self._submit(
+            m.submit,
+            num_images=n,
+            class_labels=self._class(m, class_name, allow_random=True),
+            # Not at the last step: the images follow.
+            preview_steps=_evenly_spaced(total, GENERATE_PREVIEWS + 1)[:-1] if previews else (),
+            **args,
+        )
+        with _cancelled_on_exit(handle):
+            async for preview in _follow(handle, progress):
+                caption = f"step {preview.step_index + 1}/{total}"
+                gallery = await asyncio.to_thread(self._gallery, preview.images, [caption] * n)
+                yield gallery, None, f"Denoising… {caption} (previews of the predicted clean images)", None
+            result = _result(handle)
+        gallery = await asyncio.to_thread(self._gallery, result.images, self._captions(m, result))
         grid_path = self.scratch.path(
             f"latent-ddpm_seed{result.seed}_{result.sampler}_{result.steps}steps.png"
         )
-        save_png(make_grid(result.images, nrow=min(n, 8)), grid_path)
-        return gallery, str(grid_path), self._timing(result)
+        await asyncio.to_thread(save_png, make_grid(result.images, nrow=min(n, 8)), grid_path)
+        yield gallery, str(grid_path), self._timing_text(m, result), self._timing(m, result)
 
-    def denoise(
+    async def denoise(
         self,
         class_name: str | None,
         sampler: str,
@@ -178,42 +204,67 @@ class Handlers:
         eta: float,
         guidance_scale: float,
         seed: float | None,
+        model: str | None = None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008
-    ) -> tuple[str, str, str, dict[str, Any]]:
+    ) -> AsyncIterator[tuple[str, str | None, str, str, dict[str, Any] | None]]:
         """One image, showing the model's guess of the clean image as the noise is removed.
 
-        Returns (strip of DENOISE_STRIP_FRAMES pictures, path of an animated GIF, strip caption, timing).
+        Yields (strip of up to DENOISE_STRIP_FRAMES pictures, path of an animated GIF, strip caption, timing
+        text, run details); the strip grows while sampling runs, the GIF comes with the last answer.
         """
-        args = self._sampling(sampler, steps, eta, guidance_scale, seed)
+        m = self._local(model, "Watch it denoise")
+        args = self._sampling(m, sampler, steps, eta, guidance_scale, seed)
         n_steps = args["steps"]
         gif_steps = _evenly_spaced(n_steps, DENOISE_GIF_FRAMES)
-        latents = self._initial_latents(args["seed"])
-        with user_errors():
-            result = self.pipe.generate(
-                latents=latents,
-                class_labels=self._class(class_name, allow_random=True),
-                callback=self._progress(progress, n_steps),
-                preview_steps=gif_steps,
-                **args,
-            )
-            noise = self.pipe.decode(latents)
-        previews = {p.step_index: p for p in result.previews}
-        frames = [noise[0]] + [previews[i].images[0] for i in gif_steps] + [result.images[0]]
-        gif_path = save_gif(
-            [for_display(f) for f in frames], self.scratch.path(f"denoise_seed{result.seed}.gif")
-        )
         strip_steps = [gif_steps[k] for k in _evenly_spaced(len(gif_steps), DENOISE_STRIP_FRAMES)]
-        picture = strip(
-            np.stack([noise[0]] + [previews[i].images[0] for i in strip_steps] + [result.images[0]])
+        latents = _initial_latents(m, args["seed"])
+        handle = self._submit(
+            m.submit,
+            latents=latents,
+            class_labels=self._class(m, class_name, allow_random=True),
+            preview_steps=gif_steps,
+            **args,
         )
-        caption = " → ".join(
-            ["noise"]
-            + [f"step {i + 1}/{n_steps} (t={previews[i].timestep})" for i in strip_steps]
-            + ["decoded result"]
-        )
-        return self.scratch.png(for_display(picture)), str(gif_path), caption, self._timing(result)
+        previews: dict[int, Preview] = {}
 
-    def interpolate(
+        def caption(shown: list[int], done: bool) -> str:
+            parts = ["noise"] + [f"step {i + 1}/{n_steps} (t={previews[i].timestep})" for i in shown]
+            return " → ".join(parts + ["decoded result"] if done else parts)
+
+        with _cancelled_on_exit(handle):
+            with user_errors():
+                noise = (await asyncio.to_thread(m.pipe.decode, latents))[0]
+            async for preview in _follow(handle, progress):
+                previews[preview.step_index] = preview
+                if preview.step_index in strip_steps:
+                    shown = [i for i in strip_steps if i in previews]
+                    frames = np.stack([noise] + [previews[i].images[0] for i in shown])
+                    picture = await asyncio.to_thread(self._strip_png, frames)
+                    yield (
+                        picture,
+                        None,
+                        caption(shown, False),
+                        f"Denoising… step {preview.step_index + 1}/{n_steps}",
+                        None,
+                    )
+            result = _result(handle)
+        frames = [noise] + [previews[i].images[0] for i in gif_steps] + [result.images[0]]
+        gif_path = await asyncio.to_thread(
+            save_gif, [for_display(f) for f in frames], self.scratch.path(f"denoise_seed{result.seed}.gif")
+        )
+        picture = await asyncio.to_thread(
+            self._strip_png,
+            np.stack([noise] + [previews[i].images[0] for i in strip_steps] + [result.images[0]]),
+        )
+        yield (
+            picture,
+            str(gif_path),
+            caption(strip_steps, True),
+            self._timing_text(m, result),
+            self._timing(m, result),
+        )
+
+    async def interpolate(
         self,
         class_name: str | None,
         seed_a: float,
@@ -221,28 +272,27 @@ class Handlers:
         frames: float,
         steps: float,
         guidance_scale: float,
+        model: str | None = None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008
-    ) -> tuple[str, dict[str, Any]]:
+    ) -> tuple[str, str, dict[str, Any]]:
         """Walk the great circle between two seeds' noise with deterministic DDIM (eta 0); one class for all.
 
         The ends are exactly what Generate makes from those seeds with one image, DDIM and eta 0.
+        Returns (strip, timing text, run details).
         """
+        m = self._local(model, "Interpolate")
         a = check_int("seed A", seed_a, 0, MAX_SEED)
         b = check_int("seed B", seed_b, 0, MAX_SEED)
         n = check_int("number of frames", frames, 2, MAX_FRAMES)
-        args = self._sampling("ddim", steps, 0.0, guidance_scale, a)
-        label = self._class(class_name, allow_random=False)
-        latents = slerp_path(self._initial_latents(a)[0], self._initial_latents(b)[0], n)
-        with user_errors():
-            result = self.pipe.generate(
-                latents=latents,
-                class_labels=label,
-                callback=self._progress(progress, args["steps"]),
-                **args,
-            )
-        return self.scratch.png(for_display(strip(result.images))), self._timing(result)
+        args = self._sampling(m, "ddim", steps, 0.0, guidance_scale, a)
+        label = self._class(m, class_name, allow_random=False)
+        latents = slerp_path(_initial_latents(m, a)[0], _initial_latents(m, b)[0], n)
+        handle = self._submit(m.submit, latents=latents, class_labels=label, **args)
+        result = await _finish(handle, progress)
+        picture = await asyncio.to_thread(self._strip_png, result.images)
+        return picture, self._timing_text(m, result), self._timing(m, result)
 
-    def img2img(
+    async def img2img(
         self,
         image: str | dict[str, Any] | None,
         class_name: str | None,
@@ -251,14 +301,18 @@ class Handlers:
         steps: float,
         guidance_scale: float,
         seed: float | None,
+        model: str | None = None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008
-    ) -> tuple[list[tuple[str, str]], dict[str, Any]]:
+    ) -> tuple[list[tuple[str, str]], str, dict[str, Any]]:
         """SDEdit: noise the picture to ``strength`` of the schedule, then denoise it toward the class.
 
         ``image`` is the uploaded file (its path, or Gradio's file record): every other value is checked, then
         the picture's size is read from its header, and only then is it decoded (``open_picture``).
+        ``class_name`` AS_DRAWN denoises without a class (guidance 0: the model's unconditional prediction),
+        so the result keeps whatever the drawing looks like. Returns (gallery, timing text, run details).
         """
-        if not self.limits.has_encoder:
+        m = self._local(model, "Sketch to digit")
+        if not m.limits.has_encoder:
             raise gr.Error(
                 "this bundle has no vae_encoder.onnx, so it cannot start from an image",
                 print_exception=False,
@@ -268,54 +322,56 @@ class Handlers:
             raise gr.Error("draw a digit or upload an image first", print_exception=False)
         s = check_float("strength", strength, 0.0, 1.0)
         n = check_int("number of variations", variations, 1, MAX_IMAGES)
-        args = self._sampling(None, steps, None, guidance_scale, seed)
-        label = self._class(class_name, allow_random=True)
-        with user_errors():
-            picture = self.model_input(open_picture(image))
-            result = self.pipe.img2img(
-                [picture] * n,
-                strength=s,
-                class_labels=label,
-                callback=self._progress(progress, max(int(args["steps"] * s), 1)),
-                **args,
-            )
-        return self._gallery(result), self._timing(result)
+        args = self._sampling(m, None, steps, None, guidance_scale, seed)
+        if class_name == AS_DRAWN and m.limits.can_guide:
+            label: str | None = m.limits.class_names[0]  # any class: guidance 0 ignores it
+            args["guidance_scale"] = 0.0
+        else:
+            label = self._class(m, class_name, allow_random=True)
+        picture = await asyncio.to_thread(self._decoded_input, m, image)
+        handle = await asyncio.to_thread(
+            self._submit, m.submit_img2img, [picture] * n, strength=s, class_labels=label, **args
+        )
+        result = await _finish(handle, progress)
+        gallery = await asyncio.to_thread(self._gallery, result.images, self._captions(m, result))
+        return gallery, self._timing_text(m, result), self._timing(m, result)
 
     # ------------------------------------------------------------------ UI helpers (not API endpoints)
 
-    def model_input(self, image: np.ndarray) -> np.ndarray:
+    def model_input(self, image: np.ndarray, model: str | None = None) -> np.ndarray:
         """What img2img encodes: for single-channel (digit) models, light strokes on a dark background."""
         image = np.asarray(image)
         if image.dtype != np.uint8 or image.ndim not in (2, 3):
             raise gr.Error(
                 f"expected an 8-bit image, got {image.dtype} {list(image.shape)}", print_exception=False
             )
-        if not self.limits.single_channel:
+        if not self._model(model).limits.single_channel:
             return image[..., :3] if image.ndim == 3 else image
         return to_model_polarity(image)
 
-    def sketch_to_input(self, sketch: dict[str, Any] | None) -> str | None:
+    def sketch_to_input(self, sketch: dict[str, Any] | None, model: str | None = None) -> str | None:
         """The drawing as the model will see it (shown next to the sketchpad, sent to img2img)."""
-        return self._input_preview((sketch or {}).get("composite"))
+        return self._input_preview((sketch or {}).get("composite"), self._model(model))
 
-    def upload_to_input(self, upload: str | dict[str, Any] | None) -> str | None:
+    def upload_to_input(self, upload: str | dict[str, Any] | None, model: str | None = None) -> str | None:
         """The uploaded file, bounded in size before it is decoded (``open_picture``), as the model input."""
+        m = self._model(model)
         path = _file_path(upload)
         if path is None:
             return None
         with user_errors():
-            return self._input_preview(open_picture(path))
+            return self._input_preview(open_picture(path), m)
 
-    def _input_preview(self, picture: np.ndarray | None) -> str | None:
+    def _input_preview(self, picture: np.ndarray | None, m: Model) -> str | None:
         """For digit models: inverted to light-on-dark if needed, cropped and centred like an MNIST digit."""
         if picture is None:
             return None
-        if not self.limits.single_channel:
+        if not m.limits.single_channel:
             return self.scratch.png(np.asarray(picture))
         grey = to_model_polarity(np.asarray(picture))
         if not grey.any():  # an empty canvas
             return None
-        digit = center_digit(grey, self.pipe.bundle.image_shape[1])
+        digit = center_digit(grey, m.image_shape[1])
         return self.scratch.png(for_display(digit[..., None]), "model-input.png")
 
     def random_seed(self) -> int:
@@ -323,8 +379,27 @@ class Handlers:
 
     # ------------------------------------------------------------------ internals
 
+    def _model(self, name: str | None) -> Model:
+        """The model called ``name``; None or "" is the first."""
+        if name in (None, ""):
+            return self.model
+        if name not in self.models:
+            raise gr.Error(f"model {name!r} is not one of {', '.join(self.models)}", print_exception=False)
+        return self.models[name]
+
+    def _local(self, name: str | None, tab: str) -> LocalModel:
+        """The model, which must run in this process (the endpoints that pass latents or pictures)."""
+        m = self._model(name)
+        if not isinstance(m, LocalModel):
+            raise gr.Error(
+                f"{tab} needs a model run by the demo itself; {m.name!r} is served by {m.client.url}, "
+                "which offers Generate only",
+                print_exception=False,
+            )
+        return m
+
     def _sampling(
-        self, sampler: str | None, steps: Any, eta: Any, guidance_scale: Any, seed: Any
+        self, m: Model, sampler: str | None, steps: Any, eta: Any, guidance_scale: Any, seed: Any
     ) -> dict[str, Any]:
         if sampler is not None and sampler not in [v for _, v in SAMPLERS]:
             raise gr.Error(
@@ -333,7 +408,7 @@ class Handlers:
             )
         out: dict[str, Any] = {
             "sampler": sampler,
-            "steps": check_int("steps", steps, 1, self.limits.max_steps),
+            "steps": check_int("steps", steps, 1, m.limits.max_steps),
             "guidance_scale": check_float(
                 "guidance scale", guidance_scale, MIN_GUIDANCE_SCALE, MAX_GUIDANCE_SCALE
             ),
@@ -345,8 +420,8 @@ class Handlers:
         out["eta"] = eta if sampler == "ddim" else None
         return out
 
-    def _class(self, name: str | None, allow_random: bool) -> str | None:
-        names = self.limits.class_names
+    def _class(self, m: Model, name: str | None, allow_random: bool) -> str | None:
+        names = m.limits.class_names
         if not names:  # unconditional: the (hidden) dropdown still sends its value
             if name not in (None, "", RANDOM_CLASS):
                 raise gr.Error(
@@ -360,36 +435,37 @@ class Handlers:
             raise gr.Error(f"class {name!r} is not one of {', '.join(choices)}", print_exception=False)
         return name
 
-    def _initial_latents(self, seed: int) -> np.ndarray:
-        """The noise Pipeline.generate draws for one image with this seed (same stream, same order)."""
-        c, h, w = self.pipe.bundle.latent_shape
-        return np.random.default_rng(seed).standard_normal((1, c, h, w), dtype=np.float32)
+    def _submit(self, submit: Callable[..., Handle], *args: Any, **kwargs: Any) -> Handle:
+        """Queue a request: the runtime's checks and a full engine (BusyError) become a gr.Error."""
+        with user_errors():
+            return submit(*args, **kwargs)
 
-    def _gallery(self, result: GenerationResult) -> list[tuple[str, str]]:
-        """(path of the upscaled PNG, caption naming the class) for each image."""
-        names = self.limits.class_names
+    def _decoded_input(self, m: Model, path: str) -> np.ndarray:
+        """The uploaded picture as img2img's input, decoded at most DECODE_CONCURRENCY at a time."""
+        with self._decoding, user_errors():
+            return self.model_input(open_picture(path), m.name)
+
+    def _gallery(self, images: np.ndarray, captions: list[str]) -> list[tuple[str, str]]:
+        """(path of the upscaled PNG, caption) for each image."""
+        return [(self.scratch.png(for_display(img)), c) for img, c in zip(images, captions, strict=True)]
+
+    def _captions(self, m: Model, result: GenerationResult | RemoteResult) -> list[str]:
+        """Each image's class, or its number where it has none (unconditional, or img2img 'as drawn')."""
         labels = result.class_labels
-        return [
-            (
-                self.scratch.png(for_display(img)),
-                f"#{i + 1}" if labels is None else f"class {names[int(labels[i])]}",
-            )
-            for i, img in enumerate(result.images)
-        ]
+        if labels is None or result.guidance_scale == 0.0:
+            return [f"#{i + 1}" for i in range(len(result.images))]
+        return [f"class {m.limits.class_names[int(label)]}" for label in labels]
 
-    @staticmethod
-    def _progress(progress: gr.Progress, total: int):
-        def callback(step_index: int, timestep: int, latents: np.ndarray) -> None:
-            progress((step_index + 1, total), desc="denoising", unit="steps")
+    def _strip_png(self, frames: np.ndarray) -> str:
+        return self.scratch.png(for_display(strip(frames)))
 
-        progress((0, total), desc="denoising", unit="steps")
-        return callback
-
-    def _timing(self, result: GenerationResult) -> dict[str, Any]:
+    def _timing(self, m: Model, result: GenerationResult | RemoteResult) -> dict[str, Any]:
+        """The run's numbers for API clients (the page shows ``_timing_text``)."""
         t = result.timings
         n = len(result.images)
         return {
             "total_s": round(t.total_s, 4),
+            "queue_s": round(t.queue_s, 4),
             "per_step_ms": round(t.per_step_ms, 3),
             "images_per_s": round(n / t.total_s, 2) if t.total_s > 0 else None,
             "images": n,
@@ -400,9 +476,71 @@ class Handlers:
             "sampler": result.sampler,
             "guidance_scale": result.guidance_scale,
             "seed": result.seed,
-            "backend": self.pipe.backend,
-            "providers": self.pipe.providers,
+            "backend": m.backend,
+            "providers": m.providers,
+            "model": m.name,
         }
+
+    def _timing_text(self, m: Model, result: GenerationResult | RemoteResult) -> str:
+        """The run in two readable lines of Markdown: what it made and how fast, then where the time went."""
+        t = result.timings
+        n = len(result.images)
+        rate = f" ({n / t.total_s:.1f} images/s)" if t.total_s > 0 else ""
+        sampler = dict((v, k) for k, v in SAMPLERS).get(result.sampler, result.sampler)
+        made = f"**{n} image{'s' if n != 1 else ''} in {t.total_s:.2f} s**{rate}"
+        how = f"{sampler}, {t.steps} steps, guidance {result.guidance_scale:g}, seed {result.seed}"
+        parts = [f"{t.per_step_ms:.1f} ms per step", f"U-Net {t.unet_s:.2f} s", f"decode {t.decode_s:.2f} s"]
+        if t.encode_s > 0:
+            parts.append(f"encode {t.encode_s:.2f} s")
+        if t.queue_s >= 0.005:
+            parts.append(f"waited {t.queue_s:.2f} s for a place in the batch")
+        where = f"{m.name} on {m.backend} ({', '.join(m.providers)})"
+        return f"{made} · {how}  \n{' · '.join(parts)} · on {where}"
+
+
+def _initial_latents(m: LocalModel, seed: int) -> np.ndarray:
+    """The noise Pipeline.generate draws for one image with this seed (same stream, same order)."""
+    c, h, w = m.latent_shape
+    return np.random.default_rng(seed).standard_normal((1, c, h, w), dtype=np.float32)
+
+
+@contextlib.contextmanager
+def _cancelled_on_exit(handle: Handle) -> Iterator[None]:
+    """Cancel the engine request when the handler stops early (Gradio cancelled it, or it failed): its rows
+    leave the batch at the next step. Once the request has finished this does nothing."""
+    try:
+        yield
+    finally:
+        handle.cancel()
+
+
+async def _follow(handle: Handle, progress: gr.Progress) -> AsyncIterator[Preview]:
+    """The request's previews as the engine decodes them; its step events drive the progress bar."""
+    progress((0, 1), desc="waiting for a place in the batch")
+    async for event in handle:
+        if isinstance(event, Progress):
+            progress((event.done, event.total), desc="denoising", unit="steps")
+        elif isinstance(event, Preview):
+            yield event
+
+
+async def _finish(handle: RequestHandle, progress: gr.Progress) -> GenerationResult:
+    """Wait for a request without previews; cancelled with its handler."""
+    with _cancelled_on_exit(handle):
+        async for _ in _follow(handle, progress):
+            pass
+        return _result(handle)
+
+
+def _result(handle: Handle) -> Any:
+    """A finished request's result; its failure (e.g. NaN in its rows) as a gr.Error with the same message."""
+    with user_errors():
+        try:
+            return handle.result()
+        except concurrent.futures.CancelledError:
+            raise gr.Error(
+                "the request was cancelled (the server is shutting down)", print_exception=False
+            ) from None
 
 
 def _file_path(upload: str | dict[str, Any] | None) -> str | None:

@@ -82,23 +82,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"classifier-free guidance scale in {MIN_GUIDANCE_SCALE:g}..{MAX_GUIDANCE_SCALE:g} "
         "(1 = none; default: bundle's)",
     )
-    from latent_ddpm.runtime.backends import BACKENDS, DEFAULT_BACKEND, EXECUTION_PRECISIONS
-
-    p.add_argument("--backend", default=DEFAULT_BACKEND, help=f"inference backend: {', '.join(BACKENDS)}")
-    p.add_argument(
-        "--precision",
-        default="fp32",
-        choices=EXECUTION_PRECISIONS,
-        help="bf16: openvino only, for a bundle whose bf16 gate passed (latent-ddpm validate-precision)",
-    )
-    p.add_argument(
-        "--providers",
-        default=None,
-        help="comma-separated ONNX Runtime execution providers, e.g. CUDAExecutionProvider,CPUExecutionProvider",
-    )
-    p.add_argument(
-        "--threads", type=int, default=None, help="intra-op threads, at most the usable cores (default: all)"
-    )
+    add_backend_arguments(p)
     p.add_argument(
         "--out", type=Path, default=Path("samples.png"), help="PNG file for the grid of all images"
     )
@@ -136,6 +120,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "if its picture moved",
     )
     add_json_flag(p)
+
+
+def add_backend_arguments(p: argparse.ArgumentParser) -> None:
+    """--backend, --precision, --providers and --threads: how a command that loads a Pipeline runs it
+    (``sample`` and ``demo`` alike)."""
+    from latent_ddpm.runtime.backends import BACKENDS, DEFAULT_BACKEND, EXECUTION_PRECISIONS
+
+    p.add_argument("--backend", default=DEFAULT_BACKEND, help=f"inference backend: {', '.join(BACKENDS)}")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=EXECUTION_PRECISIONS,
+        help="bf16: openvino only, for a bundle whose bf16 gate passed (latent-ddpm validate-precision)",
+    )
+    p.add_argument(
+        "--providers",
+        default=None,
+        help="comma-separated ONNX Runtime execution providers, e.g. CUDAExecutionProvider,CPUExecutionProvider",
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="intra-op threads, at most the usable cores (default: all)"
+    )
 
 
 def _class_label(value: str | None, class_names: tuple[str, ...] | None) -> int | str | None:
