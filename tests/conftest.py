@@ -71,3 +71,23 @@ def exported_bundle(
 def tiny_bundle(exported_bundle: Callable) -> Path:
     """A validated fp32 bundle of the class-conditional AutoencoderKL tiny model (16x16 grey, 3 classes)."""
     return exported_bundle("kl_cond").path
+
+
+@pytest.fixture(scope="module")
+def bomb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 13000x13000 PNG of a few hundred kB: decoded, it would take 676 MB."""
+    from demo_server import bomb_png
+
+    return bomb_png(tmp_path_factory.mktemp("bomb") / "bomb.png")
+
+
+@pytest.fixture()
+def no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to decode pixels fails (the demo server runs in the test's process): size checks must
+    come from the header alone."""
+    from PIL import ImageFile
+
+    def refuse(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise AssertionError(f"decoded a {self.size} image")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", refuse)

@@ -368,24 +368,6 @@ def test_cancelling_a_job_cancels_its_engine_request(
     assert len(_generate(client, demo, n=1)[0]) == 1  # the engine and the app go on serving
 
 
-@pytest.fixture(scope="module")
-def bomb(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from demo_server import bomb_png
-
-    return bomb_png(tmp_path_factory.mktemp("bomb") / "bomb.png")
-
-
-@pytest.fixture()
-def no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The server runs in this process: any attempt to decode pixels fails the request."""
-    from PIL import ImageFile
-
-    def refuse(self, *args, **kwargs):
-        raise AssertionError(f"decoded a {self.size} image")
-
-    monkeypatch.setattr(ImageFile.ImageFile, "load", refuse)
-
-
 @pytest.mark.parametrize(
     ("args", "message"),
     [

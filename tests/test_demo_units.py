@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 from bundle_factory import make_bundle
-from demo_server import TEST_STEPS, bomb_png, demo_bundle, free_port
+from demo_server import TEST_STEPS, demo_bundle, free_port
 from PIL import Image
 
 gr = pytest.importorskip("gradio")
@@ -232,22 +232,6 @@ def test_the_demo_and_the_runtime_share_one_guidance_bound(handlers: Handlers) -
     if handlers.model.limits.can_guide:
         gallery = _run(handlers.generate("random", 1, "ddim", TEST_STEPS, 0.0, MAX_GUIDANCE_SCALE, 0))[0]
         assert len(gallery) == 1
-
-
-@pytest.fixture(scope="module")
-def bomb(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return bomb_png(tmp_path_factory.mktemp("bomb") / "bomb.png")
-
-
-@pytest.fixture()
-def no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Any attempt to decode pixels fails the test: the checks must come from the header alone."""
-    from PIL import ImageFile
-
-    def refuse(self, *args, **kwargs):
-        raise AssertionError(f"decoded a {self.size} image")
-
-    monkeypatch.setattr(ImageFile.ImageFile, "load", refuse)
 
 
 def test_an_oversized_upload_is_refused_from_its_header(

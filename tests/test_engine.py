@@ -254,6 +254,7 @@ def test_bad_arguments_are_refused_at_submission(pipe: Pipeline) -> None:
             ({"guidance_scale": 1e20}, "guidance_scale must be a number"),
             ({"num_images": 10**6}, "more than the limit of 1024"),
             ({"preview_steps": [-1]}, "preview_steps must hold step indices"),
+            ({"callback": print}, "callback is for Pipeline.generate/img2img; an engine request reports"),
         ]:
             with pytest.raises(InputError, match=message):
                 engine.submit(**kwargs)

@@ -176,6 +176,11 @@ class _Worker:
     # ------------------------------------------------------------------ any thread
 
     def enqueue(self, request: SamplingRequest) -> RequestHandle:
+        if request.callback is not None:
+            raise InputError(
+                "callback is for Pipeline.generate/img2img; an engine request reports its steps as events "
+                "(iterate the handle: Progress, Preview)"
+            )
         handle = RequestHandle(next(self._ids))
         job = _Job(handle, request, request.chunks(self.batcher.max_rows), time.perf_counter())
         with self._cond:

@@ -10,13 +10,12 @@ thread through the same per-request state machine (``sampling.py``) and tick (``
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from latent_ddpm.errors import InputError
 from latent_ddpm.runtime.autoencoder import Autoencoder
 from latent_ddpm.runtime.backends import Engine, EngineOptions, open_engine
 from latent_ddpm.runtime.batching import Batcher
@@ -25,19 +24,15 @@ from latent_ddpm.runtime.limits import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_IMAGES,
     DEFAULT_MAX_ROWS,
-    DEFAULT_STRENGTH,
     check_count,
     check_max_rows,
     check_threads,
 )
 from latent_ddpm.runtime.load_checks import check_class_table
-from latent_ddpm.runtime.requests import Labels, RequestChecker, SamplingRequest, Seed
+from latent_ddpm.runtime.requests import RequestChecker, SamplingRequest, StepCallback, arguments_of
 from latent_ddpm.runtime.results import GenerationResult, Preview, Timings
 from latent_ddpm.runtime.sampling import SamplingRun, joined
 from latent_ddpm.runtime.shipped import resolve_bundle
-
-# callback(step_index, timestep, latents) after every denoising step; for progress bars and previews.
-StepCallback = Callable[[int, int, np.ndarray], None]
 
 __all__ = ["GenerationResult", "Pipeline", "Preview", "StepCallback", "Timings"]
 
@@ -115,48 +110,22 @@ class Pipeline:
 
     # ------------------------------------------------------------------ public API
 
-    def generate(
-        self,
-        num_images: int | None = None,
-        steps: int | None = None,
-        sampler: str | None = None,
-        eta: float | None = None,
-        seed: Seed = None,
-        class_labels: Labels = None,
-        guidance_scale: float | None = None,
-        latents: np.ndarray | None = None,
-        callback: StepCallback | None = None,
-        preview_steps: Sequence[int] = (),
-    ) -> GenerationResult:
+    @arguments_of(RequestChecker.generate)
+    def generate(self, *args: Any, **kwargs: Any) -> GenerationResult:
         """Sample images from noise. Arguments left as None take the bundle's recommended defaults.
 
         ``seed`` fixes everything an image draws (its initial latents, its random class, DDPM's noise) on any
         machine and backend; it is an int (image k gets ``seed + k``) or a list with one seed per image, so
         that any image of a batch can be regenerated alone (``latent_ddpm/runtime/seeds.py``). ``latents``
         overrides the initial noise (how parity with diffusers is tested). ``preview_steps`` lists step
-        indices whose predicted clean image is decoded into ``previews``. Every argument is checked before
+        indices whose predicted clean image is decoded into ``previews``. ``callback(step_index, timestep, latents)`` runs after every step (progress bars). Every argument is checked before
         any work; a model that overflows raises NumericalError.
         """
         start = time.perf_counter()
-        _check_callback(callback)
-        request = self.requests.generate(
-            num_images, steps, sampler, eta, seed, class_labels, guidance_scale, latents, preview_steps
-        )
-        return self._sample(request, callback, start)
+        return self._sample(self.requests.generate(*args, **kwargs), start)
 
-    def img2img(
-        self,
-        images: Any,
-        strength: float = DEFAULT_STRENGTH,
-        steps: int | None = None,
-        sampler: str | None = None,
-        eta: float | None = None,
-        seed: Seed = None,
-        class_labels: Labels = None,
-        guidance_scale: float | None = None,
-        callback: StepCallback | None = None,
-        preview_steps: Sequence[int] = (),
-    ) -> GenerationResult:
+    @arguments_of(RequestChecker.img2img)
+    def img2img(self, *args: Any, **kwargs: Any) -> GenerationResult:
         """SDEdit (Meng et al. 2022): encode, noise to ``strength`` of the schedule, denoise toward the class.
 
         Follows diffusers' img2img pipelines: of ``steps`` scheduled steps the last ``int(steps * strength)``
@@ -164,11 +133,7 @@ class Pipeline:
         autoencoder's reconstruction; ``strength=1`` starts from (almost) pure noise.
         """
         start = time.perf_counter()
-        _check_callback(callback)
-        request = self.requests.img2img(
-            images, strength, steps, sampler, eta, seed, class_labels, guidance_scale, preview_steps
-        )
-        return self._sample(request, callback, start)
+        return self._sample(self.requests.img2img(*args, **kwargs), start)
 
     def decode(self, latents: np.ndarray, what: str = "the latents") -> np.ndarray:
         """Scaled latents -> NHWC uint8 images (undoing the latent scaling as diffusers' LDMPipeline does).
@@ -188,9 +153,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ the loop
 
-    def _sample(
-        self, request: SamplingRequest, callback: StepCallback | None, start: float
-    ) -> GenerationResult:
+    def _sample(self, request: SamplingRequest, start: float) -> GenerationResult:
         """Tick the runs of one request in this thread until they finish: the engine's loop with one client."""
         batcher = self.batcher()
         timings = Timings()
@@ -206,10 +169,10 @@ class Pipeline:
                 pending.setdefault(i, []).append(part)
                 if len(pending[i]) == len(runs):
                     previews.append(Preview(i, t, joined(pending.pop(i))))
-            if callback is not None and report.stepped:
+            if request.callback is not None and report.stepped:
                 lead = runs[0]
                 i = lead.step_index - 1
-                callback(i, int(lead.timesteps[i]), joined([run.latents for run in runs]))
+                request.callback(i, int(lead.timesteps[i]), joined([run.latents for run in runs]))
             for run, part in report.finished:
                 images[id(run)] = part
         timings.total_s = time.perf_counter() - start
@@ -238,8 +201,3 @@ def result_of(
         timings=timings,
         previews=previews,
     )
-
-
-def _check_callback(callback: Any) -> None:
-    if callback is not None and not callable(callback):
-        raise InputError(f"callback must be callable(step_index, timestep, latents), got {callback!r}")

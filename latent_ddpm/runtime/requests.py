@@ -31,6 +31,9 @@ from latent_ddpm.runtime.seeds import check_seeds
 
 Labels = int | str | Sequence[int | str] | np.ndarray | None
 Seed = int | Sequence[int] | None
+# callback(step_index, timestep, latents) after every denoising step of Pipeline.generate/img2img; for
+# progress bars and previews (the engine's requests report through their handle's events instead).
+StepCallback = Callable[[int, int, np.ndarray], None]
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -70,6 +73,7 @@ class SamplingRequest:
     pixels: np.ndarray | None = None  # img2img: NHWC uint8 pictures at the model's size
     strength: float = 1.0  # img2img: how much of the schedule to run
     preview_steps: frozenset[int] = frozenset()  # step indices whose predicted x_0 is decoded
+    callback: StepCallback | None = None
 
     @property
     def is_img2img(self) -> bool:
@@ -107,9 +111,11 @@ class RequestChecker:
         class_labels: Labels = None,
         guidance_scale: float | None = None,
         latents: np.ndarray | None = None,
+        callback: StepCallback | None = None,
         preview_steps: Sequence[int] = (),
     ) -> SamplingRequest:
         sampling = self._sampling(sampler, steps, eta, guidance_scale)
+        _check_callback(callback)
         if latents is not None:
             latents = self._check_latents(latents)
             if num_images is not None and num_images != latents.shape[0]:
@@ -121,6 +127,7 @@ class RequestChecker:
             **self._images(n, seed, class_labels),
             latents=latents,
             preview_steps=_check_preview_steps(preview_steps),
+            callback=callback,
         )
 
     def img2img(
@@ -133,6 +140,7 @@ class RequestChecker:
         seed: Seed = None,
         class_labels: Labels = None,
         guidance_scale: float | None = None,
+        callback: StepCallback | None = None,
         preview_steps: Sequence[int] = (),
     ) -> SamplingRequest:
         if not self.bundle.has_encoder:
@@ -141,6 +149,7 @@ class RequestChecker:
             )
         strength = check_strength(strength)
         sampling = self._sampling(sampler, steps, eta, guidance_scale)
+        _check_callback(callback)
         preview = _check_preview_steps(preview_steps)
         pixels = self.pixels(images)  # bounded by max_images before any picture is converted
         return SamplingRequest(
@@ -149,6 +158,7 @@ class RequestChecker:
             pixels=pixels,
             strength=strength,
             preview_steps=preview,
+            callback=callback,
         )
 
     def pixels(self, images: Any) -> np.ndarray:
@@ -269,3 +279,8 @@ def _check_preview_steps(preview_steps: Any) -> frozenset[int]:
     if bad:
         raise InputError(f"preview_steps must hold step indices >= 0, got {bad[0]!r}")
     return frozenset(int(s) for s in preview_steps)
+
+
+def _check_callback(callback: Any) -> None:
+    if callback is not None and not callable(callback):
+        raise InputError(f"callback must be callable(step_index, timestep, latents), got {callback!r}")
