@@ -14,6 +14,7 @@ import math
 import os
 import platform
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 # The distributions a benchmark's figures depend on.
@@ -113,3 +114,14 @@ def environment(libraries: Iterable[str] = ("latent-ddpm", "numpy", "onnxruntime
         "machine": {"cpu": cpu_model(), "cores": usable_cores(), "platform": platform.platform()},
         "versions": {k: v for k, v in library_versions(libraries).items() if v is not None},
     }
+
+
+def portable_path(path: str | Path) -> str:
+    """``path`` as a report records it: relative to the current folder when inside it, else its last name.
+
+    Reports end up in docs and bug reports; an absolute path would name this machine's folders."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return path.name

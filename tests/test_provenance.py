@@ -6,6 +6,7 @@ import importlib.metadata
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -46,3 +47,14 @@ def test_the_gpu_wheel_of_onnxruntime_counts_as_onnxruntime(monkeypatch: pytest.
         "python": provenance.library_versions(())["python"],
         "onnxruntime": "1.20.1",
     }
+
+
+def test_reports_record_no_absolute_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A path under the current folder is recorded relative to it; any other by its last name only."""
+    from latent_ddpm.provenance import portable_path
+
+    (tmp_path / "work" / "bundle").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "work")
+    assert portable_path(tmp_path / "work" / "bundle") == "bundle"
+    assert portable_path("bundle") == "bundle"
+    assert portable_path(tmp_path / "elsewhere" / "int8") == "int8"

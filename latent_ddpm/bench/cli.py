@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from latent_ddpm.provenance import portable_path
+
 HELP = __doc__
 TRAINING_OUTPUT = Path("runs/digits")
 
@@ -238,8 +240,8 @@ def _latent_model(name: str, args: argparse.Namespace, threads: int, peak: float
     model = {
         "name": name,
         "description": description,
-        "source": str(source),
-        "bundle": str(bundle_path),
+        "source": portable_path(source),
+        "bundle": portable_path(bundle_path),
         "latent_shape": list(bundle.latent_shape),
         "image_shape": list(bundle.image_shape),
         "latency": latency,

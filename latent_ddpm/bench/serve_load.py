@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from latent_ddpm.files import atomic_write
 from latent_ddpm.provenance import machine_info
 
 
@@ -193,7 +194,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return call
 
-    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
+    command = "python -m latent_ddpm.bench.serve_load " + " ".join(argv if argv is not None else sys.argv[1:])
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    print(f"load average {load_before[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
     one_client = min(32, args.requests or 32)
     levels = [measure("runtime", 0, 1, one_client, counted(pipe.generate))]
     if args.demo_url:
@@ -215,11 +219,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             for clients in args.clients:
                 total = args.requests or max(32, 4 * clients)
                 levels.append(measure(f"serve x{replicas}", replicas, clients, total, generate))
-    report = {"request": request, "machine": machine_info(), "levels": [asdict(level) for level in levels]}
+    machine = machine_info()
+    report = {"command": command, "started": started, "load_before": load_before, "request": request}
+    report |= {"machine": machine, "levels": [asdict(level) for level in levels]}
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "serve_load.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        load_after = machine["load_average_1_5_15"]
         rows = [
+            f"# latent-ddpm serve under load: {started}",
+            "",
+            f"- Command: `{command}`",
+            f"- Machine: {machine['cpu_model']}, {machine['cores']} cores; load average before {load_before}, "
+            f"after {load_after}",
+            f"- Each request: {request}; `runtime` is the same request on the runtime alone in one process "
+            "(no Ray, no HTTP), at one client",
+            "",
             "| target | replicas | clients | images/s | p50 s | p95 s | errors |",
             "|---|---|---|---|---|---|---|",
         ]
@@ -227,7 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"| {lv.target} | {lv.replicas} | {lv.clients} | {lv.images_per_s:.2f} | {lv.p50_s:.3f} | {lv.p95_s:.3f} | {lv.errors} |"
             for lv in levels
         ]
-        (args.out / "serve_load.md").write_text("\n".join(rows) + "\n", encoding="utf-8")
+        atomic_write(args.out / "serve_load.json", json.dumps(report, indent=2) + "\n")
+        atomic_write(args.out / "serve_load.md", "\n".join(rows) + "\n")
         print(f"wrote {args.out / 'serve_load.json'} and serve_load.md")
     return 0
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from latent_ddpm.bench.stats import Samples, time_calls
-from latent_ddpm.provenance import load_average
+from latent_ddpm.provenance import load_average, portable_path
 from latent_ddpm.runtime import Pipeline, SamplingEngine
 from latent_ddpm.runtime.results import GenerationResult
 
@@ -63,7 +63,7 @@ def measure(
                 )
                 rows.append(row)
     return {
-        "bundle": str(bundle),
+        "bundle": portable_path(bundle),
         "max_rows": pipe.max_rows,
         "requests_per_client": requests_per_client,
         "settings": list(settings),
