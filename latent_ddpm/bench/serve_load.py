@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -194,7 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return call
 
-    command = "python -m latent_ddpm.bench.serve_load " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = shlex.join(
+        ["python", "-m", "latent_ddpm.bench.serve_load", *(argv if argv is not None else sys.argv[1:])]
+    )
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     load_before = [round(x, 2) for x in os.getloadavg()]
     print(f"load average {load_before[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
