@@ -7,6 +7,7 @@ so runtime tests can check the loop and the checks around it without training an
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,19 @@ from latent_ddpm.runtime.bundle import sha256_file
 LATENT = (4, 8, 8)
 IMAGE = (1, 32, 32)
 OPSET = 17
+# The shipped emoji model's classes (the Unicode emoji groups of latent_ddpm/data/emoji_32.json), for RGB
+# bundles that stand in for it: names with spaces and '&', as users type them on a command line.
+EMOJI_GROUPS = (
+    "Smileys & Emotion",
+    "People & Body",
+    "Animals & Nature",
+    "Food & Drink",
+    "Travel & Places",
+    "Activities",
+    "Objects",
+    "Symbols",
+    "Flags",
+)
 SCHEDULER = {
     "_class_name": "DDIMScheduler",
     "_diffusers_version": "0.42.1",
@@ -132,12 +146,18 @@ def unet_graph(
     return helper.make_graph(nodes, "unet", inputs, out, initializer=inits)
 
 
-def decoder_graph(overflow: str | None = None) -> onnx.GraphProto:
-    """image = tanh(nearest-upsample x4 of the channel mean of the latent)."""
+def decoder_graph(overflow: str | None = None, channels: int = 1) -> onnx.GraphProto:
+    """Grey: image = tanh(nearest-upsample x4 of the channel mean of the latent). RGB: the same of latent
+    channels 0, 1, 2 (a 1x1 convolution), so that the three colour channels differ."""
     c, h, w = LATENT
     inits = [numpy_helper.from_array(np.array([1, 1, 4, 4], np.float32), "scales")]
-    nodes = [
-        helper.make_node("ReduceMean", ["latent"], ["m"], axes=[1], keepdims=1),
+    if channels == 1:
+        nodes = [helper.make_node("ReduceMean", ["latent"], ["m"], axes=[1], keepdims=1)]
+    else:
+        weight = np.eye(channels, c, dtype=np.float32).reshape(channels, c, 1, 1)
+        inits.append(numpy_helper.from_array(weight, "to_rgb"))
+        nodes = [helper.make_node("Conv", ["latent", "to_rgb"], ["m"])]
+    nodes += [
         helper.make_node("Resize", ["m", "", "scales"], ["up"], mode="nearest"),
         helper.make_node("Tanh", ["up"], ["image"]),
     ]
@@ -147,27 +167,31 @@ def decoder_graph(overflow: str | None = None) -> onnx.GraphProto:
         nodes,
         "vae_decoder",
         [_value("latent", TensorProto.FLOAT, ["batch", c, h, w])],
-        [_value("image", TensorProto.FLOAT, ["batch", *IMAGE])],
+        [_value("image", TensorProto.FLOAT, ["batch", channels, *IMAGE[1:]])],
         initializer=inits,
     )
 
 
-def encoder_graph(scaling_factor: float) -> onnx.GraphProto:
-    """latent = scaling_factor * (4x4 average pool of the image), repeated over the latent channels."""
+def encoder_graph(scaling_factor: float, channels: int = 1) -> onnx.GraphProto:
+    """latent = scaling_factor * (4x4 average pool of the image), repeated over the latent channels (grey)
+    or mapped to them by a 1x1 convolution (RGB: channels 0-2 are R, G, B, channel 3 their mean)."""
     c, h, w = LATENT
-    inits = [
-        numpy_helper.from_array(np.array(scaling_factor, np.float32), "scale"),
-        numpy_helper.from_array(np.array([1, c, 1, 1], np.int64), "reps"),
-    ]
-    nodes = [
-        helper.make_node("AveragePool", ["image"], ["p"], kernel_shape=[4, 4], strides=[4, 4]),
-        helper.make_node("Tile", ["p", "reps"], ["t"]),
-        helper.make_node("Mul", ["t", "scale"], ["latent"]),
-    ]
+    inits = [numpy_helper.from_array(np.array(scaling_factor, np.float32), "scale")]
+    nodes = [helper.make_node("AveragePool", ["image"], ["p"], kernel_shape=[4, 4], strides=[4, 4])]
+    if channels == 1:
+        inits.append(numpy_helper.from_array(np.array([1, c, 1, 1], np.int64), "reps"))
+        nodes.append(helper.make_node("Tile", ["p", "reps"], ["t"]))
+    else:
+        weight = np.vstack([np.eye(channels), np.full((c - channels, channels), 1 / channels)])
+        inits.append(
+            numpy_helper.from_array(weight.astype(np.float32).reshape(c, channels, 1, 1), "from_rgb")
+        )
+        nodes.append(helper.make_node("Conv", ["p", "from_rgb"], ["t"]))
+    nodes.append(helper.make_node("Mul", ["t", "scale"], ["latent"]))
     return helper.make_graph(
         nodes,
         "vae_encoder",
-        [_value("image", TensorProto.FLOAT, ["batch", *IMAGE])],
+        [_value("image", TensorProto.FLOAT, ["batch", channels, *IMAGE[1:]])],
         [_value("latent", TensorProto.FLOAT, ["batch", c, h, w])],
         initializer=inits,
     )
@@ -188,15 +212,23 @@ def make_bundle(
     overflow: str | None = None,
     class_table: int | None = None,
     overflow_class: int | None = None,
+    channels: int = 1,
+    class_names: Sequence[str] | None = None,
+    name: str = "factory",
+    precision: str = "fp32",
 ) -> Path:
     """Write a complete, loadable bundle into ``root`` and return it (``overflow``: one of OVERFLOWS;
-    ``overflow_class``: a class whose U-Net rows overflow)."""
+    ``overflow_class``: a class whose U-Net rows overflow; ``channels``: 1 grey or 3 RGB images;
+    ``class_names``: default "0".."9"; ``precision`` "fp16": every graph converted by the exporter's own
+    float16 conversion, as a shipped fp16 bundle is)."""
     assert overflow in (None, *OVERFLOWS), overflow
+    assert channels in (1, 3) and precision in ("fp32", "fp16"), (channels, precision)
+    names = [str(i) for i in range(10)] if class_names is None else list(class_names)
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     c, h, w = LATENT
     latent_t = ["batch", c, h, w]
-    image_t = ["batch", *IMAGE]
+    image_t = ["batch", channels, *IMAGE[1:]]
     unet_inputs = [_tensor("sample", "float32", latent_t), _tensor("timestep", "int64", ["batch"])]
     if conditional:
         unet_inputs.append(_tensor("class_labels", "int64", ["batch"]))
@@ -207,14 +239,14 @@ def make_bundle(
             [_tensor("model_output", "float32", latent_t)],
         ),
         "vae_decoder": (
-            decoder_graph(overflow),
+            decoder_graph(overflow, channels),
             [_tensor("latent", "float32", latent_t)],
             [_tensor("image", "float32", image_t)],
         ),
     }
     if with_encoder:
         graphs["vae_encoder"] = (
-            encoder_graph(scaling_factor),
+            encoder_graph(scaling_factor, channels),
             [_tensor("image", "float32", image_t)],
             [_tensor("latent", "float32", latent_t)],
         )
@@ -222,12 +254,13 @@ def make_bundle(
     for role, (graph, inputs, outputs) in graphs.items():
         path = root / f"{role}.onnx"
         _save(graph, path)
+        converted = _to_fp16(path, inputs) if precision == "fp16" else None
         models[role] = {
             "file": path.name,
             "sha256": sha256_file(path),
             "opset": OPSET,
-            "precision": "fp32",
-            "kept_fp32": [],
+            "precision": converted.precision if converted else "fp32",
+            "kept_fp32": converted.kept_fp32 if converted else [],
             "external_data": None,
             "inputs": inputs,
             "outputs": outputs,
@@ -235,7 +268,7 @@ def make_bundle(
     meta = {
         "format": "latent-ddpm-bundle",
         "format_version": 1,
-        "name": "factory",
+        "name": name,
         "created_by": "tests/bundle_factory.py",
         "models": models,
         "latent": {
@@ -245,10 +278,10 @@ def make_bundle(
             "scaling_factor": scaling_factor,
             "shift_factor": None,
         },
-        "image": {"channels": IMAGE[0], "height": IMAGE[1], "width": IMAGE[2], "value_range": [-1.0, 1.0]},
+        "image": {"channels": channels, "height": IMAGE[1], "width": IMAGE[2], "value_range": [-1.0, 1.0]},
         "prediction_type": "epsilon",
         "scheduler": dict(scheduler or SCHEDULER),
-        "conditioning": {"num_classes": 10, "class_names": [str(i) for i in range(10)], "null_class": 10}
+        "conditioning": {"num_classes": len(names), "class_names": names, "null_class": len(names)}
         if conditional
         else None,
         "defaults": defaults
@@ -257,6 +290,23 @@ def make_bundle(
     }
     (root / "bundle.json").write_text(json.dumps(meta, indent=2))
     return root
+
+
+def _to_fp16(path: Path, inputs: list[dict[str, Any]]) -> Any:
+    """Convert the graph at ``path`` to float16 in place, probed on two random batches of its inputs."""
+    from latent_ddpm.export.fp16 import convert_fp16
+
+    rng = np.random.default_rng(0)
+    feeds = [
+        {
+            t["name"]: rng.integers(0, 10, 2)
+            if t["dtype"] == "int64"
+            else rng.standard_normal([2, *t["shape"][1:]]).astype(np.float32)
+            for t in inputs
+        }
+        for _ in range(2)
+    ]
+    return convert_fp16(path, feeds, external_threshold=1 << 30)
 
 
 def rewrite_meta(root: Path, **changes: Any) -> None:

@@ -73,6 +73,37 @@ def tiny_bundle(exported_bundle: Callable) -> Path:
     return exported_bundle("kl_cond").path
 
 
+@pytest.fixture(scope="session")
+def emoji_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny stand-in for the shipped emoji model: 32x32 RGB, the 9 emoji groups, fp16 as it ships."""
+    from bundle_factory import EMOJI_GROUPS, make_bundle
+
+    root = tmp_path_factory.mktemp("emoji") / "emoji"
+    return make_bundle(root, channels=3, class_names=EMOJI_GROUPS, name="emoji", precision="fp16")
+
+
+@pytest.fixture(scope="module")
+def shipped_emoji(tmp_path_factory: pytest.TempPathFactory, emoji_bundle: Path) -> Iterator[Path]:
+    """The package's data folder as it is once the emoji bundle ships beside the digits: a temporary folder
+    with this checkout's digits bundle (linked; a factory one where none is trained yet) and ``emoji_bundle``,
+    put in place of ``latent_ddpm.runtime.shipped.DATA_DIR`` for the module; nothing is written into the
+    package. Yields that folder."""
+    from bundle_factory import make_bundle
+
+    from latent_ddpm.runtime import shipped
+
+    data = tmp_path_factory.mktemp("shipped")
+    digits = shipped.DATA_DIR / "digits"
+    if (digits / "bundle.json").is_file():
+        (data / "digits").symlink_to(digits, target_is_directory=True)
+    else:
+        make_bundle(data / "digits", name="digits")
+    (data / "emoji").symlink_to(emoji_bundle, target_is_directory=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(shipped, "DATA_DIR", data)
+        yield data
+
+
 @pytest.fixture(scope="module")
 def bomb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 13000x13000 PNG of a few hundred kB: decoded, it would take 676 MB."""

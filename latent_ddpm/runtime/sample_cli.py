@@ -43,7 +43,10 @@ MAX_SCALED_PIXELS = 64_000_000
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--bundle", type=Path, default=None, help="bundle directory (default: the shipped digits model)"
+        "--bundle",
+        type=Path,
+        default=None,
+        help="bundle directory or shipped model name (default: the shipped digits model)",
     )
     p.add_argument(
         "--num",
@@ -73,7 +76,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--class",
         dest="class_label",
         default=None,
-        help="class name or index for every image (class-conditional models; default: a random class per image)",
+        help="class name or index for every image (class-conditional models; default: a random class per "
+        f"image). {_shipped_classes()}",
     )
     p.add_argument(
         "--guidance",
@@ -142,6 +146,26 @@ def add_backend_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--threads", type=int, default=None, help="intra-op threads, at most the usable cores (default: all)"
     )
+
+
+def _shipped_classes() -> str:
+    """The shipped models' class names, quoted as a shell needs them ('Animals & Nature'), for --help."""
+    import shlex
+
+    from latent_ddpm.errors import LatentDDPMError
+    from latent_ddpm.runtime.bundle import load_bundle
+    from latent_ddpm.runtime.shipped import shipped_models
+
+    lines = []
+    for name, path in shipped_models().items():
+        try:
+            cond = load_bundle(path, verify_hashes=False).conditioning
+        except LatentDDPMError:  # a broken install: `sample --bundle` names the problem, --help still works
+            continue
+        if cond is not None:
+            lines.append(f"{name}: {', '.join(shlex.quote(c) for c in cond.class_names)}")
+    # argparse formats help with %: a class name may hold one.
+    return ("Classes of the shipped models: " + "; ".join(lines)).replace("%", "%%") if lines else ""
 
 
 def _class_label(value: str | None, class_names: tuple[str, ...] | None) -> int | str | None:
