@@ -75,6 +75,29 @@ def serving(app: DemoBlocks) -> Iterator[str]:
         app.close()
 
 
+def pick_model(url: str, name: str) -> dict[str, list[dict]]:
+    """Choose ``name`` in the model picker as the browser does (its event, called over HTTP): the updates it
+    sends back, by each control's label (else elem_id, else type), in page order."""
+    import uuid
+
+    import httpx
+
+    config = httpx.get(f"{url}config", timeout=30).json()
+    by_id = {c["id"]: c for c in config["components"]}
+    picker = next(c for c in config["components"] if c["props"].get("elem_id") == "model-picker")
+    dep = next(d for d in config["dependencies"] if d["targets"] == [[picker["id"], "input"]])
+    body = {"data": [name], "fn_index": dep["id"], "trigger_id": picker["id"], "event_data": None}
+    reply = httpx.post(f"{url}gradio_api/run/predict", json=body | {"session_hash": uuid.uuid4().hex})
+    reply.raise_for_status()
+    updates: dict[str, list[dict]] = {}
+    for out, update in zip(dep["outputs"], reply.json()["data"], strict=True):
+        props = by_id[out]["props"]
+        updates.setdefault(props.get("label") or props.get("elem_id") or by_id[out]["type"], []).append(
+            update
+        )
+    return updates
+
+
 def record_requests(demo: LiveDemo, monkeypatch: pytest.MonkeyPatch) -> list[RequestHandle]:
     """Every request the demo submits to its (real) SamplingEngine from now on, in order."""
     engine = demo.app.handlers.model.engine

@@ -9,15 +9,13 @@ demo talking to it over HTTP through ``latent_ddpm.serve.client``; its images mu
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from bundle_factory import make_bundle, rewrite_meta
-from demo_server import TEST_STEPS, demo_bundle, free_port, serving
+from demo_server import TEST_STEPS, demo_bundle, free_port, pick_model, serving
 from PIL import Image
 
 pytest.importorskip("gradio")
@@ -79,30 +77,13 @@ def test_picking_a_model_sets_every_control_to_it(two_models: tuple[str, Path, P
     """The picker's event, called as the browser calls it: the unconditional, encoder-less model hides the
     class and guidance controls and the sketch tab; the first model brings them back."""
     url, first, _ = two_models
-    config = httpx.get(f"{url}config", timeout=30).json()
-    by_id = {c["id"]: c for c in config["components"]}
-    picker = next(c for c in config["components"] if c["props"].get("elem_id") == "model-picker")
-    dep = next(d for d in config["dependencies"] if d["targets"] == [[picker["id"], "input"]])
-
-    def pick(name: str) -> dict[str, list[dict]]:
-        body = {"data": [name], "fn_index": dep["id"], "trigger_id": picker["id"], "event_data": None}
-        reply = httpx.post(f"{url}gradio_api/run/predict", json=body | {"session_hash": uuid.uuid4().hex})
-        reply.raise_for_status()
-        updates: dict[str, list[dict]] = {}
-        for out, update in zip(dep["outputs"], reply.json()["data"], strict=True):
-            c = by_id[out]
-            updates.setdefault(c["props"].get("label") or c["props"].get("elem_id") or c["type"], []).append(
-                update
-            )
-        return updates
-
-    plain = pick("plain")
+    plain = pick_model(url, "plain")
     assert [u["visible"] for u in plain["Class"]] == [False] * 4
     assert [u["visible"] for u in plain["Guidance scale"]] == [False] * 4
     assert "plain: 32x32x1 images" in plain["header"][0]["value"]
     tabs = ("Watch it denoise", "Interpolate", "Sketch to digit")
     assert [plain[tab][0]["visible"] for tab in tabs] == [True, True, False]
-    back = pick(load_bundle(first).name)
+    back = pick_model(url, load_bundle(first).name)
     cond = load_bundle(first).conditioning
     assert [u["visible"] for u in back["Class"]] == [cond is not None] * 4
     assert back["Sketch to digit"][0]["visible"] == load_bundle(first).has_encoder

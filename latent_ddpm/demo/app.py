@@ -72,9 +72,11 @@ INTROS = {
     "guesses shows noise turning into a picture, live while it samples.",
     "interpolate": "Deterministic DDIM (eta 0) from noise on the great circle between two seeds' noise "
     "(slerp). The ends are what Generate draws from each seed with one image, DDIM and eta 0.",
-    "img2img": "Pick the brush and draw a digit (or upload a picture). It is encoded, noised to *strength* of "
-    "the schedule and denoised (SDEdit): strength 0 gives back the autoencoder's reconstruction, 1 ignores "
-    "the drawing. Class 'as drawn' keeps what the drawing looks like; a class pulls it toward that class.",
+    "img2img": "Pick the brush and draw (or upload a picture). A grey digit model gets light strokes on black, "
+    "centred like an MNIST digit; a colour model gets the picture in colour as drawn, on white. It is "
+    "encoded, noised to *strength* of the schedule and denoised (SDEdit): strength 0 gives back the "
+    "autoencoder's reconstruction, 1 ignores the drawing. Class 'as drawn' keeps what the drawing looks "
+    "like; a class pulls it toward that class.",
 }
 
 
@@ -194,7 +196,9 @@ def build_app(
                 "visible": bool(m.limits.class_names),
             }
 
-        return for_model(gr.Dropdown(label="Class", **props(first)), props)
+        # Custom values: Gradio would check an API call's class against the default model's choices, so
+        # another model's classes (the emoji groups) could not be asked for by name; the handlers check it.
+        return for_model(gr.Dropdown(label="Class", allow_custom_value=True, **props(first)), props)
 
     def sampling(*, sampler: bool = True, seed: bool = True, wide: bool = False) -> _Sampling:
         """Sampler+steps, eta+guidance, seed+randomize: two to a row, or (``wide``) all in the caller's row.
@@ -359,7 +363,10 @@ def build_app(
                             height=300,
                             elem_id="model-input",
                         )
-                        s_btn = gr.Button("Turn into a digit", variant="primary", elem_id="img2img-btn")
+                        s_btn = for_model(
+                            gr.Button(variant="primary", elem_id="img2img-btn", **_img2img_button(first)),
+                            _img2img_button,
+                        )
                     with gr.Column(min_width=280):
                         s_gallery = pixel_gallery("Results", 2, "img2img-gallery")
                 with gr.Accordion("Settings", open=True), gr.Row():
@@ -485,6 +492,11 @@ def _local(m: Model) -> dict[str, Any]:
 
 def _img2img(m: Model) -> dict[str, Any]:
     return {"visible": m.local and m.limits.has_encoder}
+
+
+def _img2img_button(m: Model) -> dict[str, Any]:
+    """The sketch tab's button says what the model makes: digits from grey models, pictures from colour."""
+    return {"value": "Turn into a digit" if m.limits.single_channel else "Turn into a picture"}
 
 
 def _examples(lim: Limits) -> list[list[Any]]:

@@ -32,10 +32,12 @@ from PIL import Image
 
 from latent_ddpm.demo.imaging import (
     center_digit,
+    flatten,
     for_display,
     open_picture,
     save_gif,
     strip,
+    to_model_colour,
     to_model_polarity,
 )
 from latent_ddpm.demo.models import LocalModel, Model, RemoteHandle, RemoteModel
@@ -339,14 +341,15 @@ class Handlers:
     # ------------------------------------------------------------------ UI helpers (not API endpoints)
 
     def model_input(self, image: np.ndarray, model: str | None = None) -> np.ndarray:
-        """What img2img encodes: for single-channel (digit) models, light strokes on a dark background."""
+        """What img2img encodes: for single-channel (digit) models, light strokes on a dark background; for
+        colour models the picture as drawn, transparency flattened (a sketchpad's empty canvas is white)."""
         image = np.asarray(image)
         if image.dtype != np.uint8 or image.ndim not in (2, 3):
             raise gr.Error(
                 f"expected an 8-bit image, got {image.dtype} {list(image.shape)}", print_exception=False
             )
         if not self._model(model).limits.single_channel:
-            return image[..., :3] if image.ndim == 3 else image
+            return flatten(image)
         return to_model_polarity(image)
 
     def sketch_to_input(self, sketch: dict[str, Any] | None, model: str | None = None) -> str | None:
@@ -363,12 +366,16 @@ class Handlers:
             return self._input_preview(open_picture(path), m)
 
     def _input_preview(self, picture: np.ndarray | None, m: Model) -> str | None:
-        """For digit models: inverted to light-on-dark if needed, cropped and centred like an MNIST digit."""
+        """For digit models: inverted to light-on-dark if needed, cropped and centred like an MNIST digit; for
+        colour models: in colour as drawn, at the model's size. Shown enlarged, as the model will see it."""
         if picture is None:
             return None
+        picture = np.asarray(picture)
+        if picture.ndim == 3 and picture.shape[-1] == 4 and not picture[..., 3].any():  # an empty canvas
+            return None
         if not m.limits.single_channel:
-            return self.scratch.png(np.asarray(picture))
-        grey = to_model_polarity(np.asarray(picture))
+            return self.scratch.png(for_display(to_model_colour(picture, m.image_shape[1:])))
+        grey = to_model_polarity(picture)
         if not grey.any():  # an empty canvas
             return None
         digit = center_digit(grey, m.image_shape[1])

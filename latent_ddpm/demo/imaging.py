@@ -61,7 +61,7 @@ def to_model_polarity(image: np.ndarray) -> np.ndarray:
     Drawings and scans are usually dark ink on light paper; the background is read off the border pixels
     (the median, so strokes that touch the edge do not flip it) and the image is inverted when it is light.
     """
-    grey = np.asarray(Image.fromarray(_flatten(image)).convert("L"))
+    grey = np.asarray(Image.fromarray(flatten(image)).convert("L"))
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
     return 255 - grey if np.median(border) > 127 else grey
 
@@ -86,7 +86,15 @@ def center_digit(grey: np.ndarray, size: int, fill: float = 0.7) -> np.ndarray:
     return np.asarray(out)
 
 
-def _flatten(image: np.ndarray) -> np.ndarray:
+def to_model_colour(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """HxWxC uint8 -> the RGB picture a colour model starts from: as drawn (transparency flattened), resized
+    to ``size`` (height, width) as the runtime resizes it. No inversion, no cropping: colour models are not
+    trained on light-on-dark strokes."""
+    rgb = Image.fromarray(flatten(image)).convert("RGB")
+    return np.asarray(rgb.resize(size[::-1], Image.Resampling.BILINEAR))
+
+
+def flatten(image: np.ndarray) -> np.ndarray:
     """Drop alpha by compositing on the background the strokes do not use (white under dark ink)."""
     if image.ndim == 2 or image.shape[-1] in (1, 3):
         return image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
