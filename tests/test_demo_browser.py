@@ -28,6 +28,7 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from latent_ddpm.demo.app import STOPPED  # noqa: E402
 from latent_ddpm.demo.imaging import display_scale  # noqa: E402
+from latent_ddpm.demo.screenshot import start_browser  # noqa: E402
 from latent_ddpm.runtime.handles import Cancelled  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -48,13 +49,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDemo]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[webdriver.Chrome]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1100"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
-    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(60)
+    driver = start_browser(1400, 1100, {"goog:loggingPrefs": {"performance": "ALL"}})
     yield driver
     driver.quit()
 
