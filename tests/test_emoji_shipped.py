@@ -16,6 +16,7 @@ import pytest
 from bundle_factory import EMOJI_GROUPS
 from PIL import Image
 
+import latent_ddpm
 from latent_ddpm.cli import main
 from latent_ddpm.runtime.engine import SamplingEngine
 from latent_ddpm.runtime.pipeline import Pipeline
@@ -36,6 +37,11 @@ def test_both_models_ship_and_emoji_loads_by_name(shipped_emoji: Path) -> None:
     assert (b.name, b.image_shape, b.root) == ("emoji", (3, 32, 32), (shipped_emoji / "emoji").resolve())
     assert b.conditioning is not None and b.conditioning.class_names == EMOJI_GROUPS
     assert {m.precision for m in b.models.values()} == {"fp16"}
+
+
+def test_the_stand_in_has_the_emoji_data_sets_classes() -> None:
+    with np.load(Path(latent_ddpm.__file__).parent / "data" / "emoji_32.npz") as data:
+        assert data["class_names"].tolist() == list(EMOJI_GROUPS)
 
 
 def test_sample_by_name_and_class_with_spaces_writes_rgb(tmp_path: Path) -> None:
