@@ -41,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="also serve this bundle directory or shipped model name, as `latent-ddpm demo --bundle`",
     )
-    p.add_argument("--width", type=int, default=1400, help="browser window width in pixels")
-    p.add_argument("--height", type=int, default=1000, help="browser window height in pixels")
+    p.add_argument("--width", type=int, default=1250, help="page width in pixels (the README picture's)")
+    p.add_argument("--height", type=int, default=770, help="page height in pixels (the README picture's)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads of the runtime")
     return p
 
