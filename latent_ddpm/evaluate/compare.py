@@ -28,6 +28,7 @@ import numpy as np
 from latent_ddpm.errors import InputError, LatentDDPMError
 from latent_ddpm.evaluate.classifier import DigitClassifier
 from latent_ddpm.evaluate.measure import RealReference, Settings, check_settings, evaluate
+from latent_ddpm.evaluate.sweep import schedule_of
 from latent_ddpm.files import atomic_write
 from latent_ddpm.provenance import environment
 from latent_ddpm.runtime.pipeline import Pipeline
@@ -129,7 +130,7 @@ def run_compare(args: argparse.Namespace) -> dict[str, Any]:
         rows.append(
             {
                 "label": label,
-                "schedule": str(pipe.bundle.scheduler_config.get("beta_schedule", "?")),
+                "schedule": schedule_of(pipe),
                 "prediction_type": pipe.bundle.prediction_type,
                 "unet_parameters": unet_parameters(pipe.bundle.models["unet"].path),
                 "bundle_mb": disk_mb(folder),
