@@ -29,6 +29,7 @@ from latent_ddpm.errors import InputError, LatentDDPMError
 from latent_ddpm.evaluate.classifier import DigitClassifier
 from latent_ddpm.evaluate.measure import RealReference, Settings, check_settings, evaluate
 from latent_ddpm.evaluate.sweep import schedule_of
+from latent_ddpm.extras import require_extra
 from latent_ddpm.files import atomic_write
 from latent_ddpm.provenance import environment
 from latent_ddpm.runtime.pipeline import Pipeline
@@ -100,6 +101,7 @@ def run_compare(args: argparse.Namespace) -> dict[str, Any]:
     if args.timing_rounds < 1 or args.timing_batch < 1:
         raise InputError("--timing-rounds and --timing-batch must be >= 1")
     specs = parse_bundles(args.bundle)
+    require_extra("evaluate.compare", "export", ["onnx"])  # parameters are counted from the U-Net graph
     labels = [lab for lab, _ in specs]
     pipes = [Pipeline.from_bundle(d, threads=args.threads) for _, d in specs]
     check_alike(pipes, labels)
@@ -115,6 +117,10 @@ def run_compare(args: argparse.Namespace) -> dict[str, Any]:
     )
     for pipe in pipes:  # every setting checked on every bundle before the first image
         check_settings(pipe, settings)
+    sizes = [
+        {"unet_parameters": unet_parameters(p.bundle.models["unet"].path), "bundle_mb": disk_mb(d)}
+        for p, (_, d) in zip(pipes, specs, strict=True)
+    ]
     sampling = {
         "sampler": settings.sampler,
         "steps": settings.steps,
@@ -124,7 +130,7 @@ def run_compare(args: argparse.Namespace) -> dict[str, Any]:
     classifier = DigitClassifier(threads=args.threads)
     reference = RealReference(classifier)
     rows = []
-    for label, (_, folder), pipe in zip(labels, specs, pipes, strict=True):
+    for label, size, pipe in zip(labels, sizes, pipes, strict=True):
         print(f"[{label}] quality: {settings}", flush=True)
         report = evaluate(pipe, classifier, reference, settings, progress=not args.quiet).report
         rows.append(
@@ -132,8 +138,7 @@ def run_compare(args: argparse.Namespace) -> dict[str, Any]:
                 "label": label,
                 "schedule": schedule_of(pipe),
                 "prediction_type": pipe.bundle.prediction_type,
-                "unet_parameters": unet_parameters(pipe.bundle.models["unet"].path),
-                "bundle_mb": disk_mb(folder),
+                **size,
                 **report.to_json(),
             }
         )
