@@ -186,7 +186,7 @@ def markdown(doc: dict[str, Any], image: str) -> str:
     )
     lines = [
         f"| {r['label']} | {r['schedule']} | {r['prediction_type']} | {r['unet_parameters']:,} | "
-        f"{r['bundle_mb']:.1f} | {_pct(r['accuracy'])} | "
+        f"{r['bundle_mb']:.2f} | {_pct(r['accuracy'])} | "
         f"{r['cfid']:.2f} ± {r['cfid_std']:.2f} | {r['cfid_floor']:.2f} | {r['images_per_s']:.2f} | "
         f"{r['speed_ratio']:.2f}x |"
         for r in doc["rows"]
@@ -222,7 +222,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
             ax.plot(speed, ys, "o")
         for r, x, y in zip(rows, speed, ys, strict=True):
             ax.annotate(
-                f"{r['label']}\n{r['unet_parameters'] / 1e6:.2f}M",
+                f"{r['label']}\n{r['unet_parameters']:,} params",
                 (x, y),
                 fontsize=7,
                 xytext=(4, 4),
