@@ -53,21 +53,23 @@ def test_compare_writes_table_plot_and_replaces_markers(tmp_path, capsys) -> Non
 
 
 @pytest.mark.parametrize(
-    "specs, message",
+    "specs, extra, message",
     [
-        (["x"], "--bundle must be LABEL=DIR"),
-        (["a={a}", "a={b}"], "duplicate bundle label 'a'"),
-        (["a={a}", "m={missing}"], "bundle directory not found"),
-        (["a={a}", "u={uncond}"], "u: classes differ from a's"),
+        (["x"], [], "--bundle must be LABEL=DIR"),
+        (["a={a}", "a={b}"], [], "duplicate bundle label 'a'"),
+        (["a={a}", "m={missing}"], [], "bundle directory not found"),
+        (["a={a}", "u={uncond}"], [], "u: classes differ from a's"),
+        (["a={a}", "b={b}"], ["--sampler", "euler"], "euler"),
+        (["a={a}", "b={b}"], ["--steps", "0"], "steps"),
     ],
 )
-def test_compare_refuses_bad_input_writing_nothing(tmp_path, capsys, specs, message) -> None:
+def test_compare_refuses_bad_input_writing_nothing(tmp_path, capsys, specs, extra, message) -> None:
     paths = {"a": make_bundle(tmp_path / "a"), "b": tmp_path / "a", "missing": tmp_path / "missing"}
     if "{uncond}" in "".join(specs):
         paths["uncond"] = make_bundle(tmp_path / "uncond", conditional=False)
     argv = [a for s in specs for a in ("--bundle", s.format(**paths))]
     out = tmp_path / "docs"
-    assert main([*argv, "--section", "x", "--out", str(out), "--per-class", "2"]) == 2
+    assert main([*argv, *extra, "--section", "x", "--out", str(out), "--per-class", "2"]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not out.exists()

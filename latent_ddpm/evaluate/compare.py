@@ -109,24 +109,25 @@ def run_compare(args: argparse.Namespace) -> dict[str, Any]:
     settings = Settings(
         per_class=args.per_class,
         sampler=args.sampler or "ddim",
-        steps=args.steps or 50,
+        steps=args.steps if args.steps is not None else 50,
         guidance_scale=args.guidance if args.guidance is not None else first.guidance_scale,
         eta=args.eta if args.eta is not None else first.eta,
         seed=args.seed,
         batch=args.batch,
     )
-    for pipe in pipes:  # every setting checked on every bundle before the first image
-        check_settings(pipe, settings)
-    sizes = [
-        {"unet_parameters": unet_parameters(p.bundle.models["unet"].path), "bundle_mb": disk_mb(d)}
-        for p, (_, d) in zip(pipes, specs, strict=True)
-    ]
     sampling = {
         "sampler": settings.sampler,
         "steps": settings.steps,
         "guidance_scale": settings.guidance_scale,
         "eta": settings.eta,
     }
+    for pipe in pipes:  # every setting checked on every bundle before the first image
+        check_settings(pipe, settings)
+        pipe.requests.generate(num_images=settings.batch, **sampling)
+    sizes = [
+        {"unet_parameters": unet_parameters(p.bundle.models["unet"].path), "bundle_mb": disk_mb(d)}
+        for p, (_, d) in zip(pipes, specs, strict=True)
+    ]
     classifier = DigitClassifier(threads=args.threads)
     reference = RealReference(classifier)
     rows = []
