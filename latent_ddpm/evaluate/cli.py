@@ -5,8 +5,8 @@ package (a small CNN trained on the held-out-split MNIST digits) and reports: th
 asked for (overall and per class); the Fréchet distance between the classifier's features of the samples
 and of held-out real digits ("cFID", lower is better), next to the real-vs-real floor measured the same
 way; and seconds per image. Unconditional bundles get the cFID only. Sampling settings left out take the
-bundle's defaults. For a sweep over samplers, steps, guidance and schedules see
-`python -m latent_ddpm.evaluate.sweep --help`.
+bundle's defaults. For a sweep over samplers, steps and guidance see
+`python -m latent_ddpm.evaluate.sweep --help`; to compare bundles, `python -m latent_ddpm.evaluate.compare`.
 """
 
 from __future__ import annotations

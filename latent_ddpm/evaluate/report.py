@@ -129,23 +129,6 @@ def markdown(doc: dict[str, Any], image_dir: str) -> str:
         "",
         f"![cFID, accuracy and time against steps]({image_dir}/eval_steps.png)",
         "",
-        f"### Noise schedules (DDIM 50, eta {ref_eta:g}, guidance {rec['guidance_scale']:g})",
-        "",
-        _table(
-            ["bundle", "schedule", "images", "accuracy", "cFID", "floor", "s / image"],
-            [
-                [
-                    r["label"],
-                    r["schedule"],
-                    *_quality(r),
-                    _secs(r["seconds_per_image"]),
-                ]
-                for r in t["schedules"]
-            ],
-        ),
-        "",
-        f"![schedules compared]({image_dir}/eval_schedules.png)",
-        "",
         "### Recommended defaults and goals",
         "",
         f'`"defaults": {{"sampler": "{rec["sampler"]}", "steps": {rec["steps"]}, '
@@ -240,24 +223,6 @@ def plot_steps(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_schedules(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), dpi=120)
-    names = [f"{r['label']}" for r in rows]
-    axes[0].bar(names, [r["cfid"] for r in rows], yerr=[r["cfid_std"] for r in rows], color="tab:red")
-    axes[0].set_ylabel("classifier FID")
-    axes[1].bar(names, [100 * (r["accuracy"] or 0) for r in rows], color="tab:blue")
-    axes[1].set_ylabel("conditional accuracy (%)")
-    axes[1].set_ylim(min(90, *(100 * (r["accuracy"] or 0) for r in rows)), 100)
-    for ax in axes:
-        ax.tick_params(axis="x", labelsize=8)
-    fig.suptitle("noise schedules: DDIM 50")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
 def sample_grid(ev: Evaluation, per_row: int) -> np.ndarray:
     """Digits of one class per row (generation order interleaves classes); misread ones framed red."""
     from latent_ddpm.runtime.images import make_grid
@@ -280,7 +245,6 @@ def write_report(doc: dict[str, Any], out: Path, samples: Evaluation) -> None:
     images.mkdir(parents=True, exist_ok=True)
     plot_guidance(t["guidance"], images / "eval_guidance.png")
     plot_steps(t["steps"], images / "eval_steps.png")
-    plot_schedules(t["schedules"], images / "eval_schedules.png")
     per_row = len(samples.images) // (len(set(samples.asked.tolist())) if samples.asked is not None else 10)
     big = np.kron(sample_grid(samples, per_row), np.ones((2, 2, 1), dtype=np.uint8))  # 2x: 32 px is tiny
     save_png(big, images / "eval_samples.png")

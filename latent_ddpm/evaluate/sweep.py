@@ -1,12 +1,11 @@
-"""The seed document's exercises, measured: samplers and step counts, guidance scale, noise schedules.
+"""The seed document's exercises on one bundle, measured: samplers and step counts, guidance scale.
 
-    nice -n 10 python -m latent_ddpm.evaluate.sweep --bundle runs/linear/bundle --bundle runs/cosine/bundle
+    nice -n 10 python -m latent_ddpm.evaluate.sweep --bundle runs/digits/bundle
 
-The first bundle (default: the shipped one) gets the guidance sweep (DDIM 50, eta 0 and 1) and then, at
-the chosen scale and eta, the sampler sweep (DDIM 10/20/50/100, DPM-Solver++ 10/20, DDPM 1000 on fewer
-images, plus DDIM 50 on as many so the two compare fairly); every bundle gets DDIM 50 at those settings
-(schedules compared). Results
-go to OUT/evaluation.json, tables to OUT/evaluation.md (between the sweep markers) and plots to
+The bundle (default: the shipped one) gets the guidance sweep (DDIM 50, eta 0 and 1) and then, at the
+chosen scale and eta, the sampler sweep (DDIM 10/20/50/100, DPM-Solver++ 10/20, DDPM 1000 on fewer
+images, plus DDIM 50 on as many so the two compare fairly). Bundles are compared with each other by
+``python -m latent_ddpm.evaluate.compare``. Results go to OUT/evaluation.json, tables to OUT/evaluation.md (between the sweep markers) and plots to
 OUT/images/eval_*.png. Finished rows are kept in the JSON and reused on a rerun with the same settings, so
 an interrupted sweep resumes and the report can be redrawn without sampling again.
 """
@@ -96,11 +95,10 @@ def schedule_of(pipe: Any) -> str:
 
 
 def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
-    pipes = [Pipeline.from_bundle(b, threads=args.threads) for b in (args.bundle or [None])]
-    for pipe in pipes:  # refuse bad input before the first minute of sampling
-        check_settings(pipe, Settings(per_class=min(args.per_class, args.ddpm_per_class), batch=args.batch))
-    labels = [f"{p.bundle.name} ({schedule_of(p)})" for p in pipes]
-    main, label = pipes[0], labels[0]
+    main = Pipeline.from_bundle(args.bundle, threads=args.threads)
+    # refuse bad input before the first minute of sampling
+    check_settings(main, Settings(per_class=min(args.per_class, args.ddpm_per_class), batch=args.batch))
+    label = f"{main.bundle.name} ({schedule_of(main)})"
     sweep = Sweep(args)
     can_guide = main.bundle.can_guide
     guidance_rows = [
@@ -123,10 +121,6 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
     ]
     ddpm = sweep.row(main, label, args.ddpm_per_class, sampler="ddpm", steps=args.ddpm_steps, **at_g)
     ddim_matched = sweep.row(main, label, args.ddpm_per_class, steps=REFERENCE_STEPS, **ddim, **at_g)
-    schedule_rows = [
-        sweep.row(p, lab, args.per_class, steps=REFERENCE_STEPS, **ddim, **at_g)
-        for p, lab in zip(pipes, labels, strict=True)
-    ]
     chosen = pick_steps(step_rows)
     defaults = {
         "sampler": chosen["sampler"],
@@ -161,7 +155,6 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
         "tables": {
             "guidance": [r["key"] for r in guidance_rows],
             "steps": [r["key"] for r in [*step_rows, ddpm, ddim_matched]],
-            "schedules": [r["key"] for r in schedule_rows],
         },
         "recommended_defaults": defaults,
         "recommended_row": chosen["key"],
@@ -183,8 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--bundle",
         type=Path,
-        action="append",
-        help="bundle directory; repeat to compare schedules (first = main; default: the shipped one)",
+        default=None,
+        help="bundle directory (default: the shipped one); to compare bundles use evaluate.compare",
     )
     p.add_argument(
         "--out", type=Path, default=Path("docs"), help="folder for evaluation.{json,md} and images/"
@@ -209,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sweep: error: {exc}", file=sys.stderr)
         return 2
     print(f"recommended defaults: {json.dumps(doc['recommended_defaults'])}")
-    bundle = args.bundle[0] if args.bundle else "the shipped digits model"
+    bundle = args.bundle or "the shipped digits model"
     print(f"write them into {bundle}: latent-ddpm eval --write-defaults {args.out / 'evaluation.json'}")
     for name, goal in doc["goals"].items():
         print(f"goal {name}: {'met' if goal['met'] else 'NOT met'} ({goal})")
