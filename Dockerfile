@@ -105,7 +105,7 @@ RUN --mount=type=bind,from=wheel,source=/opt/pip,target=/opt/pip \
     --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
     --mount=type=cache,target=/root/.cache/pip \
     set -- /wheels/latent_ddpm-*.whl \
-    && /opt/pip/bin/pip --python /opt/venv/bin/python install "latent-ddpm[cpu,demo] @ file://$1"
+    && /opt/pip/bin/pip --python /opt/venv/bin/python install --no-compile "latent-ddpm[cpu,demo] @ file://$1"
 USER 10001
 EXPOSE 7860
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
