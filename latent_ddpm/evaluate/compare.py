@@ -28,7 +28,7 @@ import numpy as np
 from latent_ddpm.errors import InputError, LatentDDPMError
 from latent_ddpm.evaluate.classifier import DigitClassifier
 from latent_ddpm.evaluate.measure import RealReference, Settings, check_settings, evaluate
-from latent_ddpm.evaluate.sweep import schedule_of
+from latent_ddpm.evaluate.sweep import REFERENCE_STEPS, schedule_of
 from latent_ddpm.extras import require_extra
 from latent_ddpm.files import atomic_write
 from latent_ddpm.provenance import environment
@@ -109,7 +109,7 @@ def run_compare(args: argparse.Namespace) -> dict[str, Any]:
     settings = Settings(
         per_class=args.per_class,
         sampler=args.sampler or "ddim",
-        steps=args.steps if args.steps is not None else 50,
+        steps=args.steps if args.steps is not None else REFERENCE_STEPS,
         guidance_scale=args.guidance if args.guidance is not None else first.guidance_scale,
         eta=args.eta if args.eta is not None else first.eta,
         seed=args.seed,
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--per-class", type=int, default=100, help="images per class for quality")
     p.add_argument("--sampler", default=None, help="default: ddim")
-    p.add_argument("--steps", type=int, default=None, help="default: 50")
+    p.add_argument("--steps", type=int, default=None, help=f"default: {REFERENCE_STEPS}")
     p.add_argument("--guidance", type=float, default=None, help="default: the first bundle's")
     p.add_argument("--eta", type=float, default=None, help="default: the first bundle's")
     p.add_argument("--seed", type=int, default=0)
