@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from bundle_factory import make_bundle, rewrite_meta
+from bundle_factory import EMOJI_GROUPS, make_bundle, rewrite_meta
 
 from latent_ddpm.cli import main
 
@@ -45,7 +45,7 @@ def test_eval_prints_and_writes_every_figure(bundle, tmp_path, capsys) -> None:
         "classifier FID:",
         "real-vs-real floor",
         "s/image",
-        "classifier held-out accuracy:",
+        "digits judge's held-out accuracy:",
         "sampler=ddim steps=4 guidance=1.5 eta=0 seed=5",
     ):
         assert needle in text.out
@@ -121,7 +121,7 @@ def test_image_size_the_classifier_cannot_take(tmp_path, capsys) -> None:
     b = make_bundle(tmp_path / "big")
     rewrite_meta(b, image={"channels": 3, "height": 64, "width": 64, "value_range": [-1.0, 1.0]})
     err = _error(["eval", "--bundle", str(b)], capsys)
-    assert "3x64x64" in err and "1x28x28 or 1x32x32" in err
+    assert "3x64x64" in err and "the judges know only" in err and "1x32x32 with classes 0, 1" in err
 
 
 def test_classes_that_are_not_digits(tmp_path, capsys) -> None:
@@ -148,3 +148,15 @@ def test_eval_needs_no_torch(bundle, tmp_path) -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "classifier FID" in proc.stdout
+
+
+def test_a_colour_emoji_bundle_is_judged_by_the_emoji_judge(emoji_bundle, tmp_path, capsys) -> None:
+    out = tmp_path / "e.json"
+    argv = ["eval", "--bundle", str(emoji_bundle), "--per-class", "2", "--steps", "3", "--quiet"]
+    assert main([*argv, "--json", str(out)]) == 0
+    assert "emoji judge's held-out accuracy" in capsys.readouterr().out
+    r = json.loads(out.read_text())["report"]
+    assert r["judge"] == "emoji" and r["num_images"] == 18 and r["conditional"]
+    assert list(r["per_class_accuracy"]) == list(EMOJI_GROUPS)
+    assert [sum(row) for row in r["confusion"]] == [2] * 9 and len(r["confusion"][0]) == 9
+    assert r["reference_images"] == 135 and r["floor_images"] == 18 and r["cfid"] > 0

@@ -22,18 +22,19 @@ def test_guidance_lowest_cfid_among_accurate_enough_scales() -> None:
         _row(guidance_scale=2.0, accuracy=0.975, cfid=2.0),
         _row(guidance_scale=3.0, accuracy=0.99, cfid=3.0),
     ]
-    assert pick_guidance(rows)["guidance_scale"] == 2.0
+    assert pick_guidance(rows, 0.97)["guidance_scale"] == 2.0
+    assert pick_guidance(rows, 0.80)["guidance_scale"] == 1.0  # the emoji goal: 90% is enough
 
 
 def test_guidance_falls_back_to_most_accurate() -> None:
     rows = [_row(guidance_scale=g, accuracy=a, cfid=1.0) for g, a in ((1.0, 0.8), (4.0, 0.95), (6.0, 0.93))]
-    assert pick_guidance(rows)["guidance_scale"] == 4.0
+    assert pick_guidance(rows, 0.97)["guidance_scale"] == 4.0
     # Accuracies within noise of the best: the better cFID wins.
     rows = [
         _row(guidance_scale=4.0, accuracy=0.950, cfid=1.2),
         _row(guidance_scale=6.0, accuracy=0.955, cfid=1.5),
     ]
-    assert pick_guidance(rows)["guidance_scale"] == 4.0
+    assert pick_guidance(rows, 0.97)["guidance_scale"] == 4.0
 
 
 def test_steps_fewest_within_tolerance_of_best_and_same_image_count() -> None:

@@ -1,7 +1,7 @@
-"""What cFID numbers mean: the same figures for real digits and for known degradations of them.
+"""What cFID numbers mean: the same figures for real images and for known degradations of them.
 
-No sampling: real digits from the classifier's training split (the diffusion model trained on these too),
-blurred, noised, shifted, or collapsed to one digit per class. Read a model's cFID against this scale.
+No sampling: real images from the judge's training split (the diffusion model trained on these too),
+blurred, noised, shifted, or collapsed to one image per class. Read a model's cFID against this scale.
 """
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from latent_ddpm.evaluate.classifier import DigitClassifier
-from latent_ddpm.evaluate.digits import NUM_CLASSES, load_digits, split
+from latent_ddpm.evaluate.classifier import Judge
 from latent_ddpm.evaluate.frechet import fit_gaussian, frechet_distance
 from latent_ddpm.evaluate.measure import RealReference
 
@@ -19,7 +18,9 @@ from latent_ddpm.evaluate.measure import RealReference
 def _blur(images: np.ndarray, per_class: int) -> np.ndarray:
     from PIL import Image, ImageFilter
 
-    return np.stack([np.asarray(Image.fromarray(im).filter(ImageFilter.GaussianBlur(1.0))) for im in images])
+    blur = ImageFilter.GaussianBlur(1.0)
+    flat = images[..., 0] if images.shape[-1] == 1 else images  # Pillow takes (H, W) grey or (H, W, 3)
+    return np.stack([np.asarray(Image.fromarray(im).filter(blur)) for im in flat]).reshape(images.shape)
 
 
 def _noise(images: np.ndarray, per_class: int) -> np.ndarray:
@@ -37,22 +38,26 @@ def _collapse(images: np.ndarray, per_class: int) -> np.ndarray:
 
 
 DEGRADATIONS: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
-    "real digits (training split)": lambda x, _: x,
+    "real images (training split)": lambda x, _: x,
     "blurred (Gaussian, radius 1 px)": _blur,
     "noisy (Gaussian, sigma 40 of 255)": _noise,
     "shifted 3 px right and down": _shift,
-    "collapsed: one digit per class, repeated": _collapse,
+    "collapsed: one image per class, repeated": _collapse,
 }
 
 
-def calibration(classifier: DigitClassifier, reference: RealReference, per_class: int) -> list[dict]:
-    images, labels = load_digits()
-    train = split(labels).train
-    picked = np.concatenate([train[labels[train] == c][:per_class] for c in range(NUM_CLASSES)])
-    floor, _ = reference.floor(min(per_class, len(reference.features_a) // NUM_CLASSES))
+def calibration(judge: Judge, reference: RealReference, per_class: int) -> list[dict]:
+    """``per_class`` training images of every class (fewer where the smallest class has fewer)."""
+    data = judge.data
+    images, labels = data.load()
+    train = data.split(labels).train
+    by_class = [train[labels[train] == c] for c in range(data.num_classes)]
+    per_class = min(per_class, *(len(idx) for idx in by_class))
+    picked = np.concatenate([idx[:per_class] for idx in by_class])
+    floor, _ = reference.floor(min(per_class, reference.max_per_class))
     rows = []
     for name, degrade in DEGRADATIONS.items():
-        logits, features = classifier.run(degrade(images[picked], per_class))
+        logits, features = judge.run(degrade(images[picked], per_class))
         rows.append(
             {
                 "name": name,

@@ -1,10 +1,12 @@
-"""Measure a bundle's sample quality: conditional accuracy and classifier-space FID on digits.
+"""Measure a bundle's sample quality: conditional accuracy and classifier-space FID.
 
-Generates --per-class images of every class, reads them with the digit classifier that ships with the
-package (a small CNN trained on the held-out-split MNIST digits) and reports: the share read as the class
-asked for (overall and per class); the Fréchet distance between the classifier's features of the samples
-and of held-out real digits ("cFID", lower is better), next to the real-vs-real floor measured the same
-way; and seconds per image. Unconditional bundles get the cFID only. Sampling settings left out take the
+Generates --per-class images of every class and reads them with the judge of the data set the bundle draws
+(a small CNN shipped with the package, trained on a fixed split of that data set: grey 32x32 digits '0'..'9'
+or the 9 RGB emoji groups). Reports: the share read as the class asked for (overall and per class); the
+Fréchet distance between the judge's features of the samples and of held-out real images ("cFID", lower is
+better), next to the real-vs-real floor measured the same way; and seconds per image. Unconditional bundles
+get the cFID only. --memorisation PNG also reports how many samples are closer to a training image than
+training images are to each other, with a picture of the closest pairs. Sampling settings left out take the
 bundle's defaults. For a sweep over samplers, steps and guidance see
 `python -m latent_ddpm.evaluate.sweep --help`; to compare bundles, `python -m latent_ddpm.evaluate.compare`.
 """
@@ -64,11 +66,11 @@ def summary(report: Any) -> str:
         per = " ".join(f"{k}:{v:.0%}" for k, v in r.per_class_accuracy.items())
         lines.append(f"conditional accuracy: {r.accuracy:.2%}  ({per})")
     lines.append(
-        f"classifier FID: {r.cfid:.3f} +- {r.cfid_std:.3f}  (real-vs-real floor {r.cfid_floor:.3f}: {r.reference_images} held-out "
-        f"digits vs {r.floor_images} others)"
+        f"classifier FID: {r.cfid:.3f} +- {r.cfid_std:.3f}  (real-vs-real floor {r.cfid_floor:.3f}: "
+        f"{r.reference_images} held-out {r.judge} images vs {r.floor_images} others)"
     )
     if r.classifier_held_out_accuracy is not None:
-        lines.append(f"classifier held-out accuracy: {r.classifier_held_out_accuracy:.2%}")
+        lines.append(f"{r.judge} judge's held-out accuracy: {r.classifier_held_out_accuracy:.2%}")
     return "\n".join(lines)
 
 
@@ -84,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         defaults = write_defaults(bundle, args.write_defaults)
         print(f"wrote defaults {json.dumps(asdict(defaults))} into {bundle}/bundle.json and README.md")
         return 0
-    from latent_ddpm.evaluate.classifier import DigitClassifier
+    from latent_ddpm.evaluate.classifier import Judge
     from latent_ddpm.evaluate.measure import RealReference, Settings, check_settings, evaluate
     from latent_ddpm.files import atomic_write
     from latent_ddpm.provenance import environment
@@ -93,9 +95,8 @@ def run(args: argparse.Namespace) -> int:
     pipe = Pipeline.from_bundle(args.bundle, threads=args.threads)
     # one flag per Settings field, each parsed into the field's name
     settings = Settings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)})
-    check_settings(pipe, settings)
-    classifier = DigitClassifier(threads=args.threads)
-    report = evaluate(pipe, classifier, RealReference(classifier), settings, progress=not args.quiet).report
+    judge = Judge(check_settings(pipe, settings), threads=args.threads)
+    report = evaluate(pipe, judge, RealReference(judge), settings, progress=not args.quiet).report
     print(summary(report))
     if args.json is not None:
         doc = {"report": report.to_json(), "environment": environment()}

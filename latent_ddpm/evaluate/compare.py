@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from latent_ddpm.errors import InputError, LatentDDPMError
-from latent_ddpm.evaluate.classifier import DigitClassifier
+from latent_ddpm.evaluate.classifier import Judge
 from latent_ddpm.evaluate.measure import RealReference, Settings, check_settings, evaluate
 from latent_ddpm.evaluate.sweep import REFERENCE_STEPS, schedule_of
 from latent_ddpm.extras import require_extra
@@ -122,13 +122,13 @@ def run_compare(args: argparse.Namespace) -> dict[str, Any]:
         "eta": settings.eta,
     }
     for pipe in pipes:  # every setting checked on every bundle before the first image
-        check_settings(pipe, settings)
+        data = check_settings(pipe, settings)
         pipe.requests.generate(num_images=settings.batch, **sampling)
     sizes = [
         {"unet_parameters": unet_parameters(p.bundle.models["unet"].path), "bundle_mb": disk_mb(d)}
         for p, (_, d) in zip(pipes, specs, strict=True)
     ]
-    classifier = DigitClassifier(threads=args.threads)
+    classifier = Judge(data, threads=args.threads)  # alike bundles: one data set
     reference = RealReference(classifier)
     rows = []
     for label, size, pipe in zip(labels, sizes, pipes, strict=True):

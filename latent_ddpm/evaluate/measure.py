@@ -1,10 +1,11 @@
-"""Generate digits from a bundle and judge them: conditional accuracy and classifier-space FID.
+"""Generate images from a bundle and judge them: conditional accuracy and classifier-space FID.
 
-The reference for the FID is half A of the classifier's held-out digits (never seen in its training); the
-real-vs-real *floor* is the same distance from half A to as many held-out digits of half B as there are
-generated images, so both figures carry the same finite-sample bias and the floor is the best a perfect
-generator could score. (The shipped diffusion model trained on all 5,000 digits, so like FID on CIFAR this
-measures closeness to the training distribution, not generalisation.)
+The judge is the classifier of the data set the bundle draws (evaluate/judged.py). The reference for the FID
+is half A of that judge's held-out images (never seen in its training); the real-vs-real *floor* is the same
+distance from half A to as many held-out images of half B as there are generated images (at most half B),
+so both figures carry a similar finite-sample bias and the floor is about the best a perfect generator could
+score. (The shipped diffusion models trained on their whole data sets, so like FID on CIFAR this measures
+closeness to the training distribution, not generalisation; see evaluate/memorisation.py for copying.)
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from typing import Any
 import numpy as np
 
 from latent_ddpm.errors import InputError
-from latent_ddpm.evaluate.classifier import DigitClassifier, check_image_shape
-from latent_ddpm.evaluate.digits import NUM_CLASSES, halves, load_digits, split
+from latent_ddpm.evaluate.classifier import Judge
 from latent_ddpm.evaluate.frechet import fit_gaussian, frechet_distance
+from latent_ddpm.evaluate.judged import JudgedData, judged_data_for
+from latent_ddpm.provenance import portable_path
 from latent_ddpm.runtime.pipeline import Pipeline
 from latent_ddpm.runtime.progress import ProgressBar
 
@@ -41,6 +43,7 @@ class Settings:
 @dataclass
 class Report:
     bundle: str
+    judge: str  # the judged data set: "digits", "emoji"
     sampler: str
     steps: int
     guidance_scale: float
@@ -59,7 +62,7 @@ class Report:
     classifier_held_out_accuracy: float | None
     accuracy: float | None = None
     per_class_accuracy: dict[str, float] = field(default_factory=dict)
-    # confusion[i][j]: images asked for class_names[i] that the classifier read as digit j
+    # confusion[i][j]: images asked for class_names[i] that the judge read as its class j
     confusion: list[list[int]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -69,21 +72,26 @@ class Report:
 @dataclass
 class Evaluation:
     report: Report
-    images: np.ndarray  # (N, H, W, 1) uint8, in generation order
-    asked: np.ndarray | None  # digit asked for per image (None: unconditional)
-    read: np.ndarray  # digit the classifier read per image
+    images: np.ndarray  # (N, H, W, C) uint8, in generation order
+    asked: np.ndarray | None  # judge's class asked for per image (None: unconditional)
+    read: np.ndarray  # judge's class read per image
 
 
 class RealReference:
-    """Classifier features of the held-out digits, split into two class-balanced halves A and B."""
+    """Judge features of its held-out images, split into two class-balanced halves A and B."""
 
-    def __init__(self, classifier: DigitClassifier) -> None:
-        images, labels = load_digits()
-        a, b = halves(split(labels).held_out, labels)
-        _, self.features_a = classifier.run(images[a])
-        _, features_b = classifier.run(images[b])
+    def __init__(self, judge: Judge) -> None:
+        data = judge.data
+        images, labels = data.load()
+        a, b = data.halves(data.split(labels).held_out, labels)
+        _, self.features_a = judge.run(images[a])
+        _, features_b = judge.run(images[b])
         self.gaussian_a = fit_gaussian(self.features_a)
-        self._b_by_class = [features_b[labels[b] == c] for c in range(NUM_CLASSES)]
+        self._b_by_class = [features_b[labels[b] == c] for c in range(data.num_classes)]
+
+    @property
+    def max_per_class(self) -> int:
+        return min(len(f) for f in self._b_by_class)
 
     def floor(self, per_class: int) -> tuple[float, int]:
         """Real-vs-real FID (A against ``per_class`` of each class from B) and the number of B images."""
@@ -91,29 +99,19 @@ class RealReference:
         return frechet_distance(self.gaussian_a, fit_gaussian(b)), len(b)
 
 
-def digit_of_class(pipe: Pipeline) -> np.ndarray | None:
-    """Digit (0-9) the classifier should see for each of the bundle's classes; None if unconditional."""
+def class_names(pipe: Pipeline) -> list[str] | None:
     cond = pipe.bundle.conditioning
-    if cond is None:
-        return None
-    digits = {str(d): d for d in range(NUM_CLASSES)}
-    unknown = [n for n in cond.class_names if n not in digits]
-    if unknown:
-        raise InputError(
-            f"bundle {pipe.bundle.root} has classes {', '.join(map(repr, unknown))}; the digit classifier "
-            f"can only check classes named '0'..'9'"
-        )
-    return np.asarray([digits[n] for n in cond.class_names], dtype=np.int64)
+    return None if cond is None else list(cond.class_names)
 
 
-def check_settings(pipe: Pipeline, s: Settings) -> None:
-    """Everything that can be refused before minutes of sampling."""
-    check_image_shape(pipe.bundle.image_shape, f"bundle {pipe.bundle.root}")
+def check_settings(pipe: Pipeline, s: Settings) -> JudgedData:
+    """Everything that can be refused before minutes of sampling; the data set the bundle is judged by."""
+    data = judged_data_for(pipe.bundle.image_shape, class_names(pipe), f"bundle {pipe.bundle.name}")
     if isinstance(s.per_class, bool) or not isinstance(s.per_class, int) or s.per_class < MIN_PER_CLASS:
         raise InputError(f"per_class must be an integer >= {MIN_PER_CLASS}, got {s.per_class!r}")
     if isinstance(s.batch, bool) or not isinstance(s.batch, int) or s.batch < 1:
         raise InputError(f"batch must be an integer >= 1, got {s.batch!r}")
-    digit_of_class(pipe)
+    return data
 
 
 def bootstrap_std(reference: RealReference, features: np.ndarray, seed: int = 0) -> float:
@@ -128,18 +126,20 @@ def bootstrap_std(reference: RealReference, features: np.ndarray, seed: int = 0)
 
 def evaluate(
     pipe: Pipeline,
-    classifier: DigitClassifier,
+    judge: Judge,
     reference: RealReference,
     settings: Settings,
     progress: bool = True,
 ) -> Evaluation:
-    """Sample ``per_class`` images of every class (10 x per_class for an unconditional model) and judge them."""
+    """Sample ``per_class`` images of every class (or of as many as the judge has, for an unconditional
+    model) and judge them."""
     check_settings(pipe, settings)
-    digit = digit_of_class(pipe)
-    num_classes = NUM_CLASSES if digit is None else len(digit)
+    names = class_names(pipe)
+    judged = None if names is None else judge.class_index(names)
+    num_classes = judge.data.num_classes if judged is None else len(judged)
     n = settings.per_class * num_classes
     # Classes interleaved, so every batch holds all of them and a partial run is still balanced.
-    labels = None if digit is None else np.tile(np.arange(num_classes), settings.per_class)
+    labels = None if judged is None else np.tile(np.arange(num_classes), settings.per_class)
     starts = range(0, n, settings.batch)
     steps = settings.steps if settings.steps is not None else pipe.bundle.defaults.steps
     images, seconds = [], 0.0
@@ -159,17 +159,18 @@ def evaluate(
             images.append(result.images)
             seconds += result.timings.total_s
     all_images = np.concatenate(images)
-    logits, features = classifier.run(all_images)
+    logits, features = judge.run(all_images)
     read = logits.argmax(1)
     cfid = frechet_distance(reference.gaussian_a, fit_gaussian(features))
-    floor, floor_n = reference.floor(min(settings.per_class, len(reference.features_a) // NUM_CLASSES))
+    floor, floor_n = reference.floor(min(settings.per_class, reference.max_per_class))
     report = Report(
-        bundle=str(pipe.bundle.root),
+        bundle=portable_path(pipe.bundle.root),
+        judge=judge.data.name,
         **result.settings,  # as resolved by the pipeline: the same for every batch
         seed=settings.seed,
         batch=settings.batch,
         num_images=n,
-        conditional=digit is not None,
+        conditional=judged is not None,
         cfid=cfid,
         cfid_std=bootstrap_std(reference, features),
         cfid_floor=floor,
@@ -177,16 +178,15 @@ def evaluate(
         floor_images=floor_n,
         seconds_per_image=seconds / n,
         total_seconds=seconds,
-        classifier_held_out_accuracy=classifier.held_out_accuracy,
+        classifier_held_out_accuracy=judge.held_out_accuracy,
     )
-    asked = None if digit is None else digit[labels]
-    if digit is not None:
+    asked = None if judged is None else judged[labels]
+    if judged is not None and names is not None and labels is not None:
         report.accuracy = float((read == asked).mean())
-        names = pipe.bundle.conditioning.class_names
         report.per_class_accuracy = {
-            names[k]: float((read[labels == k] == digit[k]).mean()) for k in range(num_classes)
+            names[k]: float((read[labels == k] == judged[k]).mean()) for k in range(num_classes)
         }
-        confusion = np.zeros((num_classes, NUM_CLASSES), dtype=np.int64)
+        confusion = np.zeros((num_classes, judge.data.num_classes), dtype=np.int64)
         np.add.at(confusion, (labels, read), 1)
         report.confusion = confusion.tolist()
     return Evaluation(report, all_images, asked, read)

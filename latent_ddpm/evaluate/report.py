@@ -48,6 +48,7 @@ def markdown(doc: dict[str, Any], image_dir: str) -> str:
     rows = {r["key"]: r for r in doc["rows"]}
     t = {k: [rows[key] for key in keys] for k, keys in doc["tables"].items()}
     env, rec, goals = doc["environment"], doc["recommended_defaults"], doc["goals"]
+    judge = doc["judge"]
     ddpm = next(r for r in t["steps"] if r["sampler"] == "ddpm")
     ref_eta = next(r["eta"] for r in t["steps"] if r["sampler"] == "ddim")
     main = t["steps"][0]
@@ -56,11 +57,11 @@ def markdown(doc: dict[str, Any], image_dir: str) -> str:
         f"other jobs, so times are indicative), "
         + ", ".join(f"{k} {v}" for k, v in env["versions"].items())
         + f". Main bundle: `{main['label']}`; seed {main['seed']}, batch {main['batch']} (batch i uses seed + i)"
-        + f". Digit classifier held-out accuracy: {_acc(doc['classifier']['held_out_accuracy'])}.",
+        + f". {judge.capitalize()} judge's held-out accuracy: {_acc(doc['classifier']['held_out_accuracy'])}.",
         "",
         "### What the numbers mean",
         "",
-        "The same figures for real digits and known degradations of them (no sampling):",
+        f"The same figures for real {judge} images and known degradations of them (no sampling):",
         "",
         _table(
             ["images", "count", "accuracy", "cFID", "floor"],
@@ -143,7 +144,7 @@ def markdown(doc: dict[str, Any], image_dir: str) -> str:
         f"- cFID at DDIM 50 (eta {ref_eta:g}) within {f['tolerance']:.0%} of DDPM {f['ddpm_steps']} ({f['images_each']} images "
         f"each): **{'met' if f['met'] else 'not met'}** ({f['ddim50']:.2f} vs {f['ddpm']:.2f}).",
         "",
-        f"Samples at the recommended settings, one row per class; a red frame marks a digit the classifier "
+        f"Samples at the recommended settings, one row per class; a red frame marks an image the judge "
         f"read as another class:\n\n![samples]({image_dir}/eval_samples.png)",
     ]
     return "\n".join(out)
@@ -224,10 +225,10 @@ def plot_steps(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def sample_grid(ev: Evaluation, per_row: int) -> np.ndarray:
-    """Digits of one class per row (generation order interleaves classes); misread ones framed red."""
+    """Images of one class per row (generation order interleaves classes); misread ones framed red."""
     from latent_ddpm.runtime.images import make_grid
 
-    rgb = np.repeat(ev.images, 3, axis=-1)
+    rgb = np.repeat(ev.images, 3 // ev.images.shape[-1], axis=-1)  # grey to RGB, colour as it is
     if ev.asked is not None:
         wrong = ev.read != ev.asked
         rgb[wrong, :1, :] = rgb[wrong, -1:, :] = rgb[wrong, :, :1] = rgb[wrong, :, -1:] = (220, 30, 30)

@@ -20,13 +20,14 @@ from typing import Any
 
 from latent_ddpm.errors import LatentDDPMError
 from latent_ddpm.evaluate.calibrate import calibration
-from latent_ddpm.evaluate.classifier import DigitClassifier
+from latent_ddpm.evaluate.classifier import Judge
 from latent_ddpm.evaluate.defaults import bundle_identity
+from latent_ddpm.evaluate.judged import JudgedData
 from latent_ddpm.evaluate.measure import RealReference, Settings, check_settings, evaluate
-from latent_ddpm.evaluate.recommend import ACCURACY_GOAL, CFID_TOLERANCE, pick_guidance, pick_steps
+from latent_ddpm.evaluate.recommend import CFID_TOLERANCE, pick_guidance, pick_steps
 from latent_ddpm.evaluate.report import write_report
 from latent_ddpm.files import atomic_write
-from latent_ddpm.provenance import environment
+from latent_ddpm.provenance import environment, portable_path
 from latent_ddpm.runtime.pipeline import Pipeline
 
 DDIM_STEPS = (10, 20, 50, 100)
@@ -47,20 +48,20 @@ def _ints(text: str) -> tuple[int, ...]:
 class Sweep:
     """Runs and caches rows; one classifier and one real reference for all of them."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, data: JudgedData) -> None:
         self.args = args
         self.path = args.out / "evaluation.json"
         old = json.loads(self.path.read_text(encoding="utf-8")) if self.path.is_file() else {}
         self.cache: dict[str, dict[str, Any]] = {r["key"]: r for r in old.get("rows", [])}
         self.rows: dict[str, dict[str, Any]] = {}
-        self.classifier = DigitClassifier(threads=args.threads)
+        self.classifier = Judge(data, threads=args.threads)
         self.reference = RealReference(self.classifier)
 
     def row(self, pipe: Any, label: str, per_class: int, **sampling: Any) -> dict[str, Any]:
         s = Settings(per_class=per_class, seed=self.args.seed, batch=self.args.batch, **sampling)
         key = f"{bundle_identity(pipe.bundle)}|{s.sampler}|{s.steps}|{s.guidance_scale}|{s.eta}|{s.per_class}|{s.seed}|{s.batch}"
         if key in self.cache:  # the same model and settings: relabel only (e.g. the bundle was copied)
-            row = {**self.cache[key], "label": label, "bundle": str(pipe.bundle.root)}
+            row = {**self.cache[key], "label": label, "bundle": portable_path(pipe.bundle.root)}
         else:
             print(
                 f"[{label}] {s.sampler} {s.steps} steps, guidance {s.guidance_scale}, {per_class}/class",
@@ -81,6 +82,7 @@ class Sweep:
         """While running keep every row (to resume); at the end only this sweep's rows."""
         doc = {
             "environment": environment(),
+            "judge": self.classifier.data.name,
             "classifier": {
                 k: self.classifier.meta.get(k) for k in ("held_out_accuracy", "split", "training")
             },
@@ -97,9 +99,11 @@ def schedule_of(pipe: Any) -> str:
 def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
     main = Pipeline.from_bundle(args.bundle, threads=args.threads)
     # refuse bad input before the first minute of sampling
-    check_settings(main, Settings(per_class=min(args.per_class, args.ddpm_per_class), batch=args.batch))
+    data = check_settings(
+        main, Settings(per_class=min(args.per_class, args.ddpm_per_class), batch=args.batch)
+    )
     label = f"{main.bundle.name} ({schedule_of(main)})"
-    sweep = Sweep(args)
+    sweep = Sweep(args, data)
     can_guide = main.bundle.can_guide
     guidance_rows = [
         sweep.row(
@@ -108,7 +112,9 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
         for eta in args.etas
         for g in (args.guidance if can_guide else (1.0,))
     ]
-    reference = pick_guidance(guidance_rows)  # DDIM 50 at the chosen scale and eta: the row the goals name
+    reference = pick_guidance(
+        guidance_rows, data.accuracy_goal
+    )  # DDIM 50 at the chosen scale and eta: the row the goals name
     best_g, best_eta = reference["guidance_scale"], reference["eta"]
     ddim = {"sampler": "ddim", "eta": best_eta}
     at_g = {"guidance_scale": best_g}
@@ -131,8 +137,8 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
     goals = {
         "accuracy_ddim50": {
             "value": reference["accuracy"],
-            "target": ACCURACY_GOAL,
-            "met": reference["accuracy"] is not None and reference["accuracy"] >= ACCURACY_GOAL,
+            "target": data.accuracy_goal,
+            "met": reference["accuracy"] is not None and reference["accuracy"] >= data.accuracy_goal,
         },
         "cfid_ddim50_vs_ddpm": {
             "ddim50": ddim_matched["cfid"],

@@ -1,12 +1,15 @@
-"""Train the digit classifier that judges samples, export it to ONNX and record how good it is.
+"""Train the classifier that judges a data set's samples, export it to ONNX and record how good it is.
 
-    nice -n 10 python -m latent_ddpm.evaluate.train_classifier
+    nice -n 10 python -m latent_ddpm.evaluate.train_classifier --data digits
+    nice -n 10 python -m latent_ddpm.evaluate.train_classifier --data emoji --epochs 60 --flip \
+        --widths 32,64,128
 
-Writes ``digit_classifier.onnx`` into the current folder, or --out (outputs ``logits`` and the 64-d
-penultimate ``features`` used for the Fréchet distance), and ``digit_classifier.json`` beside it (held-out
-accuracy as ONNX Runtime measures it, the split, the recipe), each atomically. The package's judge is
-replaced only when asked: ``--out latent_ddpm/data/digit_classifier.onnx``. Light random affine augmentation makes the judge robust
-to the small shifts, rotations and size changes of generated digits, not only to MNIST's framing.
+Writes ``<judge>.onnx`` (digit_classifier, emoji_classifier) into the current folder, or --out (outputs
+``logits`` and the penultimate ``features`` used for the Fréchet distance), and the same name with .json
+beside it (held-out accuracy as ONNX Runtime measures it, the split, the recipe), each atomically. The
+package's judge is replaced only when asked: ``--out latent_ddpm/data/emoji_classifier.onnx``. Light random
+affine augmentation (filled with the data set's background) makes the judge robust to the small shifts,
+rotations and size changes of generated images, not only to the data set's framing.
 """
 
 from __future__ import annotations
@@ -15,21 +18,18 @@ import argparse
 import io
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from latent_ddpm.evaluate.classifier import (
-    CLASSIFIER_JSON,
-    CLASSIFIER_ONNX,
-    FEATURE_DIM,
-    DigitClassifier,
-)
-from latent_ddpm.evaluate.digits import IMAGE_SIZE, NUM_CLASSES, SPLIT_SEED, load_digits, split
+from latent_ddpm.errors import InputError, LatentDDPMError
+from latent_ddpm.evaluate.classifier import Judge
+from latent_ddpm.evaluate.judged import IMAGE_SIZE, JUDGED, SPLIT_SEED, JudgedData
 from latent_ddpm.files import atomic_write
 
 
-def build_model():  # -> torch.nn.Module; torch is imported lazily so this module's import stays cheap
+def build_model(data: JudgedData, widths: tuple[int, int, int]):  # -> torch.nn.Module (torch imported lazily)
     import torch
     from torch import nn
 
@@ -44,27 +44,29 @@ def build_model():  # -> torch.nn.Module; torch is imported lazily so this modul
             nn.MaxPool2d(2),
         )
 
-    class DigitNet(nn.Module):
-        """32x32 -> 16 -> 8 -> 4 (16/32/64 channels) -> 64-d features -> 10 logits."""
+    class JudgeNet(nn.Module):
+        """32x32 -> 16 -> 8 -> 4 (``widths`` channels) -> feature_dim features -> one logit per class."""
 
         def __init__(self) -> None:
             super().__init__()
-            self.body = nn.Sequential(block(1, 16), block(16, 32), block(32, 64), nn.Flatten())
-            self.embed = nn.Sequential(
-                nn.Linear(64 * 4 * 4, FEATURE_DIM, bias=False), nn.BatchNorm1d(FEATURE_DIM), nn.ReLU()
-            )
+            a, b, c = widths
+            self.body = nn.Sequential(block(data.channels, a), block(a, b), block(b, c), nn.Flatten())
+            dim = data.feature_dim
+            self.embed = nn.Sequential(nn.Linear(c * 4 * 4, dim, bias=False), nn.BatchNorm1d(dim), nn.ReLU())
             self.dropout = nn.Dropout(0.3)
-            self.head = nn.Linear(FEATURE_DIM, NUM_CLASSES)
+            self.head = nn.Linear(dim, data.num_classes)
 
         def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             features = self.embed(self.body(x))
             return self.head(self.dropout(features)), features
 
-    return DigitNet()
+    return JudgeNet()
 
 
-def augment(x, generator, max_rotate: float, max_shift: float, scale: tuple[float, float]):
-    """Random rotation, scale and shift per image (bilinear, black fill), batched with affine_grid."""
+def augment(
+    x, generator, max_rotate: float, max_shift: float, scale: tuple[float, float], fill: float, flip: bool
+):
+    """Random rotation, scale, shift (and mirror) per image, bilinear, filled with ``fill``; batched."""
     import torch
     import torch.nn.functional as F
 
@@ -73,24 +75,28 @@ def augment(x, generator, max_rotate: float, max_shift: float, scale: tuple[floa
     s = scale[0] + torch.rand(n, generator=generator) * (scale[1] - scale[0])
     shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * (2 * max_shift / IMAGE_SIZE)
     cos, sin = torch.cos(angle) / s, torch.sin(angle) / s
+    mirror = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0) if flip else torch.ones(n)
     theta = torch.stack(
-        [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
+        [torch.stack([cos * mirror, -sin, shift[:, 0]], 1), torch.stack([sin * mirror, cos, shift[:, 1]], 1)],
+        1,
     )
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    # grid_sample fills with zeros: shift the background to zero and back
+    return F.grid_sample(x - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
 
+    data: JudgedData = args.data
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
-    images, labels = load_digits()
-    parts = split(labels, SPLIT_SEED)
-    x = torch.from_numpy(images[parts.train]).float().div(255).unsqueeze(1)
+    images, labels = data.load()
+    parts = data.split(labels, SPLIT_SEED)
+    x = torch.from_numpy(images[parts.train]).float().div(255).permute(0, 3, 1, 2).contiguous()
     y = torch.from_numpy(labels[parts.train])
-    model = build_model()
+    model = build_model(data, args.widths)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(len(x) / args.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -104,7 +110,15 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         total, correct = 0.0, 0
         for i in range(steps_per_epoch):
             idx = order[i * args.batch_size : (i + 1) * args.batch_size]
-            xb = augment(x[idx], gen, args.rotate, args.shift, (1 - args.scale, 1 + args.scale))
+            xb = augment(
+                x[idx],
+                gen,
+                args.rotate,
+                args.shift,
+                (1 - args.scale, 1 + args.scale),
+                data.background / 255,
+                args.flip,
+            )
             logits, _ = model(xb)
             loss = F.cross_entropy(logits, y[idx], label_smoothing=0.05)
             opt.zero_grad(set_to_none=True)
@@ -120,20 +134,27 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         )
     seconds = time.perf_counter() - start
     model.eval()
-    export(model, args.out)
-    held_acc, per_class = DigitClassifier(args.out).accuracy(images[parts.held_out], labels[parts.held_out])
+    export(model, data, args.out)
+    held_acc, per_class = Judge(data, args.out).accuracy(images[parts.held_out], labels[parts.held_out])
     meta = {
-        "model": "digit_classifier.onnx",
-        "purpose": "judge of generated digits for `latent-ddpm eval` (conditional accuracy, classifier FID)",
-        "input": {"name": "image", "shape": ["batch", 1, IMAGE_SIZE, IMAGE_SIZE], "range": [0.0, 1.0]},
-        "outputs": {"logits": NUM_CLASSES, "features": FEATURE_DIM},
+        "model": args.out.name,
+        "purpose": f"judge of generated {data.name} for `latent-ddpm eval` (conditional accuracy, classifier FID)",
+        "data": data.name,
+        "classes": list(data.class_names),
+        "input": {
+            "name": "image",
+            "shape": ["batch", data.channels, IMAGE_SIZE, IMAGE_SIZE],
+            "range": [0.0, 1.0],
+        },
+        "outputs": {"logits": data.num_classes, "features": data.feature_dim},
         "held_out_accuracy": held_acc,
         "held_out_accuracy_per_class": per_class,
         "measured_with": "onnxruntime, on the exported graph",
         "split": {
-            "data": "latent_ddpm/data/mnist_5k.npz (5,000 MNIST digits, 500 per class), padded 28->32",
+            "data": data.describe,
             "seed": SPLIT_SEED,
             "method": "stratified: per class, a seeded permutation; the first held_out_per_class held out",
+            "held_out_per_class": data.held_out_per_class,
             "train": len(parts.train),
             "held_out": len(parts.held_out),
             "held_out_sha256": parts.held_out_sha256,
@@ -145,14 +166,15 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "optimizer": f"AdamW(lr={args.lr}, weight_decay={args.weight_decay}), one-cycle schedule",
             "loss": "cross-entropy, label smoothing 0.05",
             "augmentation": f"random affine: rotation +-{args.rotate} deg, shift +-{args.shift} px, "
-            f"scale 1+-{args.scale}",
+            f"scale 1+-{args.scale}" + (", horizontal mirror" if args.flip else ""),
+            "widths": list(args.widths),
             "threads": args.threads,
             "seconds": round(seconds, 1),
             "torch": torch.__version__,
         },
         "parameters": sum(p.numel() for p in model.parameters()),
     }
-    json_path = args.out.with_name(CLASSIFIER_JSON)
+    json_path = args.out.with_suffix(".json")
     atomic_write(json_path, json.dumps(meta, indent=2) + "\n")
     print(
         f"held-out accuracy {held_acc:.4f} on {len(parts.held_out)} images; wrote {args.out} and {json_path}"
@@ -160,12 +182,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     return meta
 
 
-def export(model, path: Path) -> None:
+def export(model, data: JudgedData, path: Path) -> None:
     """ONNX with a dynamic batch; float32 in [0, 1] -> (logits, features)."""
     import onnx
     import torch
 
-    dummy = torch.zeros(2, 1, IMAGE_SIZE, IMAGE_SIZE)
+    dummy = torch.zeros(2, data.channels, IMAGE_SIZE, IMAGE_SIZE)
     traced = io.BytesIO()
     torch.onnx.export(
         model,
@@ -182,18 +204,30 @@ def export(model, path: Path) -> None:
     atomic_write(path, graph.SerializeToString())  # one self-contained file
 
 
+def _widths(text: str) -> tuple[int, int, int]:
+    try:
+        a, b, c = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected three comma-separated channel counts, got {text!r}"
+        ) from None
+    return a, b, c
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m latent_ddpm.evaluate.train_classifier",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    data = {d.name: d for d in JUDGED}
+    p.add_argument("--data", choices=sorted(data), default="digits", help="the data set to judge")
     p.add_argument(
         "--out",
         type=Path,
-        default=Path(CLASSIFIER_ONNX.name),
-        help=f"where to write the ONNX model (default: ./{CLASSIFIER_ONNX.name}); {CLASSIFIER_ONNX} "
-        "replaces the judge `latent-ddpm eval` uses",
+        default=None,
+        help="where to write the ONNX model (default: ./<judge>.onnx, e.g. ./digit_classifier.onnx); "
+        "latent_ddpm/data/<judge>.onnx replaces the judge `latent-ddpm eval` uses",
     )
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64)
@@ -202,9 +236,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rotate", type=float, default=12.0, help="max rotation, degrees")
     p.add_argument("--shift", type=float, default=2.0, help="max shift, pixels")
     p.add_argument("--scale", type=float, default=0.1, help="max relative zoom in or out")
+    p.add_argument("--flip", action="store_true", help="mirror half the images (not for digits)")
+    p.add_argument("--widths", type=_widths, default=(16, 32, 64), help="channels of the three conv blocks")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    train(p.parse_args(argv))
+    args = p.parse_args(argv)
+    args.data = data[args.data]
+    if args.out is None:
+        args.out = Path(args.data.classifier_onnx.name)
+    try:
+        if args.out.suffix != ".onnx":
+            raise InputError(f"--out must end in .onnx (its .json goes beside it), got {args.out}")
+        train(args)
+    except LatentDDPMError as exc:
+        print(f"train_classifier: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

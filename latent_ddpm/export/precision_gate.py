@@ -8,8 +8,9 @@ running the bundle's fp32 graphs rather than other graphs:
    diffusers), once in the reduced precision on the backend. The uint8 images must reach the fp16
    export's bar (``validate.FP16_MIN_IMAGE_PSNR_DB``, 35 dB) with no NaN/Inf.
 2. With an encoder, img2img of the first batch of fp32 images (default strength), held to the same bar.
-3. Where a judge exists (the digit classifier that ships with the package, for grey 28/32-pixel digits
-   with classes named '0'..'9'): conditional accuracy within ``MAX_ACCURACY_CHANGE`` (1 point) of fp32's.
+3. Where a judge exists (evaluate/judged.py: class-conditional grey digits '0'..'9' or RGB emoji groups,
+   the judges that ship with the package): conditional accuracy within ``MAX_ACCURACY_CHANGE`` (1 point)
+   of fp32's.
 
 It refuses, before any work, a CPU without native bf16, a bundle that is not fp32, and a bundle it cannot
 write. The result, passed or failed, goes into validation.json (every figure, under "precision_gates") and
@@ -181,29 +182,29 @@ def _sample(
 
 
 def _judge(bundle: Bundle, threads: int | None) -> tuple[Callable[..., dict[str, Any]] | None, str]:
-    """The digit classifier for a bundle it can read, else None and why not."""
-    from latent_ddpm.evaluate.classifier import DigitClassifier, check_image_shape
-    from latent_ddpm.evaluate.digits import NUM_CLASSES
+    """The judge of the data set the bundle draws, if it is class-conditional and one fits; else None and why."""
+    from latent_ddpm.evaluate.classifier import Judge
 
     cond = bundle.conditioning
+    if cond is None:
+        return None, "no judge: only class-conditional models are judged (conditional accuracy)"
     try:
-        check_image_shape(bundle.image_shape, f"bundle {bundle.name}")
+        classifier = Judge.for_model(bundle.image_shape, cond.class_names, f"bundle {bundle.name}", threads)
     except InputError as exc:
         return None, f"no judge: {exc}"
-    if cond is None:
-        return None, "no judge: the digit classifier judges class-conditional digit models only"
-    if list(cond.class_names) != [str(k) for k in range(NUM_CLASSES)]:
-        return None, f"no judge: classes {list(cond.class_names)} are not the digits '0'..'9'"
-    classifier = DigitClassifier(threads=threads)
+    judged = classifier.class_index(cond.class_names)
 
     def accuracy(images: np.ndarray, labels: np.ndarray) -> float:
-        return float((classifier.run(images)[0].argmax(1) == labels).mean())
+        return float((classifier.run(images)[0].argmax(1) == judged[labels]).mean())
 
     def judge(ref: np.ndarray, cand: np.ndarray, labels: np.ndarray, precision: str) -> dict[str, Any]:
         acc_ref, acc_cand = accuracy(ref, labels), accuracy(cand, labels)
         return {"accuracy_fp32": acc_ref, f"accuracy_{precision}": acc_cand, "change": acc_cand - acc_ref}
 
-    return judge, "digit classifier (latent_ddpm/data/digit_classifier.onnx): conditional accuracy"
+    return (
+        judge,
+        f"{classifier.data.name} judge (latent_ddpm/data/{classifier.path.name}): conditional accuracy",
+    )
 
 
 def _native_flags(backend: str) -> list[str]:
