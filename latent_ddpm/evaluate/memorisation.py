@@ -6,11 +6,12 @@ ones. The yardstick is the data set itself: ``threshold`` is the median, over th
 distance to the nearest *other* training image. A generated image closer than that to some training image is
 as close as a near-neighbour in the data set, a candidate copy.
 
-How to read ``share_below``: real images the model never saw (held-out ones, passed as ``generated``) already
-score some share, since similar images are common in a small data set; a model that draws new images scores
-roughly that held-out share, and one that copies its training set scores near 100%. Compare the two, not the
-share alone. Pixel distance sees copies and near-copies (a shifted or recoloured copy can escape it); it says
-nothing about quality.
+How to read ``share_below``: real images the model never saw (held-out ones, passed as ``generated``) score
+about half, since the threshold is the median of the same kind of distance; a model that draws new images
+scores roughly what held-out images score, and one that copies its training set scores near 100%. Compare the
+two, class by class too: simple classes sit closer together (held-out MNIST ones all score below, twos 14%), so
+a model that favours them scores higher without copying. Pixel distance sees copies and near-copies (a shifted
+or recoloured copy escapes it); it says nothing about quality.
 
 Distances are per-pixel RMS on [0, 1] (L2 / sqrt(H*W*C)), so they compare across image sizes and data sets.
 """
@@ -84,7 +85,7 @@ def memorisation(
     below = distance < threshold
     per_class = None
     if labels is not None and names is not None:
-        per_class = {names[c]: float(below[labels == c].mean()) for c in np.unique(labels)}
+        per_class = {str(names[c]): float(below[labels == c].mean()) for c in np.unique(labels)}
     return Memorisation(
         share_below=float(below.mean()),
         threshold=float(threshold),
