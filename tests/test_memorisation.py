@@ -87,6 +87,13 @@ def test_threshold_excludes_each_image_by_index_so_duplicates_count() -> None:
     assert training_threshold(images) == pytest.approx(30 / 255, rel=1e-12)
 
 
+def test_below_means_strictly_closer_than_the_threshold() -> None:
+    training = _constant([40, 40, 140, 200, 250], channels=1)  # nearest others 0, 0, 60, 50, 50: median 50
+    result = memorisation(_constant([90, 91], channels=1), training)  # 50 from training 0; 49 from training 2
+    assert result.threshold == result.nearest_distance[0] == pytest.approx(50 / 255)
+    assert result.share_below == 0.5
+
+
 def test_distance_is_per_pixel_rms_on_the_unit_range() -> None:
     black = np.zeros((1, 2, 2, 1), dtype=np.uint8)
     one_white = black.copy()
