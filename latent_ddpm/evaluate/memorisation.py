@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -50,14 +50,8 @@ class Memorisation:
 
     def to_json(self) -> dict[str, Any]:
         """The scalars, for a report; the per-image arrays stay out."""
-        return {
-            "share_below": self.share_below,
-            "threshold": self.threshold,
-            "num_generated": self.num_generated,
-            "num_training": self.num_training,
-            "median_nearest": self.median_nearest,
-            "per_class_share": self.per_class_share,
-        }
+        arrays = ("nearest_index", "nearest_distance")
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in arrays}
 
 
 def memorisation(
