@@ -160,3 +160,29 @@ def test_a_colour_emoji_bundle_is_judged_by_the_emoji_judge(emoji_bundle, tmp_pa
     assert list(r["per_class_accuracy"]) == list(EMOJI_GROUPS)
     assert [sum(row) for row in r["confusion"]] == [2] * 9 and len(r["confusion"][0]) == 9
     assert r["reference_images"] == 135 and r["floor_images"] == 18 and r["cfid"] > 0
+
+
+def test_memorisation_is_reported_with_its_real_yardstick_and_picture(bundle, tmp_path, capsys) -> None:
+    out, png = tmp_path / "m.json", tmp_path / "pics" / "pairs.png"
+    argv = ["eval", "--bundle", str(bundle), "--per-class", "2", "--steps", "3", "--quiet"]
+    assert main([*argv, "--json", str(out), "--memorisation", str(png)]) == 0
+    text = capsys.readouterr().out
+    assert "memorisation:" in text and "real held-out images" in text
+    m = json.loads(out.read_text())["memorisation"]
+    gen, real = m["generated"], m["held_out_real"]
+    assert gen["num_generated"] == 20 and gen["num_training"] == 5000
+    assert 0.0 <= gen["share_below"] <= 1.0 and set(gen["per_class_share"]) == {str(d) for d in range(10)}
+    # held-out digits against the judge's 3,000 training ones: about half by construction
+    assert real["num_generated"] == 2000 and real["num_training"] == 3000 and 0.3 < real["share_below"] < 0.7
+    from PIL import Image
+
+    with Image.open(png) as picture:
+        assert picture.mode == "RGB" and picture.width >= 8 * 64 and picture.height >= 2 * 64
+
+
+def test_memorisation_picture_must_be_a_png_and_is_checked_before_sampling(bundle, tmp_path, capsys) -> None:
+    out = tmp_path / "never.json"
+    argv = ["eval", "--bundle", str(bundle), "--json", str(out), "--memorisation", str(tmp_path / "m.jpg")]
+    err = _error(argv, capsys)
+    assert "--memorisation must name a .png file" in err and "m.jpg" in err
+    assert list(tmp_path.iterdir()) == []

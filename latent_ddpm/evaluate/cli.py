@@ -18,9 +18,13 @@ import dataclasses
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from latent_ddpm.runtime.schedulers import SAMPLERS
+
+if TYPE_CHECKING:  # the evaluation modules load only when the command runs, so --help stays quick
+    from latent_ddpm.evaluate.judged import JudgedData
+    from latent_ddpm.evaluate.measure import Evaluation
 
 HELP = __doc__
 WRITE_DEFAULTS_HELP = (
@@ -46,10 +50,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="classifier-free guidance scale (default: bundle's)",
     )
     p.add_argument("--eta", type=float, default=None, help="DDIM stochasticity (default: bundle's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first batch; batch i uses seed + i")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first image; image k uses seed + k")
     p.add_argument("--batch", type=int, default=100, help="images per generate call")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")
     p.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
+    p.add_argument(
+        "--memorisation",
+        type=Path,
+        metavar="PNG",
+        default=None,
+        help="also check for copies of training images: the share of samples nearer to a training image than "
+        "training images are to each other (with real held-out images' share beside it), and a picture "
+        "of the closest pairs written to PNG",
+    )
     p.add_argument("--write-defaults", type=Path, metavar="EVALUATION_JSON", help=WRITE_DEFAULTS_HELP)
 
 
@@ -74,6 +87,18 @@ def summary(report: Any) -> str:
     return "\n".join(lines)
 
 
+def memorisation_summary(doc: dict[str, Any]) -> str:
+    """The memorisation figures in two lines: samples, then real held-out images as the yardstick."""
+    gen, real = doc["generated"], doc["held_out_real"]
+    return (
+        f"memorisation: {gen['share_below']:.1%} of {gen['num_generated']} samples lie nearer to one of the "
+        f"{gen['num_training']} training images than the median training image to its nearest other "
+        f"({gen['threshold']:.3f} RMS)\n"
+        f"  real held-out images, judged the same way against the judge's training split: "
+        f"{real['share_below']:.1%} (about half by construction; near 100% for the samples would mean copying)"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from latent_ddpm.runtime.limits import check_threads
 
@@ -90,16 +115,42 @@ def run(args: argparse.Namespace) -> int:
     from latent_ddpm.evaluate.measure import RealReference, Settings, check_settings, evaluate
     from latent_ddpm.files import atomic_write
     from latent_ddpm.provenance import environment
+    from latent_ddpm.runtime.outputs import check_output_file
     from latent_ddpm.runtime.pipeline import Pipeline
 
+    for path, flag, suffix in ((args.json, "--json", None), (args.memorisation, "--memorisation", ".png")):
+        if path is not None:
+            check_output_file(path, flag, suffix)
     pipe = Pipeline.from_bundle(args.bundle, threads=args.threads)
     # one flag per Settings field, each parsed into the field's name
     settings = Settings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)})
     judge = Judge(check_settings(pipe, settings), threads=args.threads)
-    report = evaluate(pipe, judge, RealReference(judge), settings, progress=not args.quiet).report
-    print(summary(report))
+    ev = evaluate(pipe, judge, RealReference(judge), settings, progress=not args.quiet)
+    print(summary(ev.report))
+    doc: dict[str, Any] = {"report": ev.report.to_json(), "environment": environment()}
+    if args.memorisation is not None:
+        doc["memorisation"] = check_memorisation(judge.data, ev, args.memorisation)
+        print(memorisation_summary(doc["memorisation"]))
+        print(f"wrote {args.memorisation}")
     if args.json is not None:
-        doc = {"report": report.to_json(), "environment": environment()}
         atomic_write(args.json, json.dumps(doc, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0
+
+
+def check_memorisation(data: JudgedData, ev: Evaluation, picture: Path) -> dict[str, Any]:
+    """Samples against the whole data set (what the shipped models trained on), and the judge's held-out
+    real images against its training split as the yardstick; the closest pairs drawn into ``picture``."""
+    import numpy as np
+
+    from latent_ddpm.evaluate.judged import IMAGE_SIZE, pad_to
+    from latent_ddpm.evaluate.memorisation import closest_pairs_picture, memorisation
+    from latent_ddpm.runtime.images import save_png
+
+    images, labels = data.load()
+    samples = pad_to(ev.images, IMAGE_SIZE, data.background)  # MNIST-sized 28 px samples, as judged
+    generated = memorisation(samples, images, ev.asked, data.class_names)
+    parts = data.split(labels)
+    held = memorisation(images[parts.held_out], images[parts.train], labels[parts.held_out], data.class_names)
+    save_png(np.asarray(closest_pairs_picture(samples, images, generated)), picture)
+    return {"data": data.describe, "generated": generated.to_json(), "held_out_real": held.to_json()}

@@ -49,7 +49,7 @@ class Report:
     guidance_scale: float
     eta: float
     seed: int
-    batch: int  # batch i is generated with seed + i, so the batch size is part of what fixes the images
+    batch: int  # images per generate call (image k is seeded seed + k whatever the batch)
     num_images: int
     conditional: bool
     cfid: float
@@ -144,14 +144,16 @@ def evaluate(
     steps = settings.steps if settings.steps is not None else pipe.bundle.defaults.steps
     images, seconds = [], 0.0
     with ProgressBar(len(starts) * steps, desc="sampling (steps x batches)", disable=not progress) as bar:
-        for i, start in enumerate(starts):
+        for start in starts:
             stop = min(start + settings.batch, n)
             result = pipe.generate(
                 num_images=stop - start,
                 steps=settings.steps,
                 sampler=settings.sampler,
                 eta=settings.eta,
-                seed=settings.seed + i,  # one seed per batch: reruns and partial reruns repeat exactly
+                # image k seeded seed + k (the runtime seeds image j of a call seed + j): every image its own
+                # noise, and reruns, partial reruns and other batch sizes repeat exactly
+                seed=settings.seed + start,
                 class_labels=None if labels is None else labels[start:stop].tolist(),
                 guidance_scale=settings.guidance_scale,
                 callback=lambda *_: bar.update(1),

@@ -56,7 +56,7 @@ def markdown(doc: dict[str, Any], image_dir: str) -> str:
         f"Measured {env['date'][:10]} on {env['machine']['cpu']} ({env['machine']['cores']} cores, shared with "
         f"other jobs, so times are indicative), "
         + ", ".join(f"{k} {v}" for k, v in env["versions"].items())
-        + f". Main bundle: `{main['label']}`; seed {main['seed']}, batch {main['batch']} (batch i uses seed + i)"
+        + f". Main bundle: `{main['label']}`; seed {main['seed']} (image k uses seed + k), batch {main['batch']}"
         + f". {judge.capitalize()} judge's held-out accuracy: {_acc(doc['classifier']['held_out_accuracy'])}.",
         "",
         "### What the numbers mean",

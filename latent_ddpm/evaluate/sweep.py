@@ -59,7 +59,8 @@ class Sweep:
 
     def row(self, pipe: Any, label: str, per_class: int, **sampling: Any) -> dict[str, Any]:
         s = Settings(per_class=per_class, seed=self.args.seed, batch=self.args.batch, **sampling)
-        key = f"{bundle_identity(pipe.bundle)}|{s.sampler}|{s.steps}|{s.guidance_scale}|{s.eta}|{s.per_class}|{s.seed}|{s.batch}"
+        # what fixes the images (not the batch size: image k is seeded seed + k in any batch)
+        key = f"{bundle_identity(pipe.bundle)}|{s.sampler}|{s.steps}|{s.guidance_scale}|{s.eta}|{s.per_class}|seed{s.seed}+k"
         if key in self.cache:  # the same model and settings: relabel only (e.g. the bundle was copied)
             row = {**self.cache[key], "label": label, "bundle": portable_path(pipe.bundle.root)}
         else:

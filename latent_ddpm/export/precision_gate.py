@@ -4,7 +4,7 @@ Guarded like an fp16 export (``validate.py``), but on the runtime's own sampling
 running the bundle's fp32 graphs rather than other graphs:
 
 1. The bundle's default run (its sampler, steps, guidance and eta) for ``images`` images, classes
-   interleaved, batch i seeded ``seed + i``: once in fp32 on ONNX Runtime (the path the export gate held to
+   interleaved, image k seeded ``seed + k``: once in fp32 on ONNX Runtime (the path the export gate held to
    diffusers), once in the reduced precision on the backend. The uint8 images must reach the fp16
    export's bar (``validate.FP16_MIN_IMAGE_PSNR_DB``, 35 dB) with no NaN/Inf.
 2. With an encoder, img2img of the first batch of fp32 images (default strength), held to the same bar.
@@ -166,13 +166,13 @@ def _labels(bundle: Bundle, n: int) -> np.ndarray | None:
 def _sample(
     pipe: Pipeline, labels: np.ndarray | None, s: GateSettings
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """The bundle's default run over all images, batch i seeded ``seed + i``: images, latents, seconds."""
+    """The bundle's default run over all images, image k seeded ``seed + k``: images, latents, seconds."""
     images, latents, seconds = [], [], 0.0
-    for i, start in enumerate(range(0, s.images, s.batch)):
+    for start in range(0, s.images, s.batch):
         stop = min(start + s.batch, s.images)
         r = pipe.generate(
             num_images=stop - start,
-            seed=s.seed + i,
+            seed=s.seed + start,  # the runtime seeds image j of the call seed + j: every image its own
             class_labels=None if labels is None else labels[start:stop].tolist(),
         )
         images.append(r.images)
