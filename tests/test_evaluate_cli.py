@@ -174,6 +174,8 @@ def test_memorisation_is_reported_with_its_real_yardstick_and_picture(bundle, tm
     assert 0.0 <= gen["share_below"] <= 1.0 and set(gen["per_class_share"]) == {str(d) for d in range(10)}
     # held-out digits against the judge's 3,000 training ones: about half by construction
     assert real["num_generated"] == 2000 and real["num_training"] == 3000 and 0.3 < real["share_below"] < 0.7
+    feats = m["judge_features_share_below"]
+    assert 0.3 < feats["held_out_real"] < 0.7 and 0.0 <= feats["generated"] <= 1.0
     from PIL import Image
 
     with Image.open(png) as picture:

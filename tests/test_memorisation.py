@@ -12,6 +12,7 @@ from latent_ddpm.evaluate.memorisation import (
     closest_pairs_picture,
     memorisation,
     nearest,
+    share_below_in_features,
     training_threshold,
 )
 
@@ -200,3 +201,17 @@ def test_bad_labels_are_refused() -> None:
         memorisation(GOOD, GOOD, np.array([0, -1]))
     with pytest.raises(InputError, match="label 2 has no name: 2 class names given"):
         memorisation(GOOD, GOOD, np.array([0, 2]), ["a", "b"])
+
+
+def test_feature_share_sees_copies_and_new_points() -> None:
+    rng = np.random.default_rng(0)
+    training = rng.normal(size=(200, 8))
+    copies = training[:50] + rng.normal(scale=1e-3, size=(50, 8))
+    far = rng.normal(size=(50, 8)) + 100.0
+    assert share_below_in_features(copies, training) == 1.0
+    assert share_below_in_features(far, training) == 0.0
+
+
+def test_feature_share_refuses_mismatched_vectors() -> None:
+    with pytest.raises(InputError, match=r"\(N, D\) and \(M, D\)"):
+        share_below_in_features(np.zeros((3, 4)), np.zeros((5, 6)))

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from latent_ddpm.runtime.schedulers import SAMPLERS
 
 if TYPE_CHECKING:  # the evaluation modules load only when the command runs, so --help stays quick
-    from latent_ddpm.evaluate.judged import JudgedData
+    from latent_ddpm.evaluate.classifier import Judge
     from latent_ddpm.evaluate.measure import Evaluation
 
 HELP = __doc__
@@ -88,14 +88,16 @@ def summary(report: Any) -> str:
 
 
 def memorisation_summary(doc: dict[str, Any]) -> str:
-    """The memorisation figures in two lines: samples, then real held-out images as the yardstick."""
-    gen, real = doc["generated"], doc["held_out_real"]
+    """The memorisation figures: samples, real held-out images as the yardstick, both in judge features."""
+    gen, real, feats = doc["generated"], doc["held_out_real"], doc["judge_features_share_below"]
     return (
         f"memorisation: {gen['share_below']:.1%} of {gen['num_generated']} samples lie nearer to one of the "
         f"{gen['num_training']} training images than the median training image to its nearest other "
         f"({gen['threshold']:.3f} RMS)\n"
         f"  real held-out images, judged the same way against the judge's training split: "
-        f"{real['share_below']:.1%} (about half by construction; near 100% for the samples would mean copying)"
+        f"{real['share_below']:.1%} (about half by construction; near 100% for the samples would mean copying)\n"
+        f"  in the judge's features: {feats['generated']:.1%} of samples, {feats['held_out_real']:.1%} of real "
+        "held-out images"
     )
 
 
@@ -129,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     print(summary(ev.report))
     doc: dict[str, Any] = {"report": ev.report.to_json(), "environment": environment()}
     if args.memorisation is not None:
-        doc["memorisation"] = check_memorisation(judge.data, ev, args.memorisation)
+        doc["memorisation"] = check_memorisation(judge, ev, args.memorisation)
         print(memorisation_summary(doc["memorisation"]))
         print(f"wrote {args.memorisation}")
     if args.json is not None:
@@ -138,13 +140,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_memorisation(data: JudgedData, ev: Evaluation, picture: Path) -> dict[str, Any]:
-    """Samples against the whole data set (what the shipped models trained on), and the judge's held-out
-    real images against its training split as the yardstick; the closest pairs drawn into ``picture``."""
+def check_memorisation(judge: Judge, ev: Evaluation, picture: Path) -> dict[str, Any]:
+    """Samples against the judge's whole data set (what the shipped models trained on), and its held-out
+    real images against its training split as the yardstick, in pixels and in judge features; the closest
+    pairs (in pixels) drawn into ``picture``."""
+    data = judge.data
     import numpy as np
 
     from latent_ddpm.evaluate.judged import IMAGE_SIZE, pad_to
-    from latent_ddpm.evaluate.memorisation import closest_pairs_picture, memorisation
+    from latent_ddpm.evaluate.memorisation import (
+        closest_pairs_picture,
+        memorisation,
+        share_below_in_features,
+    )
     from latent_ddpm.runtime.images import save_png
 
     images, labels = data.load()
@@ -153,4 +161,14 @@ def check_memorisation(data: JudgedData, ev: Evaluation, picture: Path) -> dict[
     parts = data.split(labels)
     held = memorisation(images[parts.held_out], images[parts.train], labels[parts.held_out], data.class_names)
     save_png(np.asarray(closest_pairs_picture(samples, images, generated)), picture)
-    return {"data": data.describe, "generated": generated.to_json(), "held_out_real": held.to_json()}
+    features = judge.run(images)[1]
+    in_features = {
+        "generated": share_below_in_features(judge.run(samples)[1], features),
+        "held_out_real": share_below_in_features(features[parts.held_out], features[parts.train]),
+    }
+    return {
+        "data": data.describe,
+        "generated": generated.to_json(),
+        "held_out_real": held.to_json(),
+        "judge_features_share_below": in_features,
+    }

@@ -99,6 +99,24 @@ def training_threshold(training: np.ndarray) -> float:
     return float(np.median(nearest(training, training, exclude_self=True)[1]))
 
 
+def share_below_in_features(generated: np.ndarray, training: np.ndarray) -> float:
+    """The same share for feature vectors, (N, D) and (M, D) floats, e.g. the judge's: a sample near a
+    training image in content rather than in pixels (pixel distance also calls a faint, blurry sample close
+    to any image that is mostly background)."""
+    if (
+        generated.ndim != 2
+        or training.ndim != 2
+        or generated.shape[1] != training.shape[1]
+        or len(training) < 2
+    ):
+        raise InputError(
+            f"feature memorisation needs (N, D) and (M, D) arrays, M >= 2: got generated "
+            f"{_describe(generated)} and training {_describe(training)}"
+        )
+    threshold = np.median(nearest(training, training, exclude_self=True)[1])
+    return float((nearest(generated, training)[1] < threshold).mean())
+
+
 def check_images(generated: np.ndarray, training: np.ndarray) -> None:
     """Both uint8 (count, H, W, C) with C 1 or 3, the same H, W, C, at least 1 generated and 2 training images
     (a nearest *other* training image must exist); else one line naming both."""
