@@ -12,7 +12,7 @@ from latent_ddpm.evaluate.classifier import Judge
 from latent_ddpm.evaluate.judged import DIGITS, EMOJI, JUDGED, judged_data_for
 
 # the bar each shipped judge must clear on its held-out images, overall and in its worst class
-BARS = {"digits": (0.97, 0.9), "emoji": (0.80, 0.5)}
+BARS = {"digits": (0.97, 0.9), "emoji": (0.65, 0.2)}  # emoji: 9 semantic groups from 1,591 images
 
 
 @pytest.fixture(scope="module", params=JUDGED, ids=lambda d: d.name)
