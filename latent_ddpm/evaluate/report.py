@@ -61,7 +61,7 @@ def markdown(doc: dict[str, Any], image_dir: str) -> str:
         "",
         "### What the numbers mean",
         "",
-        f"The same figures for real {judge} images and known degradations of them (no sampling):",
+        f"The same figures for real {judge} and known degradations of them (no sampling):",
         "",
         _table(
             ["images", "count", "accuracy", "cFID", "floor"],
