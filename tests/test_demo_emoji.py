@@ -71,7 +71,7 @@ def test_the_picker_offers_both_and_emoji_swaps_the_classes(demo: tuple[str, Dem
     assert [c[1] for c in interpolate["choices"]] == list(EMOJI_GROUPS)
     assert [c[1] for c in sketch["choices"]] == [AS_DRAWN, RANDOM_CLASS, *EMOJI_GROUPS]
     assert "emoji: 32x32x3 images" in emoji["header"][0]["value"]
-    assert emoji["Sketch to digit"][0]["visible"]  # the bundle has an encoder: the tab works in colour
+    assert emoji["From a sketch"][0]["visible"]  # the bundle has an encoder: the tab works in colour
     assert emoji["img2img-btn"][0]["value"] == "Turn into a picture"
     digits = pick_model(url, "digits")
     assert [c[1] for c in digits["Class"][0]["choices"]][1:] == [str(i) for i in range(10)]

@@ -81,12 +81,12 @@ def test_picking_a_model_sets_every_control_to_it(two_models: tuple[str, Path, P
     assert [u["visible"] for u in plain["Class"]] == [False] * 4
     assert [u["visible"] for u in plain["Guidance scale"]] == [False] * 4
     assert "plain: 32x32x1 images" in plain["header"][0]["value"]
-    tabs = ("Watch it denoise", "Interpolate", "Sketch to digit")
+    tabs = ("Watch it denoise", "Interpolate", "From a sketch")
     assert [plain[tab][0]["visible"] for tab in tabs] == [True, True, False]
     back = pick_model(url, load_bundle(first).name)
     cond = load_bundle(first).conditioning
     assert [u["visible"] for u in back["Class"]] == [cond is not None] * 4
-    assert back["Sketch to digit"][0]["visible"] == load_bundle(first).has_encoder
+    assert back["From a sketch"][0]["visible"] == load_bundle(first).has_encoder
 
 
 @pytest.fixture(scope="module")

@@ -40,3 +40,10 @@ def test_an_unknown_model_is_one_line_and_nothing_written(
     assert main(["--out", str(tmp_path / "missing" / "x.png")]) == 2
     assert "--out must be a .png file in an existing folder" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_default_model_without_picking_waits_for_the_page(tmp_path: Path) -> None:
+    """No model to pick, so nothing waited for the page's script to draw it before pressing Generate."""
+    out = tmp_path / "demo.png"
+    assert main(["--out", str(out), "--threads", "1", "--width", "1000", "--height", "700"]) == 0
+    assert Image.open(out).size == (1000, 700)

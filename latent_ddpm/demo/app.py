@@ -340,7 +340,7 @@ def build_app(
                 i_btn = gr.Button("Interpolate", variant="primary", elem_id="interpolate-btn")
                 i_strip = strip_image("Seed A → seed B", "interpolate-strip")
 
-            with _tab("Sketch to digit", "img2img", **_img2img(first)) as tab:
+            with _tab("From a sketch", "img2img", **_img2img(first)) as tab:
                 for_model(tab, _img2img)
                 with gr.Row():
                     with gr.Column(min_width=280):

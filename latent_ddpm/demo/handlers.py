@@ -313,7 +313,7 @@ class Handlers:
         ``class_name`` AS_DRAWN denoises without a class (guidance 0: the model's unconditional prediction),
         so the result keeps whatever the drawing looks like. Returns (gallery, timing text, run details).
         """
-        m = self._local(model, "Sketch to digit")
+        m = self._local(model, "From a sketch")
         if not m.limits.has_encoder:
             raise gr.Error(
                 "this bundle has no vae_encoder.onnx, so it cannot start from an image",

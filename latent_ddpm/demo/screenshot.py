@@ -141,7 +141,9 @@ def _generate(browser: Any, image_shape: tuple[int, ...]) -> bytes:
 
     from latent_ddpm.demo.imaging import display_scale
 
-    browser.find_element(By.CSS_SELECTOR, "#generate-btn").click()
+    # the page is drawn by script after it loads: wait for the button, not only for the page
+    button = WebDriverWait(browser, WAIT_S).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#generate-btn"))
+    button[0].click()
     width = str(display_scale(image_shape[1]) * image_shape[2])
 
     def full(d: Any) -> bool:
