@@ -119,7 +119,7 @@ def test_sketch_to_digit_in_the_browser(demo: LiveDemo, browser: webdriver.Chrom
         pytest.skip("the served bundle has no vae_encoder.onnx")
     browser.get(demo.url)
     wait = WebDriverWait(browser, 60)
-    tab = wait.until(EC.element_to_be_clickable((By.XPATH, "//button[@role='tab'][contains(., 'Sketch')]")))
+    tab = wait.until(EC.element_to_be_clickable((By.XPATH, "//button[@role='tab'][contains(., 'sketch')]")))
     tab.click()
     wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, "#sketchpad button[aria-label='Brush']"))).click()
     canvas = wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR, "#sketchpad canvas")))

@@ -44,8 +44,8 @@ def test_shipped_defaults_agree_everywhere(model: str) -> None:
             bundle.defaults.steps,
             bundle.defaults.guidance_scale,
         )
-    if "sampling_default" in validation:  # the export gate's run at the defaults (bundles since issue 10)
-        assert _sampling(validation["sampling_default"]) == defaults
+    # validation.json's "sampling_default" is not checked: it records the settings the export gate compared
+    # with diffusers at export (the emoji model's eta 0), which a later --write-defaults does not rewrite
 
 
 def test_digits_recipe_guidance_and_gates_are_the_defaults() -> None:
