@@ -54,7 +54,7 @@ def calibration(judge: Judge, reference: RealReference, per_class: int) -> list[
     by_class = [train[labels[train] == c] for c in range(data.num_classes)]
     per_class = min(per_class, *(len(idx) for idx in by_class))
     picked = np.concatenate([idx[:per_class] for idx in by_class])
-    floor, _ = reference.floor(min(per_class, reference.max_per_class))
+    floor, _ = reference.floor(per_class)
     rows = []
     for name, degrade in DEGRADATIONS.items():
         logits, features = judge.run(degrade(images[picked], per_class))

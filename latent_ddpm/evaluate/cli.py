@@ -144,7 +144,6 @@ def check_memorisation(judge: Judge, ev: Evaluation, picture: Path) -> dict[str,
     """Samples against the judge's whole data set (what the shipped models trained on), and its held-out
     real images against its training split as the yardstick, in pixels and in judge features; the closest
     pairs (in pixels) drawn into ``picture``."""
-    data = judge.data
     import numpy as np
 
     from latent_ddpm.evaluate.judged import IMAGE_SIZE, pad_to
@@ -155,6 +154,7 @@ def check_memorisation(judge: Judge, ev: Evaluation, picture: Path) -> dict[str,
     )
     from latent_ddpm.runtime.images import save_png
 
+    data = judge.data
     images, labels = data.load()
     samples = pad_to(ev.images, IMAGE_SIZE, data.background)  # MNIST-sized 28 px samples, as judged
     generated = memorisation(samples, images, ev.asked, data.class_names)
@@ -163,7 +163,7 @@ def check_memorisation(judge: Judge, ev: Evaluation, picture: Path) -> dict[str,
     save_png(np.asarray(closest_pairs_picture(samples, images, generated)), picture)
     features = judge.run(images)[1]
     in_features = {
-        "generated": share_below_in_features(judge.run(samples)[1], features),
+        "generated": share_below_in_features(ev.features, features),
         "held_out_real": share_below_in_features(features[parts.held_out], features[parts.train]),
     }
     return {

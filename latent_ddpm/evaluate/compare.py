@@ -27,7 +27,7 @@ import numpy as np
 
 from latent_ddpm.errors import InputError, LatentDDPMError
 from latent_ddpm.evaluate.classifier import Judge
-from latent_ddpm.evaluate.measure import RealReference, Settings, check_settings, evaluate
+from latent_ddpm.evaluate.measure import RealReference, Settings, check_settings, class_names, evaluate
 from latent_ddpm.evaluate.sweep import REFERENCE_STEPS, schedule_of
 from latent_ddpm.extras import require_extra
 from latent_ddpm.files import atomic_write
@@ -69,14 +69,14 @@ def disk_mb(folder: Path) -> float:
 def check_alike(pipes: list[Pipeline], labels: list[str]) -> None:
     """Bundles judged against each other must make the same images of the same classes."""
     first = pipes[0].bundle
-    names = first.conditioning.class_names if first.conditioning else None
+    names = class_names(pipes[0])
     for pipe, label in zip(pipes[1:], labels[1:], strict=True):
         b = pipe.bundle
         if b.image_shape != first.image_shape:
             raise InputError(
                 f"{label}: image shape {b.image_shape} differs from {labels[0]}'s {first.image_shape}"
             )
-        if (b.conditioning.class_names if b.conditioning else None) != names:
+        if class_names(pipe) != names:
             raise InputError(f"{label}: classes differ from {labels[0]}'s")
 
 

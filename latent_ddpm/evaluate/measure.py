@@ -75,6 +75,7 @@ class Evaluation:
     images: np.ndarray  # (N, H, W, C) uint8, in generation order
     asked: np.ndarray | None  # judge's class asked for per image (None: unconditional)
     read: np.ndarray  # judge's class read per image
+    features: np.ndarray  # the judge's features per image, behind the cFID
 
 
 class RealReference:
@@ -89,12 +90,9 @@ class RealReference:
         self.gaussian_a = fit_gaussian(self.features_a)
         self._b_by_class = [features_b[labels[b] == c] for c in range(data.num_classes)]
 
-    @property
-    def max_per_class(self) -> int:
-        return min(len(f) for f in self._b_by_class)
-
     def floor(self, per_class: int) -> tuple[float, int]:
-        """Real-vs-real FID (A against ``per_class`` of each class from B) and the number of B images."""
+        """Real-vs-real FID (A against ``per_class`` of each class from B, or all B holds of it) and the
+        number of B images."""
         b = np.concatenate([f[:per_class] for f in self._b_by_class])
         return frechet_distance(self.gaussian_a, fit_gaussian(b)), len(b)
 
@@ -164,7 +162,7 @@ def evaluate(
     logits, features = judge.run(all_images)
     read = logits.argmax(1)
     cfid = frechet_distance(reference.gaussian_a, fit_gaussian(features))
-    floor, floor_n = reference.floor(min(settings.per_class, reference.max_per_class))
+    floor, floor_n = reference.floor(settings.per_class)
     report = Report(
         bundle=portable_path(pipe.bundle.root),
         judge=judge.data.name,
@@ -191,4 +189,4 @@ def evaluate(
         confusion = np.zeros((num_classes, judge.data.num_classes), dtype=np.int64)
         np.add.at(confusion, (labels, read), 1)
         report.confusion = confusion.tolist()
-    return Evaluation(report, all_images, asked, read)
+    return Evaluation(report, all_images, asked, read, features)

@@ -96,7 +96,7 @@ def training_threshold(training: np.ndarray) -> float:
     """Median over training images of the distance to the nearest other one. "Other" is by index, not by a
     distance above 0, so an exact duplicate in the data set counts as the close neighbour it is."""
     check_images(training, training)
-    return float(np.median(nearest(training, training, exclude_self=True)[1]))
+    return _median_nearest_other(training)
 
 
 def share_below_in_features(generated: np.ndarray, training: np.ndarray) -> float:
@@ -113,8 +113,11 @@ def share_below_in_features(generated: np.ndarray, training: np.ndarray) -> floa
             f"feature memorisation needs (N, D) and (M, D) arrays, M >= 2: got generated "
             f"{_describe(generated)} and training {_describe(training)}"
         )
-    threshold = np.median(nearest(training, training, exclude_self=True)[1])
-    return float((nearest(generated, training)[1] < threshold).mean())
+    return float((nearest(generated, training)[1] < _median_nearest_other(training)).mean())
+
+
+def _median_nearest_other(training: np.ndarray) -> float:
+    return float(np.median(nearest(training, training, exclude_self=True)[1]))
 
 
 def check_images(generated: np.ndarray, training: np.ndarray) -> None:
